@@ -1,0 +1,36 @@
+# whisper-moe: `make demo` runs the demo pipeline, `make test` runs the tests.
+# Both create (or reuse) .venv from the pinned requirements.lock.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell sha256sum requirements.lock pyproject.toml | sha256sum | cut -c1-12)
+
+.PHONY: venv demo pipeline-demo test lint lock clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+## The demo: the whole pipeline offline on the synthetic multi-accent corpus with tiny.en.
+demo: venv
+	$(BIN)/whisper-moe pipeline --mode quick --skip-pretraining --num-experts 4
+
+## The tests, offline on CPU.
+test: venv
+	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q --timeout=900 $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check src tests benchmarks components pipelines
+
+lock:
+	$(BIN)/python -m pip freeze --exclude-editable | sed -e 's/^torch==\(.*\)+cpu/torch==\1/' > requirements.lock
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""Whisper base model, mixture-of-LoRA-experts layers, routing gate and decoding."""

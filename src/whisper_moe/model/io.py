@@ -1,0 +1,66 @@
+"""Build a WhisperMoE from params, and save/load it as `moe_config.json` + safetensors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from whisper_moe.model.base import load_base_model
+from whisper_moe.model.moe import MOE_CONFIG_NAME, WEIGHTS_NAME, MoEConfig, WhisperMoE
+
+
+def moe_config_from_params(params: dict, num_experts: int) -> MoEConfig:
+    lora = params["model"]["lora"]
+    routing = params["routing"]
+    final_mode = "soft" if routing["mode"] == "soft" else "topk"
+    return MoEConfig(
+        base_model=str(params["model"]["base_model"]),
+        num_experts=int(num_experts),
+        rank=int(lora["rank"]),
+        alpha=float(lora["alpha"]),
+        dropout=float(lora["dropout"]),
+        target_modules=list(lora["target_modules"]),
+        gate_hidden=int(params["model"]["gate_hidden"]),
+        routing_mode=final_mode,
+        top_k=int(routing["top_k"]),
+    )
+
+
+def build_moe(config: MoEConfig, device: torch.device | str = "cpu", seed: int | None = None):
+    """(WhisperMoE, tokenizer) with freshly initialised experts and gate."""
+    base, tokenizer = load_base_model(config.base_model)
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = WhisperMoE(base, config)
+    return model.to(device), tokenizer
+
+
+def save_moe(model: WhisperMoE, directory: str | Path) -> Path:
+    """Write the checkpoint folder atomically: a reader never sees half of it."""
+    directory = Path(directory)
+    temporary = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir(parents=True)
+    model.config.save(temporary)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.trainable_state_dict().items()}
+    save_file(state, temporary / WEIGHTS_NAME, metadata={"format": "pt"})
+    if directory.exists():
+        shutil.rmtree(directory)
+    os.replace(temporary, directory)
+    return directory
+
+
+def load_moe(directory: str | Path, device: torch.device | str = "cpu"):
+    """(WhisperMoE, tokenizer) from a checkpoint folder; the base is loaded by its name."""
+    directory = Path(directory)
+    config = MoEConfig.load(directory)
+    model, tokenizer = build_moe(config, device)
+    weights_path = directory / WEIGHTS_NAME
+    if not weights_path.exists():
+        raise FileNotFoundError(f"{weights_path}: missing (a checkpoint needs {MOE_CONFIG_NAME} and {WEIGHTS_NAME})")
+    model.load_trainable_state_dict(load_file(weights_path, device=str(device)))
+    return model, tokenizer

@@ -1,0 +1,82 @@
+"""Stacked LoRA experts: all E experts of a layer computed as one LoRA of rank E*r.
+
+The seed ran the whole Whisper once per expert. Here a target Linear keeps every
+expert's A and B side by side, so a forward is `x @ A_all -> scale each rank block by
+that utterance's routing weight -> @ B_all`: one matmul pair whatever E is.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class RoutingState:
+    """Per-utterance expert weights shared by every MoE layer of one model.
+
+    `weights` is `[batch, num_experts]` or None (None = experts off, the frozen base).
+    """
+
+    def __init__(self) -> None:
+        self.weights: torch.Tensor | None = None
+
+
+class MoELoRALinear(nn.Module):
+    """A frozen Linear plus E stacked LoRA experts mixed by `RoutingState.weights`."""
+
+    def __init__(
+        self,
+        base: nn.Linear,
+        routing: RoutingState,
+        num_experts: int,
+        rank: int,
+        alpha: float,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        self.base = base
+        for parameter in self.base.parameters():
+            parameter.requires_grad_(False)
+        self.routing = routing
+        self.num_experts = num_experts
+        self.rank = rank
+        self.scaling = alpha / rank
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        weight = base.weight
+        self.lora_A = nn.Parameter(
+            torch.empty(num_experts * rank, base.in_features, dtype=weight.dtype, device=weight.device)
+        )
+        self.lora_B = nn.Parameter(
+            torch.zeros(base.out_features, num_experts * rank, dtype=weight.dtype, device=weight.device)
+        )
+        self.reset_experts()
+
+    def reset_experts(self) -> None:
+        """Each expert's A as PEFT initialises it (Kaiming-uniform), every B zero."""
+        for expert in range(self.num_experts):
+            nn.init.kaiming_uniform_(self.expert_A(expert), a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B)
+
+    def expert_A(self, expert: int) -> torch.Tensor:
+        """View of one expert's A block, `[rank, in_features]`."""
+        return self.lora_A.data[expert * self.rank : (expert + 1) * self.rank]
+
+    def expert_B(self, expert: int) -> torch.Tensor:
+        """View of one expert's B block, `[out_features, rank]`."""
+        return self.lora_B.data[:, expert * self.rank : (expert + 1) * self.rank]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        output = self.base(x)
+        weights = self.routing.weights
+        if weights is None:
+            return output
+        hidden = F.linear(self.dropout(x), self.lora_A.to(x.dtype))  # [B, T, E*r]
+        block_scale = (weights * self.scaling).repeat_interleave(self.rank, dim=-1)  # [B, E*r]
+        hidden = hidden * block_scale.to(hidden.dtype).unsqueeze(1)
+        return output + F.linear(hidden, self.lora_B.to(x.dtype))
+
+    def extra_repr(self) -> str:
+        return f"experts={self.num_experts}, rank={self.rank}, scaling={self.scaling:g}"

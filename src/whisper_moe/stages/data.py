@@ -1,0 +1,76 @@
+"""Data stage: bring in the corpus (demo, SAP or manifests) and validate every split.
+
+Writes validated `train/dev/test.jsonl` and one `data_report.json` (kept, skipped
+with reasons, fixed) to the stage folder; stops with an error naming files when a
+split's skipped share passes `data.max_skip_fraction`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from whisper_moe.data.manifest import SPLIT_NAMES
+from whisper_moe.data.validate import validate_manifest
+from whisper_moe.stages.common import write_json
+
+log = logging.getLogger("whisper_moe.data")
+
+
+def source_manifests(params: dict) -> Path:
+    """Folder with raw train/dev/test.jsonl for the configured source (built if needed)."""
+    data = params["data"]
+    source = data["source"]
+    if source == "demo":
+        folder = Path(data["dir"])
+        if not all((folder / f"{split}.jsonl").exists() for split in SPLIT_NAMES):
+            from whisper_moe.data.demo import make_demo_corpus
+
+            demo = data["demo"]
+            log.info("building the demo corpus in %s", folder)
+            make_demo_corpus(folder, accents=demo["accents"],
+                             speakers_per_accent=demo["speakers_per_accent"],
+                             utterances_per_speaker=demo["utterances_per_speaker"],
+                             seed=params["seed"])
+        return folder
+    if source == "sap":
+        if not data["sap_root"]:
+            raise ValueError("data.source is 'sap' but data.sap_root is empty: pass --dataset-root")
+        from whisper_moe.data.sap import import_sap
+
+        folder = Path(data["dir"])
+        if not (folder / "train.jsonl").exists():
+            import_sap(data["sap_root"], folder)
+        return folder
+    if source == "manifest":
+        if not data["manifest_dir"]:
+            raise ValueError("data.source is 'manifest' but data.manifest_dir is empty: pass --manifest-dir")
+        return Path(data["manifest_dir"])
+    raise ValueError(f"data.source {source!r}: expected demo, sap or manifest")
+
+
+def validate_one(params: dict, manifest, out_dir: Path, root=None, split: str | None = None) -> dict:
+    """Validate one manifest into out_dir/<split>.jsonl + <split>_report.json."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    split = split or Path(manifest).stem
+    return validate_manifest(
+        manifest, out_dir / f"{split}.jsonl", out_dir / f"{split}_report.json",
+        max_skip_fraction=float(params["data"]["max_skip_fraction"]),
+        max_duration_s=float(params["data"]["max_duration_s"]),
+        max_label_tokens=int(params["train"]["max_label_tokens"]), root=root,
+    )
+
+
+def run(params: dict, out_dir) -> dict:
+    out_dir = Path(out_dir)
+    source = source_manifests(params)
+    reports = {}
+    for split in SPLIT_NAMES:
+        manifest = source / f"{split}.jsonl"
+        if not manifest.exists():
+            raise FileNotFoundError(f"{manifest}: missing; a data folder needs train/dev/test.jsonl")
+        reports[split] = validate_one(params, manifest, out_dir, split=split)
+        log.info("%s: kept %d, skipped %s", split, reports[split]["kept"], reports[split]["skipped"])
+    write_json(out_dir / "data_report.json", {"source": str(source), "splits": reports})
+    return {split: str(out_dir / f"{split}.jsonl") for split in SPLIT_NAMES} | {
+        "report": str(out_dir / "data_report.json")}

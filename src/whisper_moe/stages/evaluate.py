@@ -1,0 +1,246 @@
+"""Evaluation: batched greedy decoding with the routed experts, WER/CER overall and per group.
+
+Beside the MoE it decodes the frozen base model on the same audio (its encoder output
+is the gate's input anyway) and, when the checkpoint knows which expert serves which
+group, oracle routing, so users see what the experts and the gate each contribute.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from whisper_moe.data.batching import UtteranceDataset, collate_utterances
+from whisper_moe.data.features import log_mel_batch, num_valid_frames
+from whisper_moe.metrics import cer, wer
+from whisper_moe.model.base import decoder_prefix_ids, load_base_model
+from whisper_moe.model.decode import greedy_decode, suppressed_token_ids
+from whisper_moe.model.io import load_moe
+from whisper_moe.model.moe import masked_mean, valid_encoder_positions
+from whisper_moe.plots import (plot_expert_usage, plot_training_curves, plot_wer_per_group,
+                               png_data_uri)
+from whisper_moe.stages.common import mode_rows, special_ids, write_json
+from whisper_moe.training.runtime import autocast, mixed_precision, resolve_device
+
+log = logging.getLogger("whisper_moe.evaluate")
+
+
+def run(params: dict, checkpoint_dir=None, test_manifest=None, out_dir=None, base_model=None,
+        train_dir=None) -> dict:
+    """Evaluate a checkpoint (or, with `base_model`, a plain Whisper) on a test manifest."""
+    if (checkpoint_dir is None) == (base_model is None):
+        raise ValueError("evaluate needs exactly one of --checkpoint and --base-model")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(params["train"]["device"])
+    amp_dtype, _ = mixed_precision(device, params["train"]["fp16"])
+    if checkpoint_dir is not None:
+        model, tokenizer = load_moe(checkpoint_dir, device)
+        whisper = model.base
+    else:
+        model = None
+        whisper, tokenizer = load_base_model(base_model)
+        whisper.to(device)
+    whisper.eval()
+    if model is not None:
+        model.eval()
+    prefix = decoder_prefix_ids(tokenizer, whisper.config)
+    ids = special_ids(tokenizer)
+    rows = mode_rows(params, test_manifest, "test")
+    dataset = UtteranceDataset(rows, tokenizer, prefix, ids["eot"], whisper.config.max_target_positions)
+    generation = whisper.generation_config
+    suppress = suppressed_token_ids(tokenizer, generation, ids["eot"])
+    begin_suppress = list(getattr(generation, "begin_suppress_tokens", None) or [])
+    max_new = int(params["evaluate"]["max_new_tokens"])
+    compare_base = bool(params["evaluate"]["compare_base"]) or model is None
+    oracle_table = model.config.group_to_expert if model is not None else None
+
+    def transcribe(hidden):
+        tokens = greedy_decode(whisper, hidden, prefix, ids["eot"], max_new, suppress, begin_suppress)
+        return [tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
+
+    loader = DataLoader(dataset, batch_size=int(params["evaluate"]["batch_size"]), shuffle=False,
+                        collate_fn=lambda items: collate_utterances(items, ids["pad"], len(prefix)))
+    predictions, skipped = [], {}
+    total_frames = 2 * whisper.config.max_source_positions
+    for batch in tqdm(loader, desc="evaluate", disable=None):
+        for reason in batch["errors"]:
+            skipped[reason] = skipped.get(reason, 0) + 1
+        if not batch["size"]:
+            continue
+        features = log_mel_batch(batch["audio"].to(device), whisper.config.num_mel_bins, total_frames)
+        frames = num_valid_frames(batch["num_samples"], total_frames).to(device)
+        with torch.no_grad(), autocast(device, amp_dtype):
+            base_hidden = whisper.model.encoder(features.to(whisper.dtype)).last_hidden_state
+            result = {"base": transcribe(base_hidden) if compare_base else None}
+            if model is not None:
+                valid = valid_encoder_positions(frames, base_hidden.shape[1], total_frames)
+                pooled = masked_mean(base_hidden.float(), valid)
+                routed = model.route(pooled, model.config.routing_mode, model.config.top_k)
+                result["moe"] = decode_routed(model, features, routed["weights"], transcribe)
+                result["weights"] = routed["weights"].float().cpu().numpy()
+                result["probs"] = routed["probs"].float().cpu().numpy()
+                if oracle_table:
+                    oracle = oracle_weights(batch["groups"], oracle_table, model.config.num_experts,
+                                            device)
+                    result["oracle"] = decode_routed(model, features, oracle, transcribe)
+        for i, utterance_id in enumerate(batch["ids"]):
+            row = dataset.rows[int(batch["index"][i])]
+            prediction = {"id": utterance_id, "group": row.get("group", ""), "reference": row["text"]}
+            for system in ("moe", "oracle", "base"):
+                if result.get(system) is not None:
+                    prediction[system] = result[system][i]
+            if model is not None:
+                prediction["expert_weights"] = [round(float(w), 4) for w in result["weights"][i]]
+                prediction["gate_probs"] = [round(float(p), 4) for p in result["probs"][i]]
+            predictions.append(prediction)
+
+    metrics = summarise(predictions, model.config.num_experts if model else 0)
+    metrics["skipped"] = {**dataset.skipped, **skipped}
+    metrics["checkpoint"] = str(checkpoint_dir) if checkpoint_dir else None
+    metrics["base_model"] = str(base_model or model.config.base_model)
+    with open(out_dir / "predictions.jsonl", "w") as handle:
+        for prediction in predictions:
+            handle.write(json.dumps(prediction) + "\n")
+    write_json(out_dir / "metrics.json", metrics)
+    write_dvc_tables(metrics, out_dir)
+    write_report(metrics, predictions, out_dir, train_dir or guess_train_dir(checkpoint_dir))
+    headline = metrics.get("moe", metrics.get("base"))
+    log.info("test WER %.4f (base %.4f) on %d utterances; report: %s", headline["wer"],
+             metrics["base"]["wer"] if "base" in metrics else float("nan"),
+             len(predictions), out_dir / "report.html")
+    return metrics
+
+
+def error_rates(references: list[str], hypotheses: list[str]) -> dict[str, float]:
+    """WER and CER after the documented normalisation (see whisper_moe.text)."""
+    return {"wer": wer(references, hypotheses), "cer": cer(references, hypotheses)}
+
+
+def decode_routed(model, features, weights, transcribe) -> list[str]:
+    """Encode and decode with every expert layer mixed by `weights`."""
+    with model.routed(weights):
+        hidden = model.base.model.encoder(features.to(model.base.dtype)).last_hidden_state
+        return transcribe(hidden)
+
+
+def oracle_weights(groups, table: dict[str, int], num_experts: int, device) -> torch.Tensor:
+    """One-hot routing by each utterance's group (unknown groups: uniform mixture)."""
+    weights = torch.full((len(groups), num_experts), 1.0 / num_experts, device=device)
+    for i, group in enumerate(groups):
+        if group in table:
+            weights[i] = 0
+            weights[i, int(table[group])] = 1.0
+    return weights
+
+
+def summarise(predictions: list[dict], num_experts: int) -> dict:
+    """WER/CER per system overall and per group; expert usage and gate entropy per group."""
+    metrics: dict = {"utterances": len(predictions)}
+    for system in ("moe", "oracle", "base"):
+        if predictions and system in predictions[0]:
+            refs = [p["reference"] for p in predictions]
+            hyps = [p[system] for p in predictions]
+            overall = error_rates(refs, hyps)
+            per_group = {}
+            for group in sorted({p["group"] for p in predictions}):
+                chosen = [p for p in predictions if p["group"] == group]
+                per_group[group] = {**error_rates([p["reference"] for p in chosen],
+                                                  [p[system] for p in chosen]), "n": len(chosen)}
+            metrics[system] = {**overall, "per_group": per_group}
+    if num_experts and predictions:
+        metrics["routing"] = routing_summary(predictions, num_experts)
+    return metrics
+
+
+def routing_summary(predictions: list[dict], num_experts: int) -> dict:
+    weights = np.array([p["expert_weights"] for p in predictions])
+    probs = np.array([p["gate_probs"] for p in predictions])
+    entropy = -(probs * np.log(np.clip(probs, 1e-9, None))).sum(1)
+    usage, top1 = {}, {}
+    for group in sorted({p["group"] for p in predictions}):
+        mask = np.array([p["group"] == group for p in predictions])
+        usage[group] = weights[mask].mean(0).round(4).tolist()
+        top1[group] = np.bincount(weights[mask].argmax(1), minlength=num_experts).tolist()
+    return {
+        "gate_entropy_mean": float(entropy.mean()),
+        "gate_entropy_max": float(np.log(num_experts)),
+        "expert_share": np.bincount(weights.argmax(1), minlength=num_experts).tolist(),
+        "expert_usage_per_group": usage,
+        "top1_counts_per_group": top1,
+    }
+
+
+def write_dvc_tables(metrics: dict, out_dir: Path) -> None:
+    """Flat files that `dvc plots` reads: WER per group per system, expert usage rows."""
+    rows = []
+    for system in ("base", "moe", "oracle"):
+        for group, values in metrics.get(system, {}).get("per_group", {}).items():
+            rows.append({"system": system, "group": group, "wer": round(values["wer"], 4)})
+    write_json(out_dir / "wer_per_group.json", rows)
+    usage_rows = []
+    for group, usage in metrics.get("routing", {}).get("expert_usage_per_group", {}).items():
+        for expert, weight in enumerate(usage):
+            usage_rows.append({"group": group, "expert": expert, "weight": weight})
+    write_json(out_dir / "expert_usage.json", usage_rows)
+
+
+def guess_train_dir(checkpoint_dir) -> Path | None:
+    if checkpoint_dir is None:
+        return None
+    parent = Path(checkpoint_dir).parent
+    return parent if (parent / "train_log.jsonl").exists() else None
+
+
+def write_report(metrics: dict, predictions: list[dict], out_dir: Path, train_dir) -> Path:
+    """A self-contained HTML report: numbers, plots embedded as data URIs, worst utterances."""
+    figures = []
+    per_group = {s: {g: v["wer"] for g, v in metrics[s]["per_group"].items()}
+                 for s in ("base", "moe", "oracle") if s in metrics}
+    if per_group:
+        figures.append(("WER per group", plot_wer_per_group(per_group, out_dir / "wer_per_group.png")))
+    if "routing" in metrics:
+        figures.append(("Expert usage per group",
+                        plot_expert_usage(metrics["routing"]["expert_usage_per_group"],
+                                          out_dir / "expert_usage.png")))
+    if train_dir is not None and (Path(train_dir) / "train_log.jsonl").exists():
+        history = [json.loads(line) for line in open(Path(train_dir) / "train_log.jsonl")]
+        figures.append(("Training curves", plot_training_curves(history, None)))
+    summary_rows = "".join(
+        f"<tr><td>{s}</td><td>{metrics[s]['wer']:.4f}</td><td>{metrics[s]['cer']:.4f}</td></tr>"
+        for s in ("base", "moe", "oracle") if s in metrics)
+    group_rows = ""
+    groups = sorted({g for s in per_group.values() for g in s})
+    for group in groups:
+        cells = "".join(f"<td>{per_group[s].get(group, float('nan')):.4f}</td>" for s in per_group)
+        group_rows += f"<tr><td>{html.escape(group)}</td>{cells}</tr>"
+    headline = "moe" if "moe" in metrics else "base"
+    worst = sorted(predictions, key=lambda p: -error_rates([p["reference"]], [p[headline]])["wer"])[:15]
+    worst_rows = "".join(
+        f"<tr><td>{html.escape(p['id'])}</td><td>{html.escape(p['group'])}</td>"
+        f"<td>{html.escape(p['reference'])}</td><td>{html.escape(p[headline])}</td></tr>" for p in worst)
+    images = "".join(f"<h2>{html.escape(t)}</h2><img src='{png_data_uri(png)}'/>" for t, png in figures)
+    routing = metrics.get("routing")
+    routing_html = (f"<p>Gate entropy {routing['gate_entropy_mean']:.3f} "
+                    f"(max {routing['gate_entropy_max']:.3f}); utterances per top expert "
+                    f"{routing['expert_share']}</p>") if routing else ""
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>whisper-moe evaluation</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:3px 8px}}img{{max-width:100%}}</style></head><body>
+<h1>whisper-moe evaluation</h1><p>{metrics['utterances']} test utterances; base model
+{html.escape(metrics['base_model'])}; checkpoint {html.escape(str(metrics['checkpoint']))}</p>
+<table><tr><th>system</th><th>WER</th><th>CER</th></tr>{summary_rows}</table>{routing_html}
+<h2>WER per group</h2><table><tr><th>group</th>{''.join(f'<th>{s}</th>' for s in per_group)}</tr>
+{group_rows}</table>{images}
+<h2>Highest-WER utterances ({headline})</h2><table><tr><th>id</th><th>group</th><th>reference</th>
+<th>hypothesis</th></tr>{worst_rows}</table></body></html>"""
+    path = out_dir / "report.html"
+    path.write_text(page)
+    return path

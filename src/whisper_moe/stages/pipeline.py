@@ -1,0 +1,104 @@
+"""The whole pipeline on one machine, as the seed's `train_pipeline.py` ran it.
+
+pretrained MoE: data -> embed -> cluster -> pretrain-gate -> pretrain-experts -> train -> evaluate
+regular MoE (--skip-pretraining): data -> train -> evaluate.
+Each finished stage leaves `<stage>/stage_done.json`; `--resume` skips those and
+continues training from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import time
+from pathlib import Path
+
+from whisper_moe.stages.common import write_json
+from whisper_moe.stages.train import resolve_num_experts
+
+log = logging.getLogger("whisper_moe.pipeline")
+
+DONE_MARKER = "stage_done.json"
+PRETRAINING_STAGES = ("embed", "cluster", "pretrain_gate", "pretrain_experts")
+
+
+class StageUnavailable(RuntimeError):
+    pass
+
+
+def pretraining_available() -> bool:
+    for name in PRETRAINING_STAGES:
+        try:
+            importlib.import_module(f"whisper_moe.stages.{name}")
+        except ModuleNotFoundError:
+            return False
+    return True
+
+
+def run_stage(name: str, folder: Path, resume: bool, work) -> dict:
+    """Run `work()` unless a resumed run finds the stage finished; record it as done."""
+    marker = folder / DONE_MARKER
+    if resume and marker.exists():
+        log.info("stage %s: finished earlier, skipped (--resume)", name)
+        return json.loads(marker.read_text())["outputs"]
+    log.info("stage %s: starting", name)
+    started = time.perf_counter()
+    folder.mkdir(parents=True, exist_ok=True)
+    outputs = work()
+    write_json(marker, {"stage": name, "seconds": time.perf_counter() - started,
+                        "outputs": json.loads(json.dumps(outputs, default=str))})
+    return outputs
+
+
+def run(params: dict, output_dir: Path, skip_pretraining: bool, resume: bool = False) -> dict:
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if skip_pretraining:
+        resolve_num_experts(params, None)  # fail at once, before any work
+    elif not pretraining_available():
+        raise StageUnavailable(
+            "the pretraining stages (embed, cluster, pretrain-gate, pretrain-experts) are not "
+            "available in this version; run the regular MoE with --skip-pretraining --num-experts N"
+        )
+    write_json(output_dir / "params.json", params)
+    from whisper_moe.stages import data, evaluate, train
+
+    data_out = run_stage("data", output_dir / "data", resume,
+                         lambda: data.run(params, output_dir / "data"))
+    init_dir = None
+    if not skip_pretraining:
+        init_dir = run_pretraining(params, output_dir, data_out, resume)
+    train_out = run_stage("train", output_dir / "train", resume, lambda: train.run(
+        params, data_out["train"], data_out["dev"], output_dir / "train", init_dir=init_dir,
+        resume=resume))
+    eval_out = run_stage("evaluate", output_dir / "evaluate", resume, lambda: evaluate.run(
+        params, checkpoint_dir=train_out["checkpoint"], test_manifest=data_out["test"],
+        out_dir=output_dir / "evaluate", train_dir=output_dir / "train"))
+    summary = {
+        "output_dir": str(output_dir),
+        "checkpoint": train_out["checkpoint"],
+        "test_wer": eval_out.get("moe", {}).get("wer"),
+        "base_test_wer": eval_out.get("base", {}).get("wer"),
+        "report": str(output_dir / "evaluate" / "report.html"),
+    }
+    write_json(output_dir / "summary.json", summary)
+    log.info("done: test WER %s (base %s); report %s", summary["test_wer"], summary["base_test_wer"],
+             summary["report"])
+    return summary
+
+
+def run_pretraining(params: dict, output_dir: Path, data_out: dict, resume: bool) -> Path:
+    """embed -> cluster -> pretrain-gate -> pretrain-experts; returns the init checkpoint."""
+    from whisper_moe.stages import cluster, embed, pretrain_experts, pretrain_gate
+
+    embed_dir, cluster_dir = output_dir / "embed", output_dir / "cluster"
+    gate_dir, experts_dir = output_dir / "pretrain_gate", output_dir / "pretrain_experts"
+    run_stage("embed", embed_dir, resume,
+              lambda: embed.run(params, data_out["train"], embed_dir, resume=resume))
+    run_stage("cluster", cluster_dir, resume, lambda: cluster.run(params, embed_dir, cluster_dir))
+    run_stage("pretrain_gate", gate_dir, resume,
+              lambda: pretrain_gate.run(params, embed_dir, cluster_dir, gate_dir))
+    outputs = run_stage("pretrain_experts", experts_dir, resume, lambda: pretrain_experts.run(
+        params, data_out["train"], cluster_dir, gate_dir, experts_dir, resume=resume))
+    return Path(outputs["checkpoint"])

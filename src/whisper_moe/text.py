@@ -1,0 +1,79 @@
+"""Transcript text: cleaning SAP annotations and normalising for WER/CER.
+
+Training keeps the natural text (case, punctuation) because Whisper writes it;
+scoring compares normalised text so that "Turn on the lights." and "turn on the
+lights" count as the same words.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+_APOSTROPHES = "'\u2019\u2018\u02bc`"
+_SQUARE_BRACKETED = re.compile(r"\[[^\[\]]*\]")
+_PARENTHESISED = re.compile(r"\([^()]*\)")
+_CURLY_BRACED = re.compile(r"\{[^{}]*\}")
+_STRAY_MARKS = re.compile(r"[\[\](){}]")
+_WHITESPACE = re.compile(r"\s+")
+_SPACE_BEFORE_PUNCT = re.compile(r"\s+([,.;:!?])")
+
+
+def normalize_transcript(text: str | None) -> str:
+    """Text as scored by WER/CER. The rules, in order:
+
+    1. Unicode NFKC (full-width letters, ligatures and similar become plain forms).
+    2. Lower-case.
+    3. Apostrophes are deleted inside words ("what's" -> "whats"), so contractions
+       score as one word whichever apostrophe character was used.
+    4. Every other punctuation or symbol character (Unicode categories P* and S*,
+       hyphens included) becomes a space ("twenty-one" -> "twenty one").
+    5. Whitespace runs collapse to one space; leading/trailing space is removed.
+
+    Nothing is spelled out: digits stay digits and abbreviations stay as written,
+    so references and hypotheses must use the same convention (the demo corpus and
+    SAP spell numbers as words). None becomes "".
+    """
+    if not text:
+        return ""
+    text = unicodedata.normalize("NFKC", text).lower()
+    for apostrophe in _APOSTROPHES:
+        text = text.replace(apostrophe, "")
+    text = "".join(" " if _is_punctuation_or_symbol(char) else char for char in text)
+    return _WHITESPACE.sub(" ", text).strip()
+
+
+def _is_punctuation_or_symbol(char: str) -> bool:
+    """True for Unicode punctuation (P*) and symbols (S*)."""
+    return unicodedata.category(char)[0] in "PS"
+
+
+def clean_sap_transcript(raw: str | None) -> str:
+    """The words actually spoken, from an SAP transcript with annotations.
+
+    SAP transcripts mark non-speech and transcriber notes in brackets: a prefix such
+    as "[question prompt]", marks such as "(disfluency)", "(laughs)" or "(cs:...)".
+    All bracketed ([...]), parenthesised ((...)) and braced ({...}) spans are removed
+    (innermost first, so nested marks go too), stray bracket characters are dropped,
+    whitespace is collapsed and a space left before punctuation is closed up.
+    Case and punctuation are kept: training targets stay natural text.
+    An all-annotation transcript becomes "" (the validator skips it as empty).
+    """
+    if not raw:
+        return ""
+    text = raw
+    for pattern in (_SQUARE_BRACKETED, _PARENTHESISED, _CURLY_BRACED):
+        text = _remove_repeatedly(pattern, text)
+    text = _STRAY_MARKS.sub(" ", text)
+    text = _WHITESPACE.sub(" ", text).strip()
+    text = _SPACE_BEFORE_PUNCT.sub(r"\1", text)
+    return text.strip(" ,;:")
+
+
+def _remove_repeatedly(pattern: re.Pattern, text: str) -> str:
+    """Remove innermost matches until none are left (handles nesting like "((a) b)")."""
+    while True:
+        replaced = pattern.sub(" ", text)
+        if replaced == text:
+            return replaced
+        text = replaced

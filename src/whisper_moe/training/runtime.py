@@ -1,0 +1,149 @@
+"""Device, precision, seeding and signal handling: the parts of a run that are not the model."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import signal
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger("whisper_moe")
+
+
+class GPUUnavailable(RuntimeError):
+    """A GPU was requested and there is none."""
+
+
+def resolve_device(requested: str) -> torch.device:
+    """'auto' picks CUDA when present; 'cuda' without a GPU is an error, not a fallback."""
+    if requested in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise GPUUnavailable(
+            f"device {requested!r} was requested but no CUDA GPU is visible "
+            "(check `nvidia-smi`, CUDA_VISIBLE_DEVICES and the pod's nvidia.com/gpu limit), "
+            "or pass --device cpu"
+        )
+    return device
+
+
+def mixed_precision(device: torch.device, enabled: bool) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, whether fp16 loss scaling is needed).
+
+    `--fp16` means mixed precision: bf16 where the device supports it, fp16 with a
+    gradient scaler on older GPUs.
+    """
+    if not enabled:
+        return None, False
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16, False
+        return torch.float16, True
+    return torch.bfloat16, False
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """Every random generator a training step touches, for an exact resume."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def json_rng_state() -> dict:
+    numpy_state = np.random.get_state()
+    return {
+        "python": [list(random.getstate()[1]), random.getstate()[0], random.getstate()[2]],
+        "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
+    }
+
+
+def restore_rng_state(torch_state: dict, json_state: dict) -> None:
+    torch.set_rng_state(torch_state["torch"])
+    if "cuda" in torch_state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(torch_state["cuda"])
+    python_state = json_state["python"]
+    random.setstate((python_state[1], tuple(python_state[0]), python_state[2]))
+    numpy_state = json_state["numpy"]
+    np.random.set_state((numpy_state[0], np.array(numpy_state[1], dtype=np.uint32), *numpy_state[2:]))
+
+
+class StopRequest:
+    """Set by SIGTERM/SIGINT; the loop checks it at each optimizer-step boundary."""
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+        self._previous: dict = {}
+
+    def __bool__(self) -> bool:
+        return self.signal_name is not None
+
+    def request(self, name: str) -> None:
+        self.signal_name = name
+
+    def __enter__(self) -> "StopRequest":
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not in the main thread: signals stay with the caller
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.signal_name is not None:  # second signal: leave now
+            sys.exit(128 + signum)
+        log.warning("%s received: saving a checkpoint at the next step boundary", name)
+        self.signal_name = name
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on request after saving a checkpoint that `--resume` continues."""
+
+    def __init__(self, checkpoint: Path, signal_name: str) -> None:
+        super().__init__(
+            f"training stopped by {signal_name}; checkpoint saved to {checkpoint}. "
+            "Run the same command with --resume to continue."
+        )
+        self.checkpoint = checkpoint
+
+
+def setup_logging(log_file: str | Path | None = None, level: int = logging.INFO) -> None:
+    """Console plus an optional log file (--log-file), same format on both."""
+    root = logging.getLogger()
+    root.setLevel(level)
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not any(getattr(h, "_whisper_moe", False) for h in root.handlers):
+        console = logging.StreamHandler()
+        console.setFormatter(formatter)
+        console._whisper_moe = True
+        root.addHandler(console)
+    if log_file:
+        path = Path(log_file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not any(getattr(h, "baseFilename", None) == str(path.resolve()) for h in root.handlers):
+            handler = logging.FileHandler(path)
+            handler.setFormatter(formatter)
+            root.addHandler(handler)

@@ -1,0 +1,432 @@
+"""The joint-training loop: gate and every expert learn together, resumable step by step.
+
+Also serves expert pretraining: with `forced_expert` each utterance is routed to one
+expert (its cluster), so every expert trains on its own cluster in one pass over the data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+
+from whisper_moe.data.batching import UtteranceDataset, collate_utterances
+from whisper_moe.data.features import log_mel_batch, num_valid_frames
+from whisper_moe.model.gate import curriculum_routing
+from whisper_moe.model.moe import WhisperMoE
+from whisper_moe.training import checkpointing
+from whisper_moe.training.runtime import (
+    StopRequest,
+    TrainingInterrupted,
+    autocast,
+    json_rng_state,
+    mixed_precision,
+    restore_rng_state,
+    rng_state,
+)
+
+log = logging.getLogger("whisper_moe.train")
+
+
+class NonFiniteLoss(RuntimeError):
+    """Several steps in a row produced NaN/inf: the run is diverging, not unlucky."""
+
+
+@dataclass
+class TrainSettings:
+    """The training section of params, flattened for the loop."""
+
+    epochs: int
+    batch_size: int
+    gradient_accumulation_steps: int
+    lr: float
+    gate_lr: float
+    weight_decay: float
+    warmup_ratio: float
+    max_grad_norm: float
+    fp16: bool
+    num_workers: int
+    eval_every_n_epochs: int
+    save_every_n_epochs: int
+    keep_checkpoints: int
+    max_nonfinite_in_a_row: int
+    seed: int
+    routing: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_params(cls, params: dict, section: str = "train") -> "TrainSettings":
+        train = params["train"]
+        own = params.get(section, {}) if section != "train" else {}
+        return cls(
+            epochs=int(own.get("epochs", train["epochs"])),
+            batch_size=int(own.get("batch_size", train["batch_size"])),
+            gradient_accumulation_steps=int(train["gradient_accumulation_steps"]),
+            lr=float(own.get("lr", train["lr"])),
+            gate_lr=float(train["gate_lr"]),
+            weight_decay=float(train["weight_decay"]),
+            warmup_ratio=float(train["warmup_ratio"]),
+            max_grad_norm=float(train["max_grad_norm"]),
+            fp16=bool(train["fp16"]),
+            num_workers=int(train["num_workers"]),
+            eval_every_n_epochs=int(train["eval_every_n_epochs"]),
+            save_every_n_epochs=int(train["save_every_n_epochs"]),
+            keep_checkpoints=int(train["keep_checkpoints"]),
+            max_nonfinite_in_a_row=int(train["max_nonfinite_in_a_row"]),
+            seed=int(params["seed"]),
+            routing=dict(params["routing"]),
+        )
+
+
+class EpochOrder(Sampler):
+    """A seeded permutation per epoch, started at an offset: the data order of a resume."""
+
+    def __init__(self, size: int, seed: int, epoch: int, start_batch: int, batch_size: int,
+                 rank: int = 0, world_size: int = 1):
+        generator = torch.Generator().manual_seed(seed * 1000 + epoch)
+        order = torch.randperm(size, generator=generator).tolist()
+        self.order = order[start_batch * batch_size * world_size:]
+        self.rank = rank
+        self.world_size = world_size
+        self.batch_size = batch_size
+
+    def __iter__(self):
+        stride = self.batch_size * self.world_size
+        for start in range(0, len(self.order), stride):
+            block = self.order[start : start + stride]
+            yield from block[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
+def batches_per_epoch(size: int, batch_size: int, world_size: int = 1) -> int:
+    return math.ceil(size / (batch_size * world_size))
+
+
+def steps_per_epoch(size: int, settings: TrainSettings, world_size: int = 1) -> int:
+    return math.ceil(batches_per_epoch(size, settings.batch_size, world_size)
+                     / settings.gradient_accumulation_steps)
+
+
+def linear_warmup_decay(total_steps: int, warmup_ratio: float):
+    """LR multiplier: linear warm-up, then linear decay to zero at the last step."""
+    warmup = max(1, int(round(total_steps * warmup_ratio)))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return factor
+
+
+@torch.no_grad()
+def compute_pooled_cache(model: WhisperMoE, dataset: UtteranceDataset, device: torch.device,
+                         batch_size: int, amp_dtype, desc: str = "gate embeddings") -> torch.Tensor:
+    """Pooled frozen-base encoder output for every utterance, computed once.
+
+    The base is frozen, so the gate's input never changes during training; computing
+    it once replaces a second encoder pass per step.
+    """
+    pooled = torch.zeros(len(dataset), model.base.config.d_model)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                        collate_fn=lambda items: collate_utterances(items, 0, 1))
+    was_training = model.training
+    model.eval()
+    for batch in tqdm(loader, desc=desc, leave=False, disable=None):
+        if batch["size"] == 0:
+            continue
+        features = batch_features(model, batch, device)
+        with autocast(device, amp_dtype):
+            embedding = model.pooled_embeddings(features, frames_of(batch, model, device))
+        pooled[batch["index"]] = embedding.float().cpu()
+    model.train(was_training)
+    return pooled
+
+
+def batch_features(model: WhisperMoE, batch: dict, device: torch.device) -> torch.Tensor:
+    """Log-mel of a batch, computed on the training device."""
+    audio = batch["audio"].to(device, non_blocking=True)
+    features = log_mel_batch(audio, model.base.config.num_mel_bins, model.total_frames)
+    return features.to(next(model.base.parameters()).dtype)
+
+
+def frames_of(batch: dict, model: WhisperMoE, device: torch.device) -> torch.Tensor:
+    return num_valid_frames(batch["num_samples"], model.total_frames).to(device)
+
+
+class Trainer:
+    """Runs epochs of joint training with exact, signal-safe checkpoint/resume."""
+
+    def __init__(self, model: WhisperMoE, train_set: UtteranceDataset, settings: TrainSettings,
+                 out_dir: Path, device: torch.device, pad_token_id: int, prefix_length: int,
+                 dev_set: UtteranceDataset | None = None, forced_expert: torch.Tensor | None = None,
+                 rank: int = 0, world_size: int = 1, ddp_model=None):
+        self.model = model
+        self.train_set = train_set
+        self.dev_set = dev_set
+        self.settings = settings
+        self.out_dir = Path(out_dir)
+        self.device = device
+        self.pad_token_id = pad_token_id
+        self.prefix_length = prefix_length
+        self.forced_expert = forced_expert
+        self.rank = rank
+        self.world_size = world_size
+        self.forward_model = ddp_model or model
+        self.amp_dtype, needs_scaler = mixed_precision(device, settings.fp16)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=needs_scaler)
+        groups = model.trainable_parameters()
+        param_groups = [{"params": groups["experts"], "lr": settings.lr, "name": "experts"}]
+        if forced_expert is None:
+            param_groups.append({"params": groups["gate"], "lr": settings.gate_lr, "name": "gate"})
+        self.optimizer = torch.optim.AdamW(param_groups, weight_decay=settings.weight_decay)
+        self.total_steps = settings.epochs * steps_per_epoch(len(train_set), settings, world_size)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, linear_warmup_decay(max(self.total_steps, 1), settings.warmup_ratio)
+        )
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.nonfinite_total = 0
+        self.nonfinite_in_a_row = 0
+        self.skipped_audio: dict[str, int] = {}
+        self.history: list[dict] = []
+        self.pooled_train: torch.Tensor | None = None
+        self.pooled_dev: torch.Tensor | None = None
+
+    # -- state -------------------------------------------------------------------------------
+    @property
+    def checkpoint_root(self) -> Path:
+        return self.out_dir / "checkpoints"
+
+    def save(self) -> Path:
+        json_state = {
+            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "nonfinite_total": self.nonfinite_total, "nonfinite_in_a_row": self.nonfinite_in_a_row,
+            "skipped_audio": self.skipped_audio, "history": self.history,
+            "rng": json_rng_state(), "total_steps": self.total_steps,
+        }
+        torch_state = {
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "rng": rng_state(),
+        }
+        return checkpointing.write_checkpoint(
+            self.checkpoint_root, self.step, self.model.trainable_state_dict(),
+            torch_state, json_state, self.settings.keep_checkpoints,
+        )
+
+    def resume(self) -> bool:
+        """Load the newest valid checkpoint; False when there is none (a fresh start)."""
+        folder = checkpointing.latest_valid_checkpoint(self.checkpoint_root)
+        if folder is None:
+            return False
+        tensors, torch_state, json_state = checkpointing.read_checkpoint(folder)
+        if json_state["total_steps"] != self.total_steps:
+            raise ValueError(
+                f"{folder}: checkpoint planned {json_state['total_steps']} steps but this run plans "
+                f"{self.total_steps}; resume with the same data and training parameters"
+            )
+        self.model.load_trainable_state_dict(tensors)
+        self.optimizer.load_state_dict(torch_state["optimizer"])
+        self.scheduler.load_state_dict(torch_state["scheduler"])
+        self.scaler.load_state_dict(torch_state["scaler"])
+        for key in ("step", "epoch", "batch_in_epoch", "nonfinite_total", "nonfinite_in_a_row",
+                    "skipped_audio", "history"):
+            setattr(self, key, json_state[key])
+        restore_rng_state(torch_state["rng"], json_state["rng"])
+        log.info("resumed from %s (epoch %d, batch %d, step %d)", folder, self.epoch,
+                 self.batch_in_epoch, self.step)
+        return True
+
+    # -- the loop -----------------------------------------------------------------------------
+    def fit(self, stop: StopRequest | None = None) -> list[dict]:
+        """Train to the last epoch; on a stop request save and raise TrainingInterrupted."""
+        stop = stop if stop is not None else StopRequest()
+        settings = self.settings
+        if self.forced_expert is None:
+            self.pooled_train = compute_pooled_cache(
+                self.model, self.train_set, self.device, settings.batch_size * 2, self.amp_dtype)
+            if self.dev_set is not None and len(self.dev_set):
+                self.pooled_dev = compute_pooled_cache(
+                    self.model, self.dev_set, self.device, settings.batch_size * 2, self.amp_dtype,
+                    desc="dev gate embeddings")
+        self.model.train()
+        while self.epoch < settings.epochs:
+            self.run_epoch(stop)
+            self.epoch += 1
+            self.batch_in_epoch = 0
+            self.end_of_epoch()
+        return self.history
+
+    def run_epoch(self, stop: StopRequest) -> None:
+        settings = self.settings
+        mode, temperature = curriculum_routing(settings.routing, self.epoch, settings.epochs)
+        sampler = EpochOrder(len(self.train_set), settings.seed, self.epoch, self.batch_in_epoch,
+                             settings.batch_size, self.rank, self.world_size)
+        loader = DataLoader(
+            self.train_set, batch_size=settings.batch_size, sampler=sampler,
+            num_workers=settings.num_workers,
+            collate_fn=_Collate(self.pad_token_id, self.prefix_length),
+            generator=torch.Generator().manual_seed(settings.seed + self.epoch),
+        )
+        total_batches = batches_per_epoch(len(self.train_set), settings.batch_size, self.world_size)
+        progress = tqdm(total=total_batches, initial=self.batch_in_epoch, leave=False,
+                        desc=f"epoch {self.epoch + 1}/{settings.epochs} ({mode})",
+                        disable=None if self.rank == 0 else True)
+        accumulated = []
+        started = time.perf_counter()
+        utterances = 0
+        for batch in loader:
+            self.batch_in_epoch += 1
+            progress.update(1)
+            for reason in batch["errors"]:
+                self.skipped_audio[reason] = self.skipped_audio.get(reason, 0) + 1
+            if batch["size"]:
+                accumulated.append(self.micro_step(batch, mode, temperature))
+                utterances += batch["size"]
+            last_batch = self.batch_in_epoch == total_batches
+            if len(accumulated) == settings.gradient_accumulation_steps or (last_batch and accumulated):
+                record = self.optimizer_step(accumulated, mode, temperature)
+                record["utterances_per_s"] = utterances / max(time.perf_counter() - started, 1e-9)
+                progress.set_postfix(loss=f"{record['ce_loss']:.3f}")
+                accumulated = []
+                if stop:
+                    progress.close()
+                    folder = self.save()
+                    raise TrainingInterrupted(folder, stop.signal_name)
+        progress.close()
+
+    def micro_step(self, batch: dict, mode: str, temperature: float) -> dict:
+        """Forward and backward of one micro-batch, loss divided for accumulation."""
+        settings = self.settings
+        features = batch_features(self.model, batch, self.device)
+        decoder_input_ids = batch["decoder_input_ids"].to(self.device)
+        labels = batch["labels"].to(self.device)
+        index = batch["index"]
+        forced = None
+        if self.forced_expert is not None:
+            experts = self.forced_expert[index].to(self.device)
+            forced = torch.nn.functional.one_hot(experts, self.model.config.num_experts).float()
+            pooled = torch.zeros(len(index), self.model.base.config.d_model, device=self.device)
+        else:
+            pooled = self.pooled_train[index].to(self.device)
+        with autocast(self.device, self.amp_dtype):
+            output = self.forward_model(
+                input_features=features, decoder_input_ids=decoder_input_ids, labels=labels,
+                pooled=pooled, mode=mode, top_k=settings.routing["top_k"], temperature=temperature,
+                noise_std=settings.routing["noise_std"],
+                load_balance_weight=settings.routing["load_balance_weight"],
+                z_loss_weight=settings.routing["z_loss_weight"], forced_weights=forced,
+            )
+        loss = output["loss"] / settings.gradient_accumulation_steps
+        if torch.isfinite(loss):
+            self.scaler.scale(loss).backward()
+        probs = output["probs"].detach().float()
+        return {
+            "finite": bool(torch.isfinite(loss)),
+            "ce_loss": float(output["ce_loss"]), "lb_loss": float(output["lb_loss"]),
+            "z_loss": float(output["z_loss"]),
+            "gate_entropy": float(-(probs * probs.clamp_min(1e-9).log()).sum(-1).mean()),
+            "size": batch["size"],
+        }
+
+    def optimizer_step(self, micro: list[dict], mode: str, temperature: float) -> dict:
+        """Clip, step (unless a loss was non-finite), schedule; returns the logged record."""
+        settings = self.settings
+        finite = all(m["finite"] for m in micro)
+        grad_norm = float("nan")
+        if finite:
+            self.scaler.unscale_(self.optimizer)
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm))
+            finite = math.isfinite(grad_norm) or self.scaler.is_enabled()
+        if finite:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.nonfinite_in_a_row = 0
+        else:
+            self.nonfinite_total += 1
+            self.nonfinite_in_a_row += 1
+            log.warning("non-finite loss or gradient at step %d: step skipped (%d in a row)",
+                        self.step, self.nonfinite_in_a_row)
+            if self.nonfinite_in_a_row >= settings.max_nonfinite_in_a_row:
+                raise NonFiniteLoss(
+                    f"{self.nonfinite_in_a_row} non-finite steps in a row at step {self.step}: "
+                    "lower train.lr, enable --fp16 only on bf16-capable GPUs, or check the data report"
+                )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+        weights = [m["size"] for m in micro]
+        record = {
+            "step": self.step, "epoch": self.epoch + 1, "routing": mode, "temperature": temperature,
+            "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": grad_norm,
+            **{key: float(np.average([m[key] for m in micro], weights=weights))
+               for key in ("ce_loss", "lb_loss", "z_loss", "gate_entropy")},
+        }
+        self.history.append(record)
+        return record
+
+    def end_of_epoch(self) -> None:
+        settings = self.settings
+        record = {"epoch": self.epoch, "step": self.step}
+        if self.dev_set is not None and len(self.dev_set) and (
+            self.epoch % settings.eval_every_n_epochs == 0 or self.epoch == settings.epochs
+        ):
+            record["dev_loss"] = self.dev_loss()
+            log.info("epoch %d: dev loss %.4f", self.epoch, record["dev_loss"])
+        if self.epoch % settings.save_every_n_epochs == 0 or self.epoch == settings.epochs:
+            if self.rank == 0:
+                record["checkpoint"] = str(self.save())
+        self.history.append(record)
+
+    @torch.no_grad()
+    def dev_loss(self) -> float:
+        """Teacher-forced cross-entropy on the dev set with the routing of this epoch."""
+        mode, temperature = curriculum_routing(self.settings.routing, self.epoch - 1,
+                                               self.settings.epochs)
+        loader = DataLoader(self.dev_set, batch_size=self.settings.batch_size * 2, shuffle=False,
+                            collate_fn=_Collate(self.pad_token_id, self.prefix_length))
+        self.model.eval()
+        total, count = 0.0, 0
+        torch_state = torch.get_rng_state()
+        for batch in loader:
+            if not batch["size"]:
+                continue
+            pooled = self.pooled_dev[batch["index"]].to(self.device)
+            with autocast(self.device, self.amp_dtype):
+                output = self.model(
+                    input_features=batch_features(self.model, batch, self.device),
+                    decoder_input_ids=batch["decoder_input_ids"].to(self.device),
+                    labels=batch["labels"].to(self.device), pooled=pooled, mode=mode,
+                    top_k=self.settings.routing["top_k"], temperature=temperature,
+                )
+            total += float(output["ce_loss"]) * batch["size"]
+            count += batch["size"]
+        torch.set_rng_state(torch_state)
+        self.model.train()
+        return total / max(count, 1)
+
+
+class _Collate:
+    """Picklable collate for DataLoader workers."""
+
+    def __init__(self, pad_token_id: int, prefix_length: int):
+        self.pad_token_id = pad_token_id
+        self.prefix_length = prefix_length
+
+    def __call__(self, items):
+        return collate_utterances(items, self.pad_token_id, self.prefix_length)
+
+
+def write_history(history: list[dict], path: Path) -> None:
+    path.write_text("".join(json.dumps(record) + "\n" for record in history))

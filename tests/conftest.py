@@ -1,0 +1,51 @@
+"""Shared fixtures: a tiny random Whisper (d_model 64) and a few seconds of demo speech."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_base_dir(tmp_path_factory):
+    """A random Whisper (d_model 64, 2+2 layers) saved as a transformers directory."""
+    from whisper_moe.model.base import save_tiny_random_whisper
+
+    return save_tiny_random_whisper(tmp_path_factory.mktemp("tiny-whisper") / "model", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+    """A small synthetic corpus: 3 accents x 3 speakers x 2 utterances, split by speaker."""
+    from whisper_moe.data.demo import make_demo_corpus
+
+    folder = tmp_path_factory.mktemp("corpus")
+    make_demo_corpus(folder, accents=["en-us", "en-gb-scotland", "en-029"],
+                     speakers_per_accent=3, utterances_per_speaker=2, seed=7)
+    return folder
+
+
+@pytest.fixture
+def tiny_params(tiny_base_dir, tiny_corpus):
+    """Full params pointing at the tiny model and corpus, sized for a CPU test."""
+    from whisper_moe.config import DEFAULT_PARAMS
+
+    params = copy.deepcopy(DEFAULT_PARAMS)
+    params["mode"] = "full"
+    params["data"]["source"] = "manifest"
+    params["data"]["manifest_dir"] = str(tiny_corpus)
+    params["model"]["base_model"] = str(tiny_base_dir)
+    params["model"]["num_experts"] = 3
+    params["model"]["lora"]["rank"] = 4
+    params["model"]["gate_hidden"] = 16
+    params["train"].update(epochs=2, batch_size=2, gradient_accumulation_steps=2, lr=5e-3,
+                           gate_lr=5e-3, device="cpu")
+    params["routing"].update(mode="soft", noise_std=0.0)
+    params["evaluate"].update(batch_size=4, max_new_tokens=8)
+    return params
