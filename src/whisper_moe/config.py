@@ -81,6 +81,9 @@ DEFAULT_PARAMS: dict[str, Any] = {
         "max_nonfinite_in_a_row": 5,
     },
     "evaluate": {"batch_size": 8, "max_new_tokens": 128, "compare_base": True},
+    # The regular MoE (no pretraining) as `dvc repro` and Kubeflow run it; the CLI
+    # `pipeline --skip-pretraining` takes --num-experts instead, as the seed did.
+    "regular": {"num_experts": 4},
     "quick": {"epochs": 2, "max_train_utterances": 48, "max_eval_utterances": 24},
 }
 

@@ -433,7 +433,6 @@ class EspeakSynthesizer:
         self.sample_rate = self._lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data_path, 0)
         if self.sample_rate <= 0:
             raise RuntimeError(f"espeak_Initialize failed with data path {data_path!r}")
-        self._libc = ctypes.CDLL(None)  # espeak-ng draws breath noise from libc rand()
         self._chunks: list[np.ndarray] = []
         self._callback = self._CALLBACK(self._collect)  # keep a reference: C holds it
         self._lib.espeak_SetSynthCallback(self._callback)
@@ -451,6 +450,8 @@ class EspeakSynthesizer:
             ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p,
         ]  # fmt: skip
         lib.espeak_Synth.restype = ctypes.c_int
+        lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
+        lib.espeak_ng_SetRandSeed.restype = None
 
     def _collect(self, wav, num_samples, events) -> int:
         """Synth callback: copy each block of int16 samples; 0 means keep going."""
@@ -463,10 +464,10 @@ class EspeakSynthesizer:
     ) -> np.ndarray:
         """int16 samples at self.sample_rate for text in the given voice.
 
-        libc rand() is reseeded first: breathy variants (+f2, +f5, ...) add noise from
-        it, and other libraries in the process may have seeded it from the clock.
+        The library's noise generator is reseeded first: breathy variants (+f2, +f5,
+        ...) add noise from it, and espeak_Initialize seeds it from the clock.
         """
-        self._libc.srand(ctypes.c_uint(noise_seed & 0xFFFFFFFF))
+        self._lib.espeak_ng_SetRandSeed(noise_seed & 0x7FFFFFFF)
         if self._lib.espeak_SetVoiceByName(voice.encode()) != 0:
             raise RuntimeError(f"espeak-ng has no voice {voice!r}")
         for parameter, value in ((_PARAM_RATE, rate_wpm), (_PARAM_PITCH, pitch),

@@ -98,15 +98,33 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", ".", "~"))
 
 
-def _load_from_dir(directory: Path, dtype: torch.dtype):
-    if not (directory / "config.json").is_file():
+TRANSFORMERS_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def _check_transformers_dir(directory: Path) -> None:
+    """Explain a directory that is not a transformers model (a CTranslate2 one above all)."""
+    has_weights = any((directory / name).is_file() for name in TRANSFORMERS_WEIGHT_FILES)
+    if (directory / "config.json").is_file() and has_weights:
+        return
+    if (directory / "model.bin").is_file():
         hint = (
-            f"it looks like a CTranslate2 model: run `whisper-moe import-ct2 {directory} DST` "
-            "and pass DST"
-            if (directory / "model.bin").is_file()
-            else FIX_HINT
+            f"it is a CTranslate2 model: run `whisper-moe import-ct2 {directory} DST` and pass DST"
         )
-        raise BaseModelNotFound(f"base model directory {directory} has no config.json; {hint}")
+    else:
+        hint = FIX_HINT
+    raise BaseModelNotFound(
+        f"base model directory {directory} holds no transformers model (config.json and "
+        f"model.safetensors); {hint}"
+    )
+
+
+def _load_from_dir(directory: Path, dtype: torch.dtype):
+    _check_transformers_dir(directory)
     model = WhisperForConditionalGeneration.from_pretrained(
         directory, dtype=dtype, local_files_only=True, trust_remote_code=False
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 
@@ -13,6 +15,12 @@ def suppressed_token_ids(tokenizer, generation_config, eot_id: int) -> list[int]
     ids.update(getattr(generation_config, "suppress_tokens", None) or [])
     ids.discard(eot_id)
     return sorted(i for i in ids if i >= 0)
+
+
+def decoder_cache_argument(decoder) -> str:
+    """The decoder's key/value-cache keyword: `cache` in newer transformers, else the old name."""
+    parameters = inspect.signature(decoder.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 @torch.no_grad()
@@ -43,12 +51,13 @@ def greedy_decode(
     begin_mask = suppress_mask.clone()
     if begin_suppress_ids:
         begin_mask[torch.tensor([i for i in begin_suppress_ids if i < vocab], device=device)] = True
+    cache_argument = decoder_cache_argument(whisper.model.decoder)
     for step in range(max_new_tokens):
         output = whisper.model.decoder(
             input_ids=step_input,
             encoder_hidden_states=encoder_hidden,
-            past_key_values=past,
             use_cache=True,
+            **{cache_argument: past},
         )
         past = output.past_key_values
         logits = whisper.proj_out(output.last_hidden_state[:, -1]).float()
