@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import ClassVar
+
 import numpy as np
 import pytest
 import torch
@@ -45,7 +48,7 @@ class MultilingualIds:
     """The control-token ids of Whisper's multilingual vocabulary (no download needed)."""
 
     unk_token_id = 50257
-    ids = {
+    ids: ClassVar[dict[str, int]] = {
         "<|endoftext|>": 50257,
         "<|startoftranscript|>": 50258,
         "<|en|>": 50259,
@@ -81,9 +84,17 @@ def test_demo_cache_is_reused_not_reimported(demo_cache, monkeypatch):
     assert not [p for p in demo_cache.iterdir() if p.name.startswith(".")]  # no temp dirs left
 
 
+def test_demo_cache_from_an_older_importer_is_redone(tmp_path):
+    cache = demo_base_model_dir(tmp_path / "tiny.en")
+    record = cache / "ct2_import.json"
+    record.write_text(json.dumps({**json.loads(record.read_text()), "format_version": 0}))
+    assert demo_base_model_dir(cache) == cache
+    assert json.loads(record.read_text())["format_version"] >= 1
+
+
 def test_demo_dir_refuses_a_foreign_nonempty_directory(tmp_path):
     (tmp_path / "notes.txt").write_text("not a model")
-    with pytest.raises(FileExistsError, match="no complete model"):
+    with pytest.raises(FileExistsError, match="no demo model import"):
         demo_base_model_dir(tmp_path)
     assert (tmp_path / "notes.txt").exists()
 
@@ -162,8 +173,13 @@ def test_tiny_random_model_shape_and_determinism(english_tokenizer):
 
 def test_tiny_random_model_round_trips_as_a_base_model_directory(tmp_path, english_tokenizer):
     directory = save_tiny_random_whisper(tmp_path / "tiny", seed=0, tokenizer=english_tokenizer)
-    for name in ("config.json", "model.safetensors", "generation_config.json",
-                 "tokenizer.json", "preprocessor_config.json"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "generation_config.json",
+        "tokenizer.json",
+        "preprocessor_config.json",
+    ):
         assert (directory / name).is_file(), name
     original, _ = tiny_random_whisper(seed=0, tokenizer=english_tokenizer)
     loaded, tokenizer = load_base_model(directory)
@@ -175,5 +191,7 @@ def test_tiny_random_model_round_trips_as_a_base_model_directory(tmp_path, engli
     assert tokenizer.decode(tokenizer(text, add_special_tokens=False).input_ids) == text
     features = torch.from_numpy(np.zeros((1, 80, 3000), dtype=np.float32))
     with torch.no_grad():
-        logits = loaded(input_features=features, decoder_input_ids=torch.tensor([[50257, 50362]])).logits
+        logits = loaded(
+            input_features=features, decoder_input_ids=torch.tensor([[50257, 50362]])
+        ).logits
     assert logits.shape == (1, 2, 51864)

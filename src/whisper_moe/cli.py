@@ -123,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest-dir", help="folder with train/dev/test.jsonl instead of the demo corpus")
     p.add_argument("--max-skip-fraction", type=float)
 
+    p = commands.add_parser("data", help="data stage: corpus -> validated train/dev/test manifests")
+    add_common(p)
+    p.add_argument("--out", required=True)
+    p.add_argument("--dataset-root", help="SAP release root instead of the demo corpus")
+    p.add_argument("--manifest-dir", help="folder with train/dev/test.jsonl instead of the demo corpus")
+    p.add_argument("--max-skip-fraction", type=float)
+
     p = commands.add_parser("make-demo-data", help="synthesise the multi-accent demo corpus")
     add_common(p)
     p.add_argument("--out", default=None, help="default: data.dir from params")
@@ -164,6 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("--out", required=True)
 
+    for extension in optional_extensions():
+        import inspect
+
+        if len(inspect.signature(extension.add_subcommands).parameters) >= 2:
+            extension.add_subcommands(commands, add_common)
+        else:
+            extension.add_subcommands(commands)
+
     p = commands.add_parser("transcribe", help="transcribe audio files with a checkpoint")
     add_common(p)
     p.add_argument("--checkpoint", required=True)
@@ -171,13 +186,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def optional_extensions() -> list:
+    """Subcommand modules: pretraining stages, and `kfp` when the kfp extra is installed."""
+    import importlib
+
+    modules = []
+    for name in ("whisper_moe.cli_pretraining", "whisper_moe_kfp.client"):
+        try:
+            modules.append(importlib.import_module(name))
+        except ModuleNotFoundError as error:
+            if error.name not in (name, "kfp", "whisper_moe_kfp"):
+                raise
+    return modules
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from whisper_moe.training.runtime import setup_logging
 
     setup_logging(getattr(args, "log_file", None))
+    commands = dict(COMMANDS)
+    for extension in optional_extensions():
+        commands.update(extension.COMMANDS)
     try:
-        return COMMANDS[args.command](args) or 0
+        return commands[args.command](args) or 0
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130
@@ -201,6 +233,19 @@ def cmd_pipeline(args) -> int:
         params["data"]["source"], params["data"]["manifest_dir"] = "manifest", args.manifest_dir
     output_dir = Path(args.output_dir or f"runs/{params['mode']}")
     pipeline.run(params, output_dir, skip_pretraining=args.skip_pretraining, resume=args.resume)
+    return 0
+
+
+def cmd_data(args) -> int:
+    from whisper_moe.stages import data as data_stage
+
+    params = params_from_args(args)
+    if args.dataset_root:
+        params["data"]["source"], params["data"]["sap_root"] = "sap", args.dataset_root
+    if args.manifest_dir:
+        params["data"]["source"], params["data"]["manifest_dir"] = "manifest", args.manifest_dir
+    outputs = data_stage.run(params, args.out)
+    print(f"validated manifests and data report in {args.out}: {outputs}")
     return 0
 
 
@@ -308,6 +353,7 @@ def cmd_transcribe(args) -> int:
 
 COMMANDS = {
     "pipeline": cmd_pipeline,
+    "data": cmd_data,
     "make-demo-data": cmd_make_demo_data,
     "import-sap": cmd_import_sap,
     "import-ct2": cmd_import_ct2,

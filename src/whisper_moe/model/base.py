@@ -8,6 +8,7 @@ model with the real tiny.en tokenizer for fast tests.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from transformers import (
 from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
 
 from whisper_moe.model.ct2_import import (
+    IMPORT_FORMAT_VERSION,
+    IMPORT_RECORD,
     import_ct2_whisper,
     is_multilingual_vocab,
     whisper_generation_config,
@@ -68,21 +71,31 @@ def _is_complete_model_dir(path: Path) -> bool:
     return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
 
 
+def _is_current_import(path: Path) -> bool:
+    """A complete import written by this version of the importer."""
+    try:
+        record = json.loads((path / IMPORT_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return _is_complete_model_dir(path) and record.get("format_version") == IMPORT_FORMAT_VERSION
+
+
 def demo_base_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     """The demo base model as a transformers directory, imported on first use and reused
-    after. The import is written to a temporary directory and renamed, so concurrent first
-    uses never see a half-written model."""
+    after (redone when an older importer wrote it). The import is written to a temporary
+    directory and renamed, so concurrent first uses never see a half-written model."""
     target = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    if _is_complete_model_dir(target):
+    if _is_current_import(target):
         return target
+    stale = _is_complete_model_dir(target) and (target / IMPORT_RECORD).is_file()
     try:
-        return import_ct2_whisper(demo_ct2_dir(), target)
+        return import_ct2_whisper(demo_ct2_dir(), target, overwrite=stale)
     except FileExistsError:
-        if _is_complete_model_dir(target):  # another process finished first
+        if _is_current_import(target):  # another process finished first
             return target
         raise FileExistsError(
-            f"{target}: exists but holds no complete model; remove it or choose another cache "
-            f"directory (${CACHE_ENV})"
+            f"{target}: exists but holds no demo model import; remove it or choose another "
+            f"cache directory (${CACHE_ENV})"
         ) from None
 
 
@@ -128,7 +141,9 @@ def _load_from_dir(directory: Path, dtype: torch.dtype):
     model = WhisperForConditionalGeneration.from_pretrained(
         directory, dtype=dtype, local_files_only=True, trust_remote_code=False
     )
-    tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(
+        directory, local_files_only=True, trust_remote_code=False
+    )
     return model, tokenizer
 
 
@@ -213,7 +228,9 @@ def decoder_prefix_ids(
             token = _language_token(language)
             token_id = tokenizer.convert_tokens_to_ids(token)
             if token_id is None or token_id == tokenizer.unk_token_id:
-                raise ValueError(f"tokenizer has no language token {token}; is it a Whisper tokenizer?")
+                raise ValueError(
+                    f"tokenizer has no language token {token}; is it a Whisper tokenizer?"
+                )
             prefix.append(token_id)
         if task is not None:
             if task not in ("transcribe", "translate"):
@@ -266,9 +283,7 @@ def tiny_random_whisper(seed: int = 0, tokenizer=None):
     return model.eval(), tokenizer
 
 
-def save_tiny_random_whisper(
-    directory: str | os.PathLike, seed: int = 0, tokenizer=None
-) -> Path:
+def save_tiny_random_whisper(directory: str | os.PathLike, seed: int = 0, tokenizer=None) -> Path:
     """Write the tiny random model as a transformers directory usable as a base_model."""
     directory = Path(directory)
     model, tokenizer = tiny_random_whisper(seed=seed, tokenizer=tokenizer)

@@ -32,10 +32,13 @@ from safetensors.torch import save_file
 from tokenizers import AddedToken
 from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperTokenizer
 
-# Whisper's English-only checkpoints have 51864 tokens; multilingual ones 51865 (51866 for large-v3).
+# English-only Whisper checkpoints have 51864 tokens; multilingual 51865 (large-v3: 51866).
 ENGLISH_ONLY_VOCAB_SIZE = 51864
 WHISPER_HEAD_DIM = 64
 SUPPORTED_BINARY_VERSIONS = (5, 6)
+# Bumped whenever the written directory changes, so caches of older imports are redone.
+IMPORT_FORMAT_VERSION = 1
+IMPORT_RECORD = "ct2_import.json"
 CT2_GELU_ACTIVATION = 3  # ctranslate2 ops::ActivationType::GELU (the exact erf form Whisper uses)
 
 # Index = CTranslate2 DataType id (include/ctranslate2/types.h order).
@@ -111,7 +114,9 @@ class _Reader:
     def array(self, dtype: np.dtype, shape: tuple[int, ...], n_bytes: int) -> np.ndarray:
         if self.offset + n_bytes > len(self.data):
             raise CT2FormatError(f"{self.path}: truncated at byte {self.offset}; re-copy the model")
-        flat = np.frombuffer(self.data, dtype=dtype, count=n_bytes // dtype.itemsize, offset=self.offset)
+        flat = np.frombuffer(
+            self.data, dtype=dtype, count=n_bytes // dtype.itemsize, offset=self.offset
+        )
         self.offset += n_bytes
         return flat.reshape(shape)
 
@@ -219,7 +224,9 @@ def infer_whisper_dims(ct2: CT2Model) -> WhisperDims:
 # ------------------------------------------------------------------------ weight mapping
 
 
-def _linear(ct2: CT2Model, src: str, dst: str, out: dict[str, np.ndarray], bias: bool = True) -> None:
+def _linear(
+    ct2: CT2Model, src: str, dst: str, out: dict[str, np.ndarray], bias: bool = True
+) -> None:
     out[f"{dst}.weight"] = _float_weight(ct2, f"{src}/weight")
     if bias:
         out[f"{dst}.bias"] = _float_weight(ct2, f"{src}/bias")
@@ -234,13 +241,13 @@ def _split_rows(ct2: CT2Model, src: str, parts: int) -> tuple[list[np.ndarray], 
     weight = _float_weight(ct2, f"{src}/weight")
     bias = _float_weight(ct2, f"{src}/bias")
     if weight.shape[0] % parts:
-        raise CT2FormatError(f"{ct2.path}: {src} has {weight.shape[0]} rows, not divisible by {parts}")
+        raise CT2FormatError(
+            f"{ct2.path}: {src} has {weight.shape[0]} rows, not divisible by {parts}"
+        )
     return np.split(weight, parts), np.split(bias, parts)
 
 
-def _attention(
-    ct2: CT2Model, src: str, dst: str, out: dict[str, np.ndarray], cross: bool
-) -> None:
+def _attention(ct2: CT2Model, src: str, dst: str, out: dict[str, np.ndarray], cross: bool) -> None:
     """Unfuse CTranslate2's packed projections. The key bias is dropped: it adds q.b_k to
     every score of a query, which softmax cancels, and transformers' k_proj has no bias."""
     if cross:
@@ -268,7 +275,9 @@ def whisper_state_dict(ct2: CT2Model, dims: WhisperDims) -> dict[str, torch.Tens
     enc, dec = "model.encoder", "model.decoder"
     _linear(ct2, "encoder/conv1", f"{enc}.conv1", out)
     _linear(ct2, "encoder/conv2", f"{enc}.conv2", out)
-    out[f"{enc}.embed_positions.weight"] = _float_weight(ct2, "encoder/position_encodings/encodings")
+    out[f"{enc}.embed_positions.weight"] = _float_weight(
+        ct2, "encoder/position_encodings/encodings"
+    )
     for i in range(dims.encoder_layers):
         src, dst = f"encoder/layer_{i}", f"{enc}.layers.{i}"
         _layer_norm(ct2, f"{src}/self_attention/layer_norm", f"{dst}.self_attn_layer_norm", out)
@@ -277,7 +286,9 @@ def whisper_state_dict(ct2: CT2Model, dims: WhisperDims) -> dict[str, torch.Tens
     _layer_norm(ct2, "encoder/layer_norm", f"{enc}.layer_norm", out)
 
     out[f"{dec}.embed_tokens.weight"] = _float_weight(ct2, "decoder/embeddings/weight")
-    out[f"{dec}.embed_positions.weight"] = _float_weight(ct2, "decoder/position_encodings/encodings")
+    out[f"{dec}.embed_positions.weight"] = _float_weight(
+        ct2, "decoder/position_encodings/encodings"
+    )
     for i in range(dims.decoder_layers):
         src, dst = f"decoder/layer_{i}", f"{dec}.layers.{i}"
         _layer_norm(ct2, f"{src}/self_attention/layer_norm", f"{dst}.self_attn_layer_norm", out)
@@ -334,7 +345,10 @@ def whisper_tokenizer_from_ct2(src_dir: str | os.PathLike) -> WhisperTokenizer:
     missing = vocabulary[len(tokenizer) :]
     if missing:
         tokenizer.add_tokens(
-            [AddedToken(t, lstrip=False, rstrip=False, normalized=False, special=False) for t in missing]
+            [
+                AddedToken(t, lstrip=False, rstrip=False, normalized=False, special=False)
+                for t in missing
+            ]
         )
     _check_tokenizer_matches_vocabulary(tokenizer, vocabulary, tokenizer_file)
     return tokenizer
@@ -379,7 +393,9 @@ def whisper_token_ids(tokenizer) -> dict[str, int]:
         if token_id is None or (token_id == tokenizer.unk_token_id and role != "eot")
     ]
     if unknown:
-        raise CT2FormatError(f"tokenizer lacks Whisper control tokens {unknown}; it is not a Whisper tokenizer")
+        raise CT2FormatError(
+            f"tokenizer lacks Whisper control tokens {unknown}; it is not a Whisper tokenizer"
+        )
     return ids
 
 
@@ -423,22 +439,22 @@ def whisper_generation_config(
     lists, languages for multilingual models)."""
     ids = whisper_token_ids(tokenizer)
     multilingual = is_multilingual_vocab(vocab_size)
-    settings = dict(
-        decoder_start_token_id=ids["sot"],
-        bos_token_id=ids["sot"],
-        eos_token_id=ids["eot"],
-        pad_token_id=ids["eot"],
-        no_timestamps_token_id=ids["no_timestamps"],
-        prev_sot_token_id=ids["prev_sot"],
-        is_multilingual=multilingual,
-        suppress_tokens=list(suppress_ids or []),
-        begin_suppress_tokens=list(
+    settings = {
+        "decoder_start_token_id": ids["sot"],
+        "bos_token_id": ids["sot"],
+        "eos_token_id": ids["eot"],
+        "pad_token_id": ids["eot"],
+        "no_timestamps_token_id": ids["no_timestamps"],
+        "prev_sot_token_id": ids["prev_sot"],
+        "is_multilingual": multilingual,
+        "suppress_tokens": list(suppress_ids or []),
+        "begin_suppress_tokens": list(
             suppress_ids_begin if suppress_ids_begin is not None else [220, ids["eot"]]
         ),
-        max_initial_timestamp_index=50,
-        max_length=max_length,
-        return_timestamps=False,
-    )
+        "max_initial_timestamp_index": 50,
+        "max_length": max_length,
+        "return_timestamps": False,
+    }
     if alignment_heads:
         settings["alignment_heads"] = [list(map(int, head)) for head in alignment_heads]
     if multilingual:
@@ -487,9 +503,13 @@ def import_ct2_whisper(
     is either absent or complete. Returns `dst_dir`."""
     src_dir, dst_dir = Path(src_dir).expanduser(), Path(dst_dir).expanduser()
     if not src_dir.is_dir():
-        raise CT2FormatError(f"{src_dir}: not a directory; pass a CTranslate2 Whisper model directory")
+        raise CT2FormatError(
+            f"{src_dir}: not a directory; pass a CTranslate2 Whisper model directory"
+        )
     if dst_dir.exists() and any(dst_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{dst_dir}: exists and is not empty; remove it or pass overwrite=True")
+        raise FileExistsError(
+            f"{dst_dir}: exists and is not empty; remove it or pass overwrite=True"
+        )
 
     ct2 = read_ct2_model_bin(src_dir / "model.bin")
     dims = infer_whisper_dims(ct2)
@@ -518,13 +538,14 @@ def import_ct2_whisper(
             tmp_dir, state_dict, whisper_model_config(dims, tokenizer), generation_config, tokenizer
         )
         provenance = {
+            "format_version": IMPORT_FORMAT_VERSION,
             "source": str(src_dir.resolve()),
             "spec": f"{ct2.spec_name} revision {ct2.spec_revision}",
             "binary_version": ct2.binary_version,
             "source_weight_dtypes": sorted(set(ct2.dtypes.values())),
             "multilingual": is_multilingual_vocab(dims.vocab_size),
         }
-        (tmp_dir / "ct2_import.json").write_text(json.dumps(provenance, indent=2) + "\n")
+        (tmp_dir / IMPORT_RECORD).write_text(json.dumps(provenance, indent=2) + "\n")
         if overwrite and dst_dir.exists():
             shutil.rmtree(dst_dir)
         try:
