@@ -85,7 +85,7 @@ def install_commands(
     torch_versions: dict[str, str], rest_file: Path, torch_index_url: str
 ) -> list[list[str]]:
     """The two pip runs: torch family from the torch index, then the rest of the lock."""
-    pip = [sys.executable, "-m", "pip", "install", "--no-cache-dir"]
+    pip = [sys.executable, "-m", "pip", "install"]
     commands = []
     if torch_versions:
         pins = [f"{name}=={version}" for name, version in sorted(torch_versions.items())]
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             pins = select_entries(remaining, args.only, args.lock)
         except ValueError as error:
             parser.error(str(error))
-        run_pip([[sys.executable, "-m", "pip", "install", "--no-cache-dir", *pins]], args.dry_run)
+        run_pip([[sys.executable, "-m", "pip", "install", *pins]], args.dry_run)
         return 0
     if not args.torch_index_url:
         parser.error("--torch-index-url is required unless --only is given")

@@ -59,7 +59,7 @@ def find_test_wer(flat: dict[str, float], key: str | None) -> tuple[str, float]:
     raise KeyError(f"no finite test WER at {', '.join(candidates)}")
 
 
-Row = tuple[str, "float | None", "float | None"]
+Row = tuple[str, float | None, float | None]
 
 
 def error_rate_rows(new: dict[str, float], baseline: dict[str, float]) -> list[Row]:

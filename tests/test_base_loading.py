@@ -90,6 +90,7 @@ def test_demo_cache_from_an_older_importer_is_redone(tmp_path):
     record.write_text(json.dumps({**json.loads(record.read_text()), "format_version": 0}))
     assert demo_base_model_dir(cache) == cache
     assert json.loads(record.read_text())["format_version"] >= 1
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny.en"]  # nothing set aside is left
 
 
 def test_demo_dir_refuses_a_foreign_nonempty_directory(tmp_path):

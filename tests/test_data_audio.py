@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -105,3 +107,9 @@ def test_too_long_is_refused_from_the_header(tmp_path):
         load_audio(path, max_duration_s=1.5)
     assert caught.value.reason == "too_long"
     assert load_audio(path, max_duration_s=2.5).shape == (32000,)
+
+
+def test_audio_error_survives_pickling(tmp_path):
+    error = AudioError("silent_audio", tmp_path / "x.wav", "peak 0")
+    copy = pickle.loads(pickle.dumps(error))
+    assert (copy.reason, copy.path, str(copy)) == (error.reason, error.path, str(error))

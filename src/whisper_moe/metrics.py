@@ -83,7 +83,9 @@ def _normalised_pairs(refs: Sequence[str], hyps: Sequence[str]) -> list[tuple[st
     """Pairs of normalised (reference, hypothesis); lengths must match."""
     if len(refs) != len(hyps):
         raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
-    return [(normalize_transcript(r), normalize_transcript(h)) for r, h in zip(refs, hyps)]
+    return [
+        (normalize_transcript(r), normalize_transcript(h)) for r, h in zip(refs, hyps, strict=True)
+    ]
 
 
 def per_group_error_rates(rows: Iterable[dict]) -> dict[str, dict[str, float | int]]:

@@ -51,6 +51,10 @@ class AudioError(Exception):
             text += f": {hint}"
         super().__init__(text)
 
+    def __reduce__(self):
+        """Rebuild from the original arguments (for errors crossing process boundaries)."""
+        return (type(self), (self.reason, self.path, self.detail))
+
 
 @dataclass
 class DecodedAudio:

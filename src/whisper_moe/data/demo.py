@@ -329,6 +329,9 @@ def synthesize_plan(
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for future in [pool.submit(run_group, jobs) for jobs in by_group.values()]:
                 future.result()
+    missing = [job["id"] for job in plan if job["id"] not in num_samples]
+    if missing:
+        raise RuntimeError(f"espeak-ng workers returned no audio for {missing[:5]}")
     return num_samples
 
 
@@ -344,8 +347,11 @@ def _run_worker(jobs: list[dict], out_dir: Path):
         process = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr_file, env=env
         )
-        process.stdin.write(request.encode())
-        process.stdin.close()
+        try:
+            process.stdin.write(request.encode())
+            process.stdin.close()
+        except BrokenPipeError:
+            pass  # the worker died at start-up; its stderr below says why
         for line in process.stdout:
             result = json.loads(line)
             yield result["id"], result["num_samples"]
@@ -446,9 +452,15 @@ class EspeakSynthesizer:
         lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
         lib.espeak_SetParameter.restype = ctypes.c_int
         lib.espeak_Synth.argtypes = [
-            ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
-            ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p,
-        ]  # fmt: skip
+            ctypes.c_char_p,
+            ctypes.c_size_t,
+            ctypes.c_uint,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.c_uint,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+        ]
         lib.espeak_Synth.restype = ctypes.c_int
         lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
         lib.espeak_ng_SetRandSeed.restype = None
@@ -470,8 +482,11 @@ class EspeakSynthesizer:
         self._lib.espeak_ng_SetRandSeed(noise_seed & 0x7FFFFFFF)
         if self._lib.espeak_SetVoiceByName(voice.encode()) != 0:
             raise RuntimeError(f"espeak-ng has no voice {voice!r}")
-        for parameter, value in ((_PARAM_RATE, rate_wpm), (_PARAM_PITCH, pitch),
-                                 (_PARAM_RANGE, pitch_range)):  # fmt: skip
+        for parameter, value in (
+            (_PARAM_RATE, rate_wpm),
+            (_PARAM_PITCH, pitch),
+            (_PARAM_RANGE, pitch_range),
+        ):
             self._lib.espeak_SetParameter(parameter, int(value), 0)
         self._chunks = []
         encoded = text.encode("utf-8")
@@ -487,7 +502,11 @@ class EspeakSynthesizer:
 def render_utterance(synth: EspeakSynthesizer, job: dict) -> np.ndarray:
     """Speech for one job as 16 kHz int16: resample, speaker gain, seeded noise."""
     raw = synth.speak(
-        job["text"], job["voice"], job["rate_wpm"], job["pitch"], job["pitch_range"],
+        job["text"],
+        job["voice"],
+        job["rate_wpm"],
+        job["pitch"],
+        job["pitch_range"],
         job["noise_seed"],
     )
     if raw.size == 0:

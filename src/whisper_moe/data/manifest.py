@@ -34,6 +34,10 @@ class ManifestError(ValueError):
         self.detail = detail
         super().__init__(f"{self.path}:{line_number}: {reason}: {detail}")
 
+    def __reduce__(self):
+        """Rebuild from the original arguments (for errors crossing process boundaries)."""
+        return (type(self), (self.path, self.line_number, self.reason, self.detail))
+
 
 def read_manifest(path: str | os.PathLike, root: str | os.PathLike | None = None) -> list[dict]:
     """All rows with absolute audio paths; the first bad line raises ManifestError.
@@ -120,9 +124,7 @@ def _check_value_types(row: dict, manifest_path: str | os.PathLike, line_number:
     if isinstance(duration, bool) or not isinstance(duration, (int, float)):
         raise ManifestError(manifest_path, line_number, "bad_value", "'duration' must be a number")
     if not math.isfinite(duration) or duration < 0:
-        raise ManifestError(
-            manifest_path, line_number, "bad_value", f"'duration' is {duration!r}"
-        )
+        raise ManifestError(manifest_path, line_number, "bad_value", f"'duration' is {duration!r}")
 
 
 def write_manifest(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
@@ -220,7 +222,7 @@ def speaker_disjoint_split(
         rng.shuffle(shuffled)
         counts = _split_counts(len(shuffled), fractions)
         start = 0
-        for name, count in zip(SPLIT_NAMES, counts):
+        for name, count in zip(SPLIT_NAMES, counts, strict=True):
             for speaker in shuffled[start : start + count]:
                 split_of_speaker[speaker] = name
             start += count

@@ -65,7 +65,9 @@ def import_sap(
     skips = SkipLog()
     rows_by_source = {split: read_sap_split(root / split, skips, progress) for split in splits}
     outputs = _assign_splits(rows_by_source, dev_fraction, seed, skips)
-    paths = {name: write_manifest(out_dir / f"{name}.jsonl", rows) for name, rows in outputs.items()}
+    paths = {
+        name: write_manifest(out_dir / f"{name}.jsonl", rows) for name, rows in outputs.items()
+    }
     report = _sap_report(root, splits, outputs, skips, dev_fraction, seed)
     paths["report"] = write_json_atomic(out_dir / "data_report.json", report)
     return paths

@@ -8,6 +8,7 @@ path or export rather than a few bad recordings.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from collections import Counter
@@ -85,6 +86,17 @@ class ValidationTally:
         }
 
 
+@dataclass(frozen=True)
+class ValidationRules:
+    """What a usable row must satisfy (from params: data.max_duration_s, ...)."""
+
+    max_duration_s: float = 30.0
+    tokenizer: object = None
+    max_label_tokens: int = 448
+    root: str | os.PathLike | None = None
+    fixed_audio_dir: str | os.PathLike | None = None
+
+
 def validate_manifest(
     in_path: str | os.PathLike,
     out_path: str | os.PathLike,
@@ -103,14 +115,13 @@ def validate_manifest(
     Kept rows get the measured duration (after resampling). Wrong-rate and stereo
     files are usable (load_audio converts them) and counted under "fixed"; with
     fixed_audio_dir they are also written there as 16 kHz mono WAV so training does
-    not convert them every epoch. The report is written even when the run is stopped,
-    so the reasons can be read.
+    not convert them every epoch. `tokenizer` is any object with .encode(text).
+    The report is written even when the run is stopped, so the reasons can be read;
+    the cleaned manifest only when it is not.
     """
+    rules = ValidationRules(max_duration_s, tokenizer, max_label_tokens, root, fixed_audio_dir)
     tally = ValidationTally()
-    kept_rows = _check_all_lines(
-        in_path, tally, max_duration_s, tokenizer, max_label_tokens, root,
-        fixed_audio_dir, num_workers, progress,
-    )  # fmt: skip
+    kept_rows = _check_all_lines(in_path, tally, rules, num_workers, progress)
     report = tally.report(in_path, max_skip_fraction)
     write_json_atomic(report_path, report)
     _stop_if_too_much_skipped(in_path, tally, max_skip_fraction, report_path)
@@ -119,15 +130,17 @@ def validate_manifest(
 
 
 def _check_all_lines(
-    in_path, tally, max_duration_s, tokenizer, max_label_tokens, root, fixed_audio_dir,
-    num_workers, progress,
-) -> list[dict]:  # fmt: skip
-    """Parse and check every line in order; rows that pass, with fixes applied."""
-    rows = _parse_lines(in_path, tally, root)
-    rows = [row for row in rows if _text_ok(row, tally, tokenizer, max_label_tokens)]
+    in_path, tally: ValidationTally, rules: ValidationRules, num_workers: int, progress: bool
+) -> list[dict]:
+    """Parse and check every line, keeping file order; the rows that pass, fixes applied.
+
+    Audio decoding runs in threads (libsndfile and the resampler release the GIL).
+    """
+    rows = _parse_lines(in_path, tally, rules.root)
+    rows = [row for row in rows if _text_ok(row, tally, rules)]
 
     def check(row: dict) -> dict | None:
-        return _audio_ok(row, tally, max_duration_s, fixed_audio_dir)
+        return _audio_ok(row, tally, rules)
 
     with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
         results = list(
@@ -155,38 +168,40 @@ def _parse_lines(in_path, tally: ValidationTally, root) -> list[dict]:
     return rows
 
 
-def _text_ok(row: dict, tally: ValidationTally, tokenizer, max_label_tokens: int) -> bool:
+def _text_ok(row: dict, tally: ValidationTally, rules: ValidationRules) -> bool:
     """The transcript is non-empty and, with a tokenizer, short enough to be a label."""
     text = row["text"].strip()
     if not text:
         tally.skip("empty_transcript", row["id"])
         return False
-    if tokenizer is not None:
-        num_tokens = len(tokenizer.encode(text))
-        if num_tokens > max_label_tokens:
+    if rules.tokenizer is not None:
+        num_tokens = len(rules.tokenizer.encode(text))
+        if num_tokens > rules.max_label_tokens:
             tally.skip("label_too_long", f"{row['id']} ({num_tokens} tokens)")
             return False
     row["text"] = text
     return True
 
 
-def _audio_ok(row: dict, tally: ValidationTally, max_duration_s, fixed_audio_dir) -> dict | None:
+def _audio_ok(row: dict, tally: ValidationTally, rules: ValidationRules) -> dict | None:
     """Decode the audio; the row with its measured duration, or None with a reason."""
     try:
-        decoded = decode_audio(row["audio_filepath"], max_duration_s=max_duration_s)
+        decoded = decode_audio(row["audio_filepath"], max_duration_s=rules.max_duration_s)
     except AudioError as error:
         tally.skip(error.reason, f"{row['id']}: {error.path}")
         return None
     tally.count_fixes(decoded.fixes)
-    if decoded.fixes and fixed_audio_dir is not None:
-        row["audio_filepath"] = _write_fixed_copy(row, decoded.samples, fixed_audio_dir)
+    if decoded.fixes and rules.fixed_audio_dir is not None:
+        row["audio_filepath"] = _write_fixed_copy(row, decoded.samples, rules.fixed_audio_dir)
     row["duration"] = round(decoded.duration_s, 4)
     return row
 
 
 def _write_fixed_copy(row: dict, samples, fixed_audio_dir) -> str:
     """Save converted 16 kHz mono audio so later stages read it without converting."""
-    safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in row["id"])
+    safe_name = "".join(c if c.isalnum() or c in "-_" else "_" for c in row["id"])
+    if safe_name != row["id"]:  # keep ids that differ only in odd characters apart
+        safe_name += "-" + hashlib.sha1(row["id"].encode()).hexdigest()[:8]
     path = Path(fixed_audio_dir) / f"{safe_name}.wav"
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), samples, TARGET_SAMPLE_RATE, subtype="PCM_16")
@@ -200,10 +215,13 @@ def _stop_if_too_much_skipped(in_path, tally: ValidationTally, max_skip_fraction
         raise DataQualityError(f"{in_path}: the manifest has no rows; point the run at real data")
     if tally.kept > 0 and _fraction(skipped, tally.total) <= max_skip_fraction:
         return
-    lines = [
-        f"{in_path}: {skipped} of {tally.total} rows are unusable "
-        f"({_fraction(skipped, tally.total):.1%} > max_skip_fraction={max_skip_fraction:g})."
-    ]
+    share = _fraction(skipped, tally.total)
+    verdict = (
+        "no row is usable"
+        if tally.kept == 0
+        else f"{share:.1%} > max_skip_fraction={max_skip_fraction:g}"
+    )
+    lines = [f"{in_path}: {skipped} of {tally.total} rows are unusable ({verdict})."]
     for reason, count in tally.skipped.most_common():
         hint = ROW_REASONS.get(reason) or AUDIO_REASONS.get(reason, "")
         lines.append(f"  {reason}: {count}, e.g. {', '.join(tally.examples[reason][:3])}: {hint}")

@@ -6,7 +6,7 @@ model offline. The converter reads CTranslate2's `model.bin` directly: the forma
 flat list of named arrays, so no CTranslate2 API is needed and any quantization it wrote
 (float16, bfloat16, int8, int16) is turned back into float32.
 
-Layout of `model.bin` (little endian), binary version 5 or 6:
+Layout of `model.bin` (little endian), binary version 6:
     uint32 binary_version
     string spec_name, uint32 spec_revision
     uint32 n_variables, then per variable:
@@ -35,7 +35,7 @@ from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtracto
 # English-only Whisper checkpoints have 51864 tokens; multilingual 51865 (large-v3: 51866).
 ENGLISH_ONLY_VOCAB_SIZE = 51864
 WHISPER_HEAD_DIM = 64
-SUPPORTED_BINARY_VERSIONS = (5, 6)
+SUPPORTED_BINARY_VERSIONS = (6,)  # every CTranslate2 release with Whisper (>= 3.0)
 # Bumped whenever the written directory changes, so caches of older imports are redone.
 IMPORT_FORMAT_VERSION = 1
 IMPORT_RECORD = "ct2_import.json"
@@ -393,7 +393,7 @@ def whisper_token_ids(tokenizer) -> dict[str, int]:
         if token_id is None or (token_id == tokenizer.unk_token_id and role != "eot")
     ]
     if unknown:
-        raise CT2FormatError(
+        raise ValueError(
             f"tokenizer lacks Whisper control tokens {unknown}; it is not a Whisper tokenizer"
         )
     return ids
@@ -542,17 +542,32 @@ def import_ct2_whisper(
             "source": str(src_dir.resolve()),
             "spec": f"{ct2.spec_name} revision {ct2.spec_revision}",
             "binary_version": ct2.binary_version,
-            "source_weight_dtypes": sorted(set(ct2.dtypes.values())),
+            "source_weight_dtypes": sorted(
+                {ct2.dtypes[name] for name, value in ct2.variables.items() if value.ndim > 0}
+            ),
             "multilingual": is_multilingual_vocab(dims.vocab_size),
         }
         (tmp_dir / IMPORT_RECORD).write_text(json.dumps(provenance, indent=2) + "\n")
-        if overwrite and dst_dir.exists():
-            shutil.rmtree(dst_dir)
-        try:
-            os.replace(tmp_dir, dst_dir)  # atomic; fails if dst_dir appeared meanwhile
-        except OSError as error:
-            raise FileExistsError(f"{dst_dir}: was created while importing ({error})") from error
+        for written in tmp_dir.iterdir():
+            written.chmod(0o644)  # safetensors writes owner-only files; caches may be shared
+        _move_into_place(tmp_dir, dst_dir, overwrite)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
     return dst_dir
+
+
+def _move_into_place(tmp_dir: Path, dst_dir: Path, overwrite: bool) -> None:
+    """Rename the finished import to `dst_dir`. A replaced directory is first renamed aside,
+    so readers never find `dst_dir` half deleted."""
+    old_dir = None
+    if overwrite and dst_dir.exists():
+        old_dir = Path(tempfile.mkdtemp(prefix=f".{dst_dir.name}.old-", dir=dst_dir.parent))
+        os.replace(dst_dir, old_dir)
+    try:
+        os.replace(tmp_dir, dst_dir)  # atomic; fails if dst_dir appeared meanwhile
+    except OSError as error:
+        raise FileExistsError(f"{dst_dir}: was created while importing ({error})") from error
+    finally:
+        if old_dir is not None:
+            shutil.rmtree(old_dir, ignore_errors=True)

@@ -86,9 +86,7 @@ def run(params: dict, train_manifest, dev_manifest, out_dir, init_dir=None, resu
         log.warning("%s holds checkpoints of an earlier run; starting fresh (use --resume to continue)",
                     trainer.checkpoint_root)
         for folder in checkpointing.list_checkpoints(trainer.checkpoint_root):
-            import shutil
-
-            shutil.rmtree(folder)
+            checkpointing.remove_checkpoint(folder)
     log.info("training %d experts on %d utterances (%d dev) for %d epochs, %d optimizer steps on %s",
              num_experts, len(train_set), len(dev_set), settings.epochs, trainer.total_steps, device)
     started = time.perf_counter()

@@ -51,6 +51,7 @@ def write_checkpoint(
 ) -> Path:
     """Write one checkpoint atomically and prune all but the newest `keep`."""
     root.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(root)
     final = root / f"{PREFIX}{step:08d}"
     temporary = root / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(temporary, ignore_errors=True)
@@ -68,7 +69,7 @@ def write_checkpoint(
     fsync_path(manifest)
     fsync_path(temporary)
     if final.exists():
-        shutil.rmtree(final)
+        remove_checkpoint(final)
     os.replace(temporary, final)
     fsync_path(root)
     prune_checkpoints(root, keep)
@@ -77,7 +78,22 @@ def write_checkpoint(
 
 def prune_checkpoints(root: Path, keep: int) -> None:
     for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        remove_checkpoint(old)
+
+
+def remove_checkpoint(folder: Path) -> None:
+    """Rename out of the `step-` namespace first, so a kill mid-delete leaves no
+    half-deleted folder that looks like a checkpoint."""
+    doomed = folder.with_name(f".deleting-{folder.name}-{os.getpid()}")
+    os.replace(folder, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def remove_leftovers(root: Path) -> None:
+    """Temporary or half-deleted folders a killed writer left behind (one writer per root)."""
+    for path in root.iterdir():
+        if path.name.startswith((".tmp-", ".deleting-")):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def list_checkpoints(root: Path) -> list[Path]:

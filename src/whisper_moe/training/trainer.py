@@ -138,7 +138,8 @@ def compute_pooled_cache(model: WhisperMoE, dataset: UtteranceDataset, device: t
     """
     pooled = torch.zeros(len(dataset), model.base.config.d_model)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                        collate_fn=lambda items: collate_utterances(items, 0, 1))
+                        collate_fn=lambda items: collate_utterances(items, 0, 1),
+                        generator=torch.Generator().manual_seed(0))
     was_training = model.training
     model.eval()
     for batch in tqdm(loader, desc=desc, leave=False, disable=None):
@@ -202,6 +203,7 @@ class Trainer:
         self.history: list[dict] = []
         self.pooled_train: torch.Tensor | None = None
         self.pooled_dev: torch.Tensor | None = None
+        self.pending_rng: tuple | None = None
 
     # -- state -------------------------------------------------------------------------------
     @property
@@ -242,7 +244,8 @@ class Trainer:
         for key in ("step", "epoch", "batch_in_epoch", "nonfinite_total", "nonfinite_in_a_row",
                     "skipped_audio", "history"):
             setattr(self, key, json_state[key])
-        restore_rng_state(torch_state["rng"], json_state["rng"])
+        # Applied when the loop starts, after the gate-embedding cache is built.
+        self.pending_rng = (torch_state["rng"], json_state["rng"])
         log.info("resumed from %s (epoch %d, batch %d, step %d)", folder, self.epoch,
                  self.batch_in_epoch, self.step)
         return True
@@ -259,6 +262,9 @@ class Trainer:
                 self.pooled_dev = compute_pooled_cache(
                     self.model, self.dev_set, self.device, settings.batch_size * 2, self.amp_dtype,
                     desc="dev gate embeddings")
+        if self.pending_rng is not None:
+            restore_rng_state(*self.pending_rng)
+            self.pending_rng = None
         self.model.train()
         while self.epoch < settings.epochs:
             self.run_epoch(stop)
@@ -395,7 +401,8 @@ class Trainer:
         mode, temperature = curriculum_routing(self.settings.routing, self.epoch - 1,
                                                self.settings.epochs)
         loader = DataLoader(self.dev_set, batch_size=self.settings.batch_size * 2, shuffle=False,
-                            collate_fn=_Collate(self.pad_token_id, self.prefix_length))
+                            collate_fn=_Collate(self.pad_token_id, self.prefix_length),
+                            generator=torch.Generator().manual_seed(0))
         self.model.eval()
         total, count = 0.0, 0
         torch_state = torch.get_rng_state()

@@ -1,0 +1,172 @@
+"""Compare finished runs: WER overall and per group, training time, trainable parameters.
+
+Each run directory is a `whisper-moe pipeline` output folder (`params.json`,
+`train/train_metrics.json`, `evaluate/metrics.json`, and for the pretrained MoE the
+pretraining stage folders). The frozen base model, decoded by every evaluation on
+the same test audio, is its own row. Writes `comparison.md` and `comparison.json`.
+
+The fair baseline for an MoE of E experts of rank r is one LoRA with the same
+trainable parameters, rank E*r, which is simply a regular MoE with one expert:
+
+    whisper-moe pipeline --skip-pretraining --num-experts 1 -S model.lora.rank=64 \\
+        --output-dir runs/single_lora        # rank 64 = 4 experts x rank 16
+
+(its gate has a single output, so it routes everything to the one LoRA).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from whisper_moe.stages.common import write_json
+
+log = logging.getLogger("whisper_moe.compare")
+
+PRETRAINING_STAGES = ("embed", "cluster", "pretrain_gate", "pretrain_experts")
+
+
+def find_file(run_dir: Path, candidates: tuple[str, ...]) -> Path:
+    for name in candidates:
+        if (run_dir / name).exists():
+            return run_dir / name
+    raise FileNotFoundError(
+        f"{run_dir}: none of {list(candidates)} exists; pass a `whisper-moe pipeline` output "
+        "folder whose train and evaluate stages have finished"
+    )
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def system_name(num_experts: int, rank: int, pretrained: bool) -> str:
+    if num_experts == 1:
+        return f"single LoRA (rank {rank})"
+    kind = "pretrained MoE" if pretrained else "regular MoE"
+    return f"{kind} ({num_experts} experts, rank {rank})"
+
+
+def pretraining_seconds(run_dir: Path) -> float | None:
+    """Seconds the pretraining stages took, from the pipeline's stage markers."""
+    total, found = 0.0, False
+    for stage in PRETRAINING_STAGES:
+        marker = run_dir / stage / "stage_done.json"
+        if marker.exists():
+            total += float(read_json(marker).get("seconds", 0.0))
+            found = True
+    return total if found else None
+
+
+def read_run(run_dir) -> tuple[dict, dict | None]:
+    """(the run's system row, its base-model row or None)."""
+    run_dir = Path(run_dir)
+    metrics = read_json(find_file(run_dir, ("evaluate/metrics.json", "metrics.json")))
+    train = read_json(find_file(run_dir, ("train/train_metrics.json", "train_metrics.json")))
+    params = read_json(run_dir / "params.json") if (run_dir / "params.json").exists() else {}
+    rank = int(params.get("model", {}).get("lora", {}).get("rank", 0)) or None
+    num_experts = int(train.get("num_experts", 0))
+    pretrained = (run_dir / "pretrain_experts").is_dir()
+    headline = metrics.get("moe")
+    if headline is None:
+        raise ValueError(f"{run_dir}: evaluate/metrics.json has no 'moe' results (a base-only evaluation?)")
+    row = {
+        "system": system_name(num_experts, rank, pretrained),
+        "run": run_dir.name,
+        "run_dir": str(run_dir),
+        "num_experts": num_experts,
+        "lora_rank": rank,
+        "pretrained": pretrained,
+        "wer": headline["wer"],
+        "cer": headline["cer"],
+        "oracle_wer": metrics.get("oracle", {}).get("wer"),
+        "per_group": {g: v["wer"] for g, v in headline.get("per_group", {}).items()},
+        "test_utterances": metrics.get("utterances"),
+        "train_time_s": train.get("train_time_s"),
+        "pretraining_time_s": pretraining_seconds(run_dir),
+        "trainable_parameters": train.get("trainable_parameters"),
+    }
+    base = None
+    if "base" in metrics:
+        base = {
+            "system": f"base ({metrics.get('base_model', 'frozen Whisper')})",
+            "run": run_dir.name, "run_dir": str(run_dir), "num_experts": 0, "lora_rank": None,
+            "pretrained": False, "wer": metrics["base"]["wer"], "cer": metrics["base"]["cer"],
+            "oracle_wer": None,
+            "per_group": {g: v["wer"] for g, v in metrics["base"].get("per_group", {}).items()},
+            "test_utterances": metrics.get("utterances"), "train_time_s": 0.0,
+            "pretraining_time_s": None, "trainable_parameters": 0,
+        }
+    return row, base
+
+
+def single_lora_hint(rows: list[dict]) -> str | None:
+    """The command for the equal-parameter single LoRA when the runs lack one."""
+    moe = [r for r in rows if r["num_experts"] > 1 and r["lora_rank"]]
+    if not moe or any(r["num_experts"] == 1 for r in rows):
+        return None
+    largest = max(moe, key=lambda r: r["num_experts"] * r["lora_rank"])
+    rank = largest["num_experts"] * largest["lora_rank"]
+    return (f"No single-LoRA baseline among these runs. For the same trainable LoRA parameters as "
+            f"{largest['system']}, run: `whisper-moe pipeline --skip-pretraining --num-experts 1 "
+            f"-S model.lora.rank={rank} --output-dir runs/single_lora`")
+
+
+def _cell(value, kind: str = "wer") -> str:
+    if value is None:
+        return "-"
+    if kind == "wer":
+        return f"{100 * value:.2f}"
+    if kind == "time":
+        return f"{value / 60:.1f} min" if value >= 60 else f"{value:.1f} s"
+    if kind == "count":
+        return f"{value / 1e6:.2f}M" if value >= 1e6 else f"{value:,}"
+    return str(value)
+
+
+def markdown(rows: list[dict], groups: list[str], notes: list[str]) -> str:
+    header = (["system", "run", "WER %", "CER %", "oracle WER %"] + [f"WER % {g}" for g in groups]
+              + ["training time", "pretraining time", "trainable parameters"])
+    lines = ["# whisper-moe comparison", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row["system"], row["run"], _cell(row["wer"]), _cell(row["cer"]),
+                 _cell(row["oracle_wer"])]
+        cells += [_cell(row["per_group"].get(g)) for g in groups]
+        cells += [_cell(row["train_time_s"], "time"), _cell(row["pretraining_time_s"], "time"),
+                  _cell(row["trainable_parameters"], "count")]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [""] + [f"- {note}" for note in notes]
+    return "\n".join(lines) + "\n"
+
+
+def run(params: dict, run_dirs, out_dir) -> dict:
+    """Read every run's metrics and write comparison.md + comparison.json into out_dir."""
+    if not run_dirs:
+        raise ValueError("compare needs at least one run directory")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows, bases = [], []
+    for run_dir in run_dirs:
+        row, base = read_run(run_dir)
+        rows.append(row)
+        if base is not None:
+            bases.append(base)
+    notes = ["WER after the project's normalisation (lower-case, punctuation stripped); "
+             "trainable parameters are experts plus gate."]
+    distinct_bases = {(b["system"], b["test_utterances"]): b for b in bases}
+    rows = list(distinct_bases.values()) + rows
+    if len({r["test_utterances"] for r in rows}) > 1:
+        notes.append("The runs were evaluated on different numbers of test utterances: "
+                     "compare WERs with care.")
+    hint = single_lora_hint(rows)
+    if hint:
+        notes.append(hint)
+    groups = sorted({g for r in rows for g in r["per_group"]})
+    (out_dir / "comparison.md").write_text(markdown(rows, groups, notes))
+    result = {"systems": rows, "groups": groups, "notes": notes}
+    write_json(out_dir / "comparison.json", result)
+    log.info("compared %d runs: %s", len(run_dirs), out_dir / "comparison.md")
+    return {"markdown": str(out_dir / "comparison.md"), "json": str(out_dir / "comparison.json"),
+            "systems": len(rows)}

@@ -1,0 +1,103 @@
+"""The espeak-ng demo corpus: real speech, six accents, deterministic, speaker-disjoint."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from whisper_moe.data.demo import (
+    DEFAULT_ACCENTS,
+    SENTENCES,
+    available_voices,
+    make_demo_corpus,
+    plan_demo_corpus,
+)
+from whisper_moe.data.manifest import read_manifest
+
+SMALL = {"speakers_per_accent": 3, "utterances_per_speaker": 2, "seed": 7, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("demo")
+    return out_dir, make_demo_corpus(out_dir, **SMALL)
+
+
+def test_default_accents_are_espeak_voices():
+    assert len(DEFAULT_ACCENTS) >= 6
+    assert set(DEFAULT_ACCENTS) <= set(available_voices())
+
+
+def test_sentences_are_many_and_distinct():
+    assert len(SENTENCES) >= 150
+    assert len(set(SENTENCES)) == len(SENTENCES)
+    assert not any(char.isdigit() for sentence in SENTENCES for char in sentence)
+
+
+def test_corpus_files_and_splits(corpus):
+    out_dir, paths = corpus
+    assert set(paths) == {"train", "dev", "test", "report"}
+    splits = {name: read_manifest(paths[name]) for name in ("train", "dev", "test")}
+    all_rows = [r for rows in splits.values() for r in rows]
+    assert len(all_rows) == len(DEFAULT_ACCENTS) * 3 * 2
+    for name, rows in splits.items():
+        assert {r["group"] for r in rows} == set(DEFAULT_ACCENTS), name
+    speakers = [{r["speaker"] for r in rows} for rows in splits.values()]
+    assert not (speakers[0] & speakers[1] or speakers[0] & speakers[2] or speakers[1] & speakers[2])
+    for r in all_rows:
+        assert r["text"] in SENTENCES
+        assert r["audio_filepath"].startswith(str(out_dir))
+    stored = json.loads(paths["train"].read_text().splitlines()[0])
+    assert not stored["audio_filepath"].startswith("/")  # portable: relative to the folder
+    report = json.loads(paths["report"].read_text())
+    assert report["kept"] == len(all_rows) and report["skipped"] == {}
+    assert sum(s["utterances"] for s in report["splits"].values()) == len(all_rows)
+
+
+def test_audio_is_16k_mono_speech(corpus):
+    _, paths = corpus
+    for r in read_manifest(paths["test"]):
+        info = sf.info(r["audio_filepath"])
+        assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
+        samples, _ = sf.read(r["audio_filepath"], dtype="float32")
+        assert r["duration"] == pytest.approx(len(samples) / 16000, abs=1e-3)
+        assert 0.4 < r["duration"] < 8.0
+        assert 0.1 < np.max(np.abs(samples)) <= 1.0
+
+
+def test_speakers_differ_within_an_accent(corpus):
+    _, paths = corpus
+    report = json.loads(paths["report"].read_text())
+    en_us = [s for s in report["speakers"].values() if s["group"] == "en-us"]
+    assert len({(s["voice"], s["pitch"], s["rate_wpm"]) for s in en_us}) == 3
+    assert len({s["voice"] for s in en_us}) == 3
+
+
+def test_same_seed_gives_identical_bytes(corpus, tmp_path):
+    out_dir, _ = corpus
+    accents = ("en-us", "en-029")  # breathy +f variants included: their noise is seeded
+    plan = plan_demo_corpus(accents, 3, 2, seed=7)
+    again = make_demo_corpus(tmp_path, accents=accents, **SMALL, workers=1)
+    for job in plan:
+        assert (tmp_path / job["wav"]).read_bytes() == (out_dir / job["wav"]).read_bytes()
+    rebuilt = make_demo_corpus(tmp_path, accents=accents, **SMALL, workers=2)
+    for name in ("train", "dev", "test", "report"):
+        assert again[name].read_bytes() == rebuilt[name].read_bytes()
+
+
+def test_plan_of_an_accent_does_not_depend_on_the_others():
+    alone = plan_demo_corpus(["en-029"], 2, 3, seed=1)
+    together = [
+        j for j in plan_demo_corpus(["en-us", "en-029"], 2, 3, seed=1) if j["group"] == "en-029"
+    ]
+    assert alone == together
+    assert alone != plan_demo_corpus(["en-029"], 2, 3, seed=2)
+
+
+def test_unknown_voice_is_refused_before_synthesis(tmp_path):
+    with pytest.raises(ValueError, match="en-klingon"):
+        make_demo_corpus(tmp_path, accents=["en-us", "en-klingon"], **SMALL)
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,736 @@
+"""Containers, Kubernetes manifests and CI workflows: the checks a cluster or a CI run would do.
+
+Offline and fast: hadolint on the Dockerfiles, `kubectl kustomize` of every kustomization,
+strict schema validation of every rendered core object (kubernetes-validate, the newest
+Kubernetes versions it knows), field checks of the custom resources (PyTorchJob) with their
+pod templates validated as core PodTemplates, actionlint on the workflows, a credential scan
+of everything that ships, the pod security rules (non-root, read-only root filesystem,
+requests and limits), and the compiled KFP specs in pipelines/compiled/ when there are any.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+K8S = REPO / "k8s"
+WORKFLOWS = REPO / ".github" / "workflows"
+DOCKERFILES = sorted((REPO / "docker").glob("Dockerfile*"))
+COMPILED_SPECS = sorted((REPO / "pipelines" / "compiled").glob("*.yaml"))
+KUSTOMIZATIONS = sorted(path.parent for path in K8S.rglob("kustomization.yaml"))
+SECRET_TEMPLATES = sorted((K8S / "templates").glob("*.yaml"))
+S3_SECRET_NAME = "whisper-moe-s3"
+S3_SECRET_KEYS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"}
+NON_ROOT_UID = 10001
+
+
+# ---------------------------------------------------------------------------------- helpers
+def tool(name: str) -> str:
+    """Path of a command-line tool from the project's environment (requirements.lock)."""
+    beside_python = Path(sys.executable).parent / name
+    found = str(beside_python) if beside_python.exists() else shutil.which(name)
+    if not found:
+        pytest.fail(f"`{name}` not found beside {sys.executable} or on PATH: install requirements.lock")
+    return found
+
+
+def run_tool(*command: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
+
+
+def load_module(relative_path: str):
+    """A repository script (not a package module) imported by path."""
+    path = REPO / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def project_version() -> str:
+    import tomllib
+
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+
+
+def locked_version(package: str) -> str | None:
+    pattern = re.compile(rf"^{re.escape(package)}==([^\s;\\]+)", re.IGNORECASE | re.MULTILINE)
+    match = pattern.search((REPO / "requirements.lock").read_text())
+    return match.group(1) if match else None
+
+
+@functools.cache
+def rendered(kustomization: Path) -> tuple[dict, ...]:
+    """Objects of one kustomization as `kubectl kustomize` renders them (cached per run)."""
+    result = run_tool(tool("kubectl"), "kustomize", str(kustomization))
+    assert result.returncode == 0, f"kubectl kustomize {kustomization} failed:\n{result.stderr}"
+    return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
+
+
+def all_rendered_objects() -> list[tuple[str, dict]]:
+    return [(str(k.relative_to(REPO)), obj) for k in KUSTOMIZATIONS for obj in rendered(k)]
+
+
+def current_kubernetes_versions() -> list[str]:
+    """The three newest Kubernetes minor versions the installed kubernetes-validate knows."""
+    from kubernetes_validate.utils import all_versions
+    from packaging.version import Version
+
+    return sorted(set(all_versions()), key=Version)[-3:]
+
+
+def has_core_schema(obj: dict) -> bool:
+    from kubernetes_validate.utils import SchemaNotFoundError, validate
+
+    try:
+        validate(obj, current_kubernetes_versions()[-1], strict=True)
+    except SchemaNotFoundError:
+        return False
+    except Exception:  # noqa: BLE001 - invalid, but a schema exists: the strict test reports it
+        return True
+    return True
+
+
+def validate_strict(obj: dict, version: str) -> None:
+    from kubernetes_validate.utils import ValidationError, validate
+
+    try:
+        validate(obj, version, strict=True)
+    except ValidationError as error:
+        path = ".".join(str(part) for part in error.path)
+        pytest.fail(f"{obj['kind']}/{obj['metadata'].get('name')} invalid for Kubernetes "
+                    f"{version} at {path}: {error.message}")
+
+
+def pod_specs(obj: dict) -> list[tuple[str, dict]]:
+    """(label, pod spec) of every pod an object creates; empty for objects with no pods."""
+    kind, name, spec = obj["kind"], obj["metadata"]["name"], obj.get("spec", {})
+    if kind == "Pod":
+        return [(f"Pod/{name}", spec)]
+    if kind in ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"):
+        return [(f"{kind}/{name}", spec["template"]["spec"])]
+    if kind == "CronJob":
+        return [(f"CronJob/{name}", spec["jobTemplate"]["spec"]["template"]["spec"])]
+    if kind == "PyTorchJob":
+        return [(f"PyTorchJob/{name}/{replica}", replica_spec["template"]["spec"])
+                for replica, replica_spec in spec["pytorchReplicaSpecs"].items()]
+    if kind in ("TrainingRuntime", "ClusterTrainingRuntime"):
+        jobs = spec["template"]["spec"]["replicatedJobs"]
+        return [(f"{kind}/{name}/{job['name']}", job["template"]["spec"]["template"]["spec"])
+                for job in jobs]
+    return []
+
+
+def container_args(pod_spec: dict, container_name: str) -> list[str]:
+    container = next(c for c in pod_spec["containers"] if c["name"] == container_name)
+    return list(container.get("command", [])) + list(container.get("args", []))
+
+
+# ---------------------------------------------------------------------------------- Docker
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_passes_hadolint(dockerfile):
+    result = run_tool(tool("hadolint"), "--no-color", str(dockerfile))
+    assert result.returncode == 0, f"hadolint {dockerfile.name}:\n{result.stdout}{result.stderr}"
+
+
+def dockerfile_instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    instructions = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            instructions.append((keyword.upper(), rest.strip()))
+    return instructions
+
+
+def dockerfile_stages(dockerfile: Path) -> dict[str, list[tuple[str, str]]]:
+    stages: dict[str, list[tuple[str, str]]] = {}
+    current = None
+    for keyword, rest in dockerfile_instructions(dockerfile):
+        if keyword == "FROM":
+            words = rest.split()
+            current = words[2] if len(words) >= 3 and words[1].upper() == "AS" else words[0]
+            stages[current] = []
+        elif current is not None:
+            stages[current].append((keyword, rest))
+    return stages
+
+
+def test_dockerfile_has_cpu_and_cuda_targets_running_as_non_root():
+    stages = dockerfile_stages(REPO / "docker" / "Dockerfile")
+    assert {"cpu", "cuda"} <= set(stages), f"stages: {sorted(stages)}"
+    for target in ("cpu", "cuda"):
+        users = [rest for keyword, rest in stages[target] if keyword == "USER"]
+        assert users, f"target {target} sets no USER: it would run as root"
+        uid = users[-1].split(":")[0]
+        assert uid.isdigit() and int(uid) == NON_ROOT_UID, (
+            f"target {target} ends as USER {users[-1]}; use the numeric uid {NON_ROOT_UID} so "
+            "Kubernetes can verify runAsNonRoot")
+        assert not any(k in ("ENV", "ARG") and re.search(r"AWS_|TOKEN|PASSWORD|SECRET", rest)
+                       for k, rest in stages[target]), f"target {target} bakes a credential variable"
+    cuda_args = " ".join(rest for keyword, rest in stages["deps-cuda"] if keyword in ("ARG", "RUN"))
+    assert "TORCH_CUDA_INDEX_URL" in cuda_args and "--torch-index-url" in cuda_args
+
+
+def test_dockerfile_base_images_are_pinned():
+    instructions = dockerfile_instructions(REPO / "docker" / "Dockerfile")
+    stage_names = {rest.split()[2] for keyword, rest in instructions
+                   if keyword == "FROM" and len(rest.split()) >= 3}
+    arg_defaults = dict(rest.split("=", 1) for keyword, rest in instructions
+                        if keyword == "ARG" and "=" in rest)
+    for keyword, rest in instructions:
+        if keyword != "FROM":
+            continue
+        image = rest.split()[0]
+        image = re.sub(r"\$\{?(\w+)\}?", lambda m: arg_defaults.get(m.group(1), m.group(0)), image)
+        if image in stage_names:
+            continue
+        assert "@sha256:" in image or re.search(r":\d+(\.\d+)+[\w.-]*$", image), (
+            f"base image {image} is not pinned to a version tag or digest")
+
+
+def test_dockerfile_copies_only_what_dockerignore_lets_through():
+    ignore_lines = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
+                    if line.strip() and not line.startswith("#")]
+    assert ignore_lines[0] == "*", ".dockerignore should start with `*` (an allow-list)"
+    allowed = [line[1:].rstrip("/") for line in ignore_lines if line.startswith("!")]
+    for keyword, rest in dockerfile_instructions(REPO / "docker" / "Dockerfile"):
+        if keyword != "COPY" or "--from=" in rest:
+            continue
+        for source in rest.split()[:-1]:
+            assert any(source == a or source.startswith(a + "/") for a in allowed), (
+                f"COPY {source}: not let through by .dockerignore")
+            assert (REPO / source).exists(), (
+                f"COPY {source}: missing from the repository (the image build needs it"
+                + ("; pyproject.toml's `readme` points at it)" if source == "README.md" else ")"))
+
+
+def test_install_script_takes_torch_from_its_index_and_the_rest_from_the_lock():
+    installer = load_module("docker/install_python_deps.py")
+    lock = """# comment
+--find-links /opt/wheels
+--extra-index-url file:///opt/pypi/simple
+numpy==2.3.1 \\
+    --hash=sha256:aaaa \\
+    --hash=sha256:bbbb
+Torch==2.13.0+cpu ; sys_platform == 'linux'
+torchaudio==2.13.0
+triton==3.6.0
+nvidia-cublas-cu12==12.8.4.1
+whisper-moe @ file:///work/main
+-e file:///work/main
+kfp==2.17.3  # via -r requirements.in
+dvc[s3]==3.67.1
+"""
+    torch_versions, remaining = installer.split_lock(lock)
+    assert torch_versions == {"torch": "2.13.0", "torchaudio": "2.13.0"}
+    assert remaining == ["numpy==2.3.1 --hash=sha256:aaaa --hash=sha256:bbbb", "kfp==2.17.3",
+                         "dvc[s3]==3.67.1"]
+    commands = installer.install_commands(torch_versions, Path("rest.txt"), "https://idx/cu130")
+    assert commands[0][-3:] == ["https://idx/cu130", "torch==2.13.0", "torchaudio==2.13.0"]
+    assert commands[1][-2:] == ["-r", "rest.txt"]
+
+
+def test_repository_lock_pins_torch_for_the_image_builds():
+    installer = load_module("docker/install_python_deps.py")
+    torch_versions, remaining = installer.split_lock((REPO / "requirements.lock").read_text())
+    assert "torch" in torch_versions, "requirements.lock must pin torch==VERSION"
+    assert not any(entry.lower().startswith("torch==") for entry in remaining)
+
+
+def make_images_fragment(*targets: str) -> subprocess.CompletedProcess:
+    """Runs mk/images.mk the way the top-level Makefile includes it, without building."""
+    makefile = "include mk/images.mk\n"
+    return subprocess.run([tool("make"), "--no-print-directory", "-f", "-", *targets], cwd=REPO,
+                          input=makefile, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_make_images_tags_both_targets_with_the_project_version():
+    version = project_version()
+    result = make_images_fragment("-n", "images", "IMAGE_REPO=registry.example/whisper-moe")
+    assert result.returncode == 0, result.stderr
+    commands = result.stdout.replace("\\\n", " ")
+    for target in ("cpu", "cuda"):
+        assert re.search(rf"docker build .*--target {target} .*-t registry.example/whisper-moe:"
+                         rf"{re.escape(version)}-{target} \.", commands), commands
+
+
+def test_kustomize_images_match_the_images_make_builds():
+    result = make_images_fragment("-s", "print-images")
+    assert result.returncode == 0, result.stderr
+    built = set(result.stdout.split())
+    kustomization = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())
+    used = {f"{image['newName']}:{image['newTag']}" for image in kustomization["images"]}
+    assert used == built, f"k8s/base images {used} differ from `make images` tags {built}"
+
+
+# ---------------------------------------------------------------------------------- Kubernetes
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS, ids=lambda p: str(p.relative_to(K8S)))
+def test_kustomization_renders(kustomization):
+    objects = rendered(kustomization)
+    assert objects, f"{kustomization} renders nothing"
+    kinds = {obj["kind"] for obj in objects}
+    assert {"Namespace", "ServiceAccount", "Role", "RoleBinding", "PyTorchJob"} <= kinds
+    assert "Secret" not in kinds, "credentials never come from kustomize: use k8s/templates"
+
+
+def test_there_are_overlays_for_both_gpu_pools():
+    overlays = {path.name for path in KUSTOMIZATIONS if path.parent.name == "overlays"}
+    assert {"nvidia-gpu-operator", "gke"} <= overlays
+
+
+@pytest.mark.parametrize("version", current_kubernetes_versions())
+def test_rendered_core_objects_pass_strict_validation(version):
+    checked = 0
+    for _, obj in all_rendered_objects():
+        if has_core_schema(obj):
+            validate_strict(obj, version)
+            checked += 1
+    for template in SECRET_TEMPLATES:
+        for obj in yaml.safe_load_all(template.read_text()):
+            validate_strict(obj, version)
+            checked += 1
+    assert checked >= 8
+
+
+def test_kubernetes_validate_cli_accepts_the_rendered_overlays(tmp_path):
+    """The same command CI runs, so a CLI behaviour change shows up here first."""
+    files = []
+    for kustomization in KUSTOMIZATIONS:
+        target = tmp_path / f"{kustomization.name}.yaml"
+        target.write_text(yaml.safe_dump_all(rendered(kustomization)))
+        files.append(str(target))
+    result = run_tool(tool("kubernetes-validate"), "--strict", "--quiet", *files,
+                      *map(str, SECRET_TEMPLATES))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_custom_resource_has_a_checker():
+    custom_kinds = {obj["kind"] for _, obj in all_rendered_objects() if not has_core_schema(obj)}
+    assert custom_kinds <= set(CUSTOM_RESOURCE_CHECKS), (
+        f"no schema and no checker for {custom_kinds - set(CUSTOM_RESOURCE_CHECKS)}")
+
+
+# PyTorchJob (kubeflow.org/v1) fields, as the Training Operator's API defines them.
+PYTORCHJOB_FIELDS = {
+    "": {"apiVersion", "kind", "metadata", "spec"},
+    "spec": {"elasticPolicy", "nprocPerNode", "pytorchReplicaSpecs", "runPolicy"},
+    "runPolicy": {"activeDeadlineSeconds", "backoffLimit", "cleanPodPolicy", "managedBy",
+                  "schedulingPolicy", "suspend", "ttlSecondsAfterFinished"},
+    "replica": {"replicas", "restartPolicy", "template"},
+}
+
+
+def check_pytorchjob(job: dict, version: str) -> None:
+    name = job["metadata"]["name"]
+    assert job["apiVersion"] == "kubeflow.org/v1"
+    assert set(job) <= PYTORCHJOB_FIELDS[""], f"{name}: unknown fields {set(job) - PYTORCHJOB_FIELDS['']}"
+    spec = job["spec"]
+    assert set(spec) <= PYTORCHJOB_FIELDS["spec"], f"{name}: unknown spec fields"
+    assert set(spec.get("runPolicy", {})) <= PYTORCHJOB_FIELDS["runPolicy"]
+    assert spec.get("runPolicy", {}).get("cleanPodPolicy", "None") in ("All", "Running", "None")
+    replicas = spec["pytorchReplicaSpecs"]
+    assert "Master" in replicas and set(replicas) <= {"Master", "Worker"}
+    gpus_per_node = int(spec["nprocPerNode"])
+    for replica_type, replica in replicas.items():
+        assert set(replica) <= PYTORCHJOB_FIELDS["replica"], f"{name}/{replica_type}: unknown fields"
+        assert isinstance(replica["replicas"], int) and replica["replicas"] >= 1
+        assert replica["restartPolicy"] in ("Always", "OnFailure", "Never", "ExitCode")
+        pod_template = {"apiVersion": "v1", "kind": "PodTemplate",
+                        "metadata": {"name": f"{name}-{replica_type.lower()}"},
+                        "template": replica["template"]}
+        validate_strict(pod_template, version)
+        pod_spec = replica["template"]["spec"]
+        assert "pytorch" in {c["name"] for c in pod_spec["containers"]}, (
+            "the Training Operator needs a container named `pytorch`")
+        container = next(c for c in pod_spec["containers"] if c["name"] == "pytorch")
+        command = container_args(pod_spec, "pytorch")
+        assert command[:3] == ["torchrun", "--nproc-per-node", str(gpus_per_node)], command
+        assert command[3:6] == ["-m", "whisper_moe.cli", "train"], command
+        gpu_limit = int(container["resources"]["limits"]["nvidia.com/gpu"])
+        assert gpu_limit == gpus_per_node, (
+            f"{name}/{replica_type}: {gpus_per_node} processes per node but {gpu_limit} GPUs")
+
+
+CUSTOM_RESOURCE_CHECKS = {"PyTorchJob": check_pytorchjob}
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS, ids=lambda p: str(p.relative_to(K8S)))
+def test_custom_resources_match_their_api(kustomization):
+    version = current_kubernetes_versions()[-1]
+    checked = 0
+    for obj in rendered(kustomization):
+        if obj["kind"] in CUSTOM_RESOURCE_CHECKS:
+            CUSTOM_RESOURCE_CHECKS[obj["kind"]](copy.deepcopy(obj), version)
+            checked += 1
+    assert checked >= 1
+
+
+def test_job_commands_are_valid_whisper_moe_command_lines():
+    """The arguments the jobs pass are ones the CLI accepts (the same parser the image runs)."""
+    from whisper_moe.cli import build_parser
+
+    parser = build_parser()
+    for _, obj in all_rendered_objects():
+        for label, pod_spec in pod_specs(obj):
+            for container in pod_spec["containers"]:
+                command = list(container.get("command", [])) + list(container.get("args", []))
+                if command[:1] == ["whisper-moe"]:
+                    cli_args = command[1:]
+                elif command[:1] == ["torchrun"]:
+                    cli_args = command[command.index("whisper_moe.cli") + 1:]
+                else:
+                    continue
+                try:
+                    parser.parse_args(cli_args)
+                except SystemExit:
+                    pytest.fail(f"{label}: whisper-moe rejects {cli_args}")
+
+
+GPU_POOLS = {
+    "nvidia-gpu-operator": ("nvidia.com/gpu.product", "NVIDIA-A100-SXM4-40GB"),
+    "gke": ("cloud.google.com/gke-accelerator", "nvidia-tesla-a100"),
+}
+
+
+def selected_node_labels(pod_spec: dict) -> dict[str, set[str]]:
+    """Label key -> accepted values, from nodeSelector and required node affinity."""
+    labels = {key: {value} for key, value in pod_spec.get("nodeSelector", {}).items()}
+    required = (pod_spec.get("affinity", {}).get("nodeAffinity", {})
+                .get("requiredDuringSchedulingIgnoredDuringExecution", {}))
+    for term in required.get("nodeSelectorTerms", []):
+        for expression in term.get("matchExpressions", []):
+            if expression["operator"] == "In":
+                labels.setdefault(expression["key"], set()).update(expression["values"])
+    return labels
+
+
+@pytest.mark.parametrize("overlay", sorted(GPU_POOLS))
+def test_gpu_overlay_targets_the_a100_pool(overlay):
+    label_key, label_value = GPU_POOLS[overlay]
+    gpu_pods = 0
+    for obj in rendered(K8S / "overlays" / overlay):
+        for label, pod_spec in pod_specs(obj):
+            wants_gpu = any("nvidia.com/gpu" in c.get("resources", {}).get("limits", {})
+                            for c in pod_spec["containers"])
+            tolerates = any(t.get("key") == "nvidia.com/gpu" and t.get("effect") == "NoSchedule"
+                            and t.get("operator") == "Exists" for t in pod_spec.get("tolerations", []))
+            if not wants_gpu:
+                assert not tolerates, f"{label}: a CPU pod should stay off the GPU pool"
+                continue
+            gpu_pods += 1
+            assert label_value in selected_node_labels(pod_spec).get(label_key, set()), (
+                f"{label}: does not select {label_key}={label_value}")
+            assert tolerates, f"{label}: does not tolerate the nvidia.com/gpu taint"
+    assert gpu_pods >= 1
+
+
+def test_rbac_is_namespaced_and_least_privilege():
+    for source, obj in all_rendered_objects():
+        assert obj["kind"] not in ("ClusterRole", "ClusterRoleBinding"), f"{source}: cluster-wide RBAC"
+        if obj["kind"] != "Role":
+            continue
+        for rule in obj["rules"]:
+            for field in ("apiGroups", "resources", "verbs"):
+                assert "*" not in rule[field], f"{source}: wildcard in {obj['metadata']['name']}"
+            if "secrets" in rule["resources"]:
+                assert rule.get("resourceNames"), "secrets are read by name only"
+                assert set(rule["verbs"]) == {"get"}
+            assert not {"create", "update", "delete", "escalate", "bind", "impersonate"} & set(
+                rule["verbs"]) or rule["apiGroups"] == ["argoproj.io"], rule
+
+
+def test_secret_template_holds_placeholders_only():
+    assert SECRET_TEMPLATES, "k8s/templates must hold the S3 credentials Secret template"
+    secrets = [obj for path in SECRET_TEMPLATES for obj in yaml.safe_load_all(path.read_text())
+               if obj and obj["kind"] == "Secret"]
+    s3 = next(obj for obj in secrets if obj["metadata"]["name"] == S3_SECRET_NAME)
+    assert set(s3["stringData"]) == S3_SECRET_KEYS and "data" not in s3
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert is_placeholder(s3["stringData"][key]), f"{key} must be a placeholder"
+    assert "example" in s3["stringData"]["AWS_ENDPOINT_URL"]
+
+
+# ---------------------------------------------------------------------------------- pods
+WORKLOAD_KINDS = {"Pod", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob",
+                  "PyTorchJob", "TrainJob", "TrainingRuntime", "ClusterTrainingRuntime"}
+
+
+def pod_security_problems(label: str, pod_spec: dict) -> list[str]:
+    problems = []
+    pod_context = pod_spec.get("securityContext", {})
+    volumes = {volume["name"]: volume for volume in pod_spec.get("volumes", [])}
+    for container in pod_spec.get("initContainers", []) + pod_spec["containers"]:
+        where = f"{label}/{container['name']}"
+        context = {**pod_context, **container.get("securityContext", {})}
+        if context.get("runAsNonRoot") is not True:
+            problems.append(f"{where}: runAsNonRoot is not true")
+        if context.get("runAsUser", NON_ROOT_UID) == 0:
+            problems.append(f"{where}: runAsUser 0")
+        if context.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{where}: allowPrivilegeEscalation is not false")
+        if "ALL" not in context.get("capabilities", {}).get("drop", []):
+            problems.append(f"{where}: capabilities are not dropped")
+        if context.get("readOnlyRootFilesystem") is not True:
+            problems.append(f"{where}: root filesystem is writable")
+        mounts = {mount["mountPath"]: mount["name"] for mount in container.get("volumeMounts", [])}
+        if "/tmp" not in mounts or mounts["/tmp"] not in volumes:
+            problems.append(f"{where}: read-only root but no volume at /tmp")
+        resources = container.get("resources", {})
+        for bound in ("requests", "limits"):
+            for resource in ("cpu", "memory"):
+                if resource not in resources.get(bound, {}):
+                    problems.append(f"{where}: no {resource} in resources.{bound}")
+        gpu_request = resources.get("requests", {}).get("nvidia.com/gpu")
+        gpu_limit = resources.get("limits", {}).get("nvidia.com/gpu")
+        if gpu_request is not None and str(gpu_request) != str(gpu_limit):
+            problems.append(f"{where}: GPU request {gpu_request} differs from limit {gpu_limit}")
+    return problems
+
+
+def test_every_pod_runs_as_non_root_with_requests_and_limits():
+    problems, pods = [], 0
+    for source, obj in all_rendered_objects():
+        specs = pod_specs(obj)
+        assert specs or obj["kind"] not in WORKLOAD_KINDS, f"{source}: pods of {obj['kind']} unseen"
+        for label, pod_spec in specs:
+            pods += 1
+            problems += [f"{source}: {p}" for p in pod_security_problems(label, pod_spec)]
+    assert pods >= 2
+    assert not problems, "\n".join(sorted(set(problems)))
+
+
+def test_pod_checker_catches_a_root_pod_without_limits():
+    """The rules above would notice the usual mistakes."""
+    root_pod = {"containers": [{"name": "c", "resources": {"requests": {"cpu": "1"}},
+                                "securityContext": {"runAsUser": 0}}]}
+    problems = " ".join(pod_security_problems("Pod/x", root_pod))
+    for expected in ("runAsNonRoot", "runAsUser 0", "no memory in resources.requests",
+                     "no cpu in resources.limits", "root filesystem is writable", "/tmp"):
+        assert expected in problems
+
+
+# ---------------------------------------------------------------------------------- credentials
+CREDENTIAL_PATTERNS = {
+    "AWS access key id": re.compile(r"\b(?:AKIA|ASIA|AIDA|AROA|ANPA)[0-9A-Z]{16}\b"),
+    "AWS secret access key": re.compile(
+        r"(?i)aws_secret_access_key[\"']?\s*[:=]\s*[\"']?(?P<value>[^\s\"',}]+)"),
+    "private key": re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----"),
+    "GitHub token": re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{40,})"),
+    "Slack token": re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}"),
+    "Google API key": re.compile(r"\bAIza[0-9A-Za-z_\-]{35}"),
+    "JSON web token": re.compile(r"\beyJ[\w-]{10,}\.eyJ[\w-]{10,}\.[\w-]{10,}"),
+    "token or password": re.compile(
+        r"(?i)\b(?:token|password|passwd|api_?key|secret)[\"']?\s*[:=]\s*[\"']?(?P<value>[\w+/=-]{16,})"),
+}
+PLACEHOLDER = re.compile(
+    r"(?i)^(?:<[^>]*>|\$\{\{.*|\$\{?[A-Za-z_(].*|\.\.\.|x{3,}|changeme|replace[\w-]*|"
+    r"[\w-]*(?:example|placeholder|your[\w-]*)[\w-]*|)$")
+
+
+def is_placeholder(value: str) -> bool:
+    return bool(PLACEHOLDER.match(value.strip()))
+
+
+def credentials_in(text: str) -> list[str]:
+    found = []
+    for name, pattern in CREDENTIAL_PATTERNS.items():
+        for match in pattern.finditer(text):
+            value = match.groupdict().get("value")
+            if value is not None and is_placeholder(value):
+                continue
+            line = text.count("\n", 0, match.start()) + 1
+            found.append(f"{name} at line {line}")
+    return found
+
+
+def shipped_files() -> list[Path]:
+    """Everything that becomes an image, a cluster object or a CI run, plus compiled specs."""
+    files = [*K8S.rglob("*.yaml"), *WORKFLOWS.glob("*.y*ml"), *(REPO / "docker").iterdir(),
+             REPO / ".dockerignore", *(REPO / "mk").glob("*.mk"), *COMPILED_SPECS]
+    return sorted(path for path in files if path.is_file())
+
+
+@pytest.mark.parametrize("path", shipped_files(), ids=lambda p: str(p.relative_to(REPO)))
+def test_no_credentials_in_shipped_files(path):
+    found = credentials_in(path.read_text(errors="replace"))
+    assert not found, f"{path.relative_to(REPO)}: {found}"
+
+
+def test_credential_scan_finds_real_looking_secrets():
+    fake_key_id = "AKIA" + "Q" * 16
+    fake_secret = "wJalrXUtnFEMI" + "K7MDENGbPxRfiCY" + "z9Q2"
+    samples = {
+        "AWS access key id": f"AWS_ACCESS_KEY_ID: {fake_key_id}",
+        "AWS secret access key": f"aws_secret_access_key = {fake_secret}",
+        "private key": "-----BEGIN " + "OPENSSH PRIVATE KEY-----",
+        "GitHub token": "ghp_" + "a1B2" * 9,
+        "token or password": f"token: {'f' * 40}",
+    }
+    for name, text in samples.items():
+        assert any(found.startswith(name) for found in credentials_in(text)), name
+    for harmless in ('AWS_SECRET_ACCESS_KEY: "<secret-access-key>"',
+                     "AWS_SECRET_ACCESS_KEY: ${{ secrets.AWS_SECRET_ACCESS_KEY }}",
+                     "--from-literal=AWS_SECRET_ACCESS_KEY=...", "secretName: whisper-moe-s3",
+                     "token: ${{ secrets.RETRAIN_PR_TOKEN || github.token }}"):
+        assert not credentials_in(harmless), harmless
+
+
+# ---------------------------------------------------------------------------------- workflows
+def workflow(name: str) -> dict:
+    data = yaml.safe_load((WORKFLOWS / name).read_text())
+    data["on"] = data.pop(True, data.get("on"))  # YAML 1.1 reads the key `on` as true
+    return data
+
+
+def workflow_steps(data: dict) -> list[dict]:
+    return [step for job in data["jobs"].values() for step in job["steps"]]
+
+
+def test_workflows_pass_actionlint():
+    command = [tool("actionlint"), "-color=false"]
+    shellcheck = Path(sys.executable).parent / "shellcheck"
+    if shellcheck.exists():  # the shell in `run:` steps is checked too, as on GitHub's runners
+        command.append(f"-shellcheck={shellcheck}")
+    result = run_tool(*command, *map(str, sorted(WORKFLOWS.glob("*.y*ml"))))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_actions_are_pinned_to_versions():
+    for path in sorted(WORKFLOWS.glob("*.y*ml")):
+        for step in workflow_steps(workflow(path.name)):
+            if "uses" in step:
+                assert re.search(r"@(v\d+(\.\d+)*|[0-9a-f]{40})$", step["uses"]), (
+                    f"{path.name}: {step['uses']} is not pinned to a version tag or commit")
+
+
+def test_ci_workflow_runs_every_check():
+    scripts = " ".join(step.get("run", "") for step in workflow_steps(workflow("ci.yml")))
+    for check in ("ruff check", "make test", "python pipelines/compile.py --check", "hadolint",
+                  "kubectl kustomize", "kubernetes-validate --strict", "actionlint"):
+        assert check in scripts, f"ci.yml does not run `{check}`"
+
+
+def test_retrain_workflow_gates_and_records_the_model():
+    data = workflow("retrain.yml")
+    assert data["on"]["schedule"][0]["cron"]
+    pipeline_input = data["on"]["workflow_dispatch"]["inputs"]["pipeline"]
+    assert set(pipeline_input["options"]) == {"regular", "pretrained"}
+    steps = workflow_steps(data)
+    scripts = "\n".join(step.get("run", "") for step in steps)
+    expected_commands = (
+        "python pipelines/compile.py",
+        'whisper-moe kfp run --host "$KFP_HOST"',
+        "--wait --metrics-out metrics.json",
+        "python scripts/check_regression.py --new metrics.json",
+        "--baseline metrics/accepted.json --max-wer-increase 0.01",
+        "dvc import-url",
+    )
+    for command in expected_commands:
+        assert command in scripts, f"retrain.yml does not run `{command}`"
+    assert scripts.index("check_regression") < scripts.index("dvc import-url")
+    pull_request = [s["uses"] for s in steps if "create-pull-request" in s.get("uses", "")]
+    assert pull_request and pull_request[0].startswith("peter-evans/create-pull-request@v")
+    text = (WORKFLOWS / "retrain.yml").read_text()
+    assert "${{ secrets.KFP_HOST }}" in text and "${{ secrets.AWS_SECRET_ACCESS_KEY }}" in text
+    assert "${{ secrets." not in scripts, "secrets reach scripts through env:, never inline"
+
+
+# ---------------------------------------------------------------------------------- regression gate
+@pytest.fixture
+def regression_gate():
+    return load_module("scripts/check_regression.py")
+
+
+def write_metrics(path: Path, moe_wer: float) -> Path:
+    path.write_text(json.dumps({"base": {"wer": 0.4, "cer": 0.2},
+                                "moe": {"wer": moe_wer, "cer": 0.1,
+                                        "per_group": {"en-us": {"wer": moe_wer, "cer": 0.1}}}}))
+    return path
+
+
+@pytest.mark.parametrize(("new_wer", "exit_code"), [(0.205, 0), (0.2101, 1), (0.15, 0)])
+def test_regression_gate_on_test_wer(regression_gate, tmp_path, capsys, new_wer, exit_code):
+    new = write_metrics(tmp_path / "new.json", new_wer)
+    baseline = write_metrics(tmp_path / "accepted.json", 0.2)
+    code = regression_gate.main(["--new", str(new), "--baseline", str(baseline),
+                                 "--max-wer-increase", "0.01"])
+    output = capsys.readouterr().out
+    assert code == exit_code
+    assert "moe.wer" in output and "<- gate" in output and "moe.per_group.en-us.wer" in output
+    assert ("REGRESSION" in output) == (exit_code == 1)
+
+
+def test_regression_gate_accepts_a_first_model_and_rejects_unreadable_metrics(regression_gate,
+                                                                            tmp_path, capsys):
+    new = write_metrics(tmp_path / "new.json", 0.3)
+    assert regression_gate.main(["--new", str(new), "--baseline", str(tmp_path / "none.json")]) == 0
+    assert "no baseline" in capsys.readouterr().out
+    (tmp_path / "broken.json").write_text('{"loss": 1.0}')
+    assert regression_gate.main(["--new", str(tmp_path / "broken.json"),
+                                 "--baseline", str(new)]) == 2
+    assert "no finite test WER" in capsys.readouterr().err
+    flat_new = tmp_path / "flat.json"
+    flat_new.write_text('{"test_wer": 0.5}')
+    flat_old = tmp_path / "flat_old.json"
+    flat_old.write_text('{"test_wer": 0.2}')
+    assert regression_gate.main(["--new", str(flat_new), "--baseline", str(flat_old)]) == 1
+
+
+# ---------------------------------------------------------------------------------- compiled KFP specs
+def kfp_documents(path: Path) -> tuple[dict, dict]:
+    """(pipeline spec, kubernetes platform spec or {}) of a compiled KFP YAML."""
+    documents = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    platform = next((doc for doc in documents[1:] if "platforms" in doc), {})
+    return documents[0], platform.get("platforms", {}).get("kubernetes", {})
+
+
+@pytest.mark.parametrize("path", COMPILED_SPECS, ids=lambda p: p.name)
+def test_compiled_pipeline_pods_use_the_project_image_with_requests_and_limits(path):
+    """KFP specs carry no securityContext: non-root comes from the project image's USER."""
+    spec, platform = kfp_documents(path)
+    executors = spec["deploymentSpec"]["executors"]
+    problems = []
+    for name, executor in executors.items():
+        container = executor.get("container")
+        if container is None:
+            continue  # importer executors create no pod of ours
+        image = container["image"]
+        if "whisper-moe" not in image.rsplit("/", 1)[-1] or image.endswith(":latest") or (
+                ":" not in image.rsplit("/", 1)[-1] and "@sha256:" not in image):
+            problems.append(f"{name}: image {image} is not a pinned whisper-moe image")
+        resources = container.get("resources", {})
+        for field in ("CpuRequest", "CpuLimit", "MemoryRequest", "MemoryLimit"):
+            short = field[0].lower() + field[1:]
+            if not (resources.get(f"resource{field}") or resources.get(short)):
+                problems.append(f"{name}: no {short}")
+    for name, executor in platform.get("deploymentSpec", {}).get("executors", {}).items():
+        for secret in executor.get("secretAsEnv", []) + executor.get("secretAsVolume", []):
+            if secret.get("secretName") not in (S3_SECRET_NAME, None):
+                problems.append(f"{name}: reads Secret {secret['secretName']}, but the cluster "
+                                f"setup creates {S3_SECRET_NAME} (k8s/templates)")
+    assert not problems, f"{path.name}:\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize("path", COMPILED_SPECS, ids=lambda p: p.name)
+def test_compiled_pipeline_kfp_version_matches_the_image(path):
+    """Components pip-install the compiling kfp version at start; the image's venv is read-only
+    to the non-root user, so the image must already hold that exact version."""
+    spec, _ = kfp_documents(path)
+    sdk = spec.get("sdkVersion", "")
+    locked = locked_version("kfp")
+    if sdk.startswith("kfp-") and locked:
+        assert sdk == f"kfp-{locked}", f"{path.name} compiled with {sdk}, image has kfp {locked}"

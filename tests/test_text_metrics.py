@@ -1,0 +1,87 @@
+"""Transcript normalisation, SAP cleaning and corpus-level WER/CER."""
+
+from __future__ import annotations
+
+import pytest
+
+from whisper_moe.metrics import cer, per_group_error_rates, wer
+from whisper_moe.text import clean_sap_transcript, normalize_transcript
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("Hello, World!  What's up?", "hello world whats up"),
+        ("It\u2019s twenty-one degrees.", "its twenty one degrees"),
+        ("  Turn ON the\tlights...  ", "turn on the lights"),
+        ("\uff34urn on", "turn on"),  # full-width letter
+        ("Call 911 now", "call 911 now"),  # digits are not spelled out
+        ("", ""),
+        (None, ""),
+        ("?!.", ""),
+    ],
+)
+def test_normalize_transcript(raw, expected):
+    assert normalize_transcript(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("[question prompt] What is your favorite food?", "What is your favorite food?"),
+        ("I (disfluency) want some water.", "I want some water."),
+        ("Call (cs:mom) my mother (laughs) please", "Call my mother please"),
+        ("Turn [unintelligible] off the (( nested) mark) lights .", "Turn off the lights."),
+        ("[silence] (noise)", ""),
+        ("Plain text stays.", "Plain text stays."),
+        ("broken ] bracket ( here", "broken bracket here"),
+        (None, ""),
+    ],
+)
+def test_clean_sap_transcript(raw, expected):
+    assert clean_sap_transcript(raw) == expected
+
+
+def test_wer_and_cer_ignore_case_and_punctuation():
+    assert wer(["Turn on the lights."], ["turn on the lights"]) == 0.0
+    assert cer(["Turn on the lights."], ["TURN ON THE LIGHTS!"]) == 0.0
+
+
+def test_wer_is_corpus_level():
+    refs = ["a b c d e f g h i j", "x"]
+    hyps = ["a b c d e f g h i j", "y"]
+    assert wer(refs, hyps) == pytest.approx(1 / 11)  # not the mean of 0.0 and 1.0
+    assert cer(["abcd"], ["abxd"]) == pytest.approx(0.25)
+
+
+def test_empty_references_are_handled():
+    assert wer([""], [""]) == 0.0
+    assert wer(["..."], ["noise words"]) == 1.0  # nothing to say, something said
+    assert wer(["a b", ""], ["a b", "extra"]) == pytest.approx(0.5)  # one insertion / 2 words
+    assert cer([""], [""]) == 0.0
+    assert wer(["a b"], [""]) == 1.0
+    with pytest.raises(ValueError):
+        wer(["a"], ["a", "b"])
+
+
+def test_per_group_error_rates():
+    rows = [
+        {"group": "ALS", "text": "turn on the lights", "hypothesis": "turn off the lights"},
+        {"group": "ALS", "text": "call mom", "hypothesis": "call mom"},
+        {"group": "Stroke", "reference": "play music", "prediction": "play music"},
+        {"group": "Stroke", "reference": "", "prediction": None},
+    ]
+    rates = per_group_error_rates(rows)
+    assert set(rates) == {"ALS", "Stroke", "overall"}
+    assert rates["ALS"]["wer"] == pytest.approx(1 / 6)
+    assert rates["ALS"]["n"] == 2
+    assert rates["Stroke"] == {"wer": 0.0, "cer": 0.0, "n": 2, "reference_words": 2}
+    assert rates["overall"]["wer"] == pytest.approx(1 / 8)
+    assert rates["overall"]["n"] == 4
+
+
+def test_per_group_refuses_ambiguous_rows():
+    with pytest.raises(ValueError, match="reserved"):
+        per_group_error_rates([{"group": "overall", "text": "a", "hypothesis": "a"}])
+    with pytest.raises(KeyError):
+        per_group_error_rates([{"group": "g", "text": "a"}])
