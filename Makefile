@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha256sum requirements.lock pyproject.toml | sha256sum | cut -c1-12)
 
+include mk/images.mk
+
 .PHONY: venv demo pipeline-demo test lint lock clean-venv
 
 venv: $(STAMP)

@@ -24,7 +24,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.cluster import HDBSCAN, KMeans, SpectralClustering
 from sklearn.decomposition import PCA
-from sklearn.metrics import adjusted_rand_score, pairwise_distances, silhouette_samples, silhouette_score
+from sklearn.metrics import (
+    adjusted_rand_score,
+    pairwise_distances,
+    silhouette_samples,
+    silhouette_score,
+)
 from sklearn.preprocessing import StandardScaler
 
 log = logging.getLogger("whisper_moe.cluster")
@@ -106,6 +111,8 @@ def fit_labels(features: np.ndarray, algorithm: str, num_clusters: int, seed: in
         )
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Graph is not fully connected")
+            # raised whenever N == d (square input), which is fine here
+            warnings.filterwarnings("ignore", message="The spectral clustering API has changed")
             return relabel_by_size(model.fit_predict(features))
     raise ClusteringError(f"clustering algorithm {algorithm!r}: expected one of {ALGORITHMS}")
 
@@ -199,7 +206,7 @@ def hdbscan_labels(features: np.ndarray, min_cluster_size: int, min_clusters: in
     merged = merge_closest_clusters(features, full, max_clusters) if found > max_clusters else full
     details = {"attempts": attempts, "clusters_found": found,
                "noise_reassigned": int((~clustered).sum()),
-               "merged_to": int(len(np.unique(merged))) if found > max_clusters else None}
+               "merged_to": len(np.unique(merged)) if found > max_clusters else None}
     return relabel_by_size(merged), details
 
 
@@ -302,7 +309,7 @@ def cluster_embeddings(features: np.ndarray, algorithm: str, num_clusters: int |
     else:
         _, scores, labels = choose_num_clusters(features, algorithm, min_clusters, max_clusters, seed)
         selection = "silhouette"
-    k = int(len(np.unique(labels)))
+    k = len(np.unique(labels))
     if num_clusters is not None and k != num_clusters:
         raise ClusteringError(
             f"{algorithm} produced {k} non-empty clusters where {num_clusters} were asked for "

@@ -57,7 +57,8 @@ def s3_client():
     from botocore.config import Config
 
     config = Config(s3={"addressing_style": "path"}, retries={"max_attempts": 5, "mode": "standard"})
-    return boto3.client("s3", endpoint_url=endpoint_url(), config=config)
+    # A new session each time: boto3's default session keeps the first credentials it found.
+    return boto3.session.Session().client("s3", endpoint_url=endpoint_url(), config=config)
 
 
 def upload_file(local_path: str | os.PathLike, uri: str, client=None) -> str:
@@ -168,8 +169,13 @@ def storage_errors(uri: str):
 def explain_s3_error(error: BaseException, uri: str) -> str | None:
     """One clear sentence for a botocore failure; None for errors that are not storage errors."""
     from boto3.exceptions import S3UploadFailedError
-    from botocore.exceptions import (BotoCoreError, ClientError, EndpointConnectionError,
-                                     NoCredentialsError, PartialCredentialsError)
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        PartialCredentialsError,
+    )
 
     where = describe_endpoint()
     if isinstance(error, (NoCredentialsError, PartialCredentialsError)):

@@ -166,13 +166,19 @@ def write_json_atomic(path: str | os.PathLike, payload: dict) -> Path:
 
 
 def _portable_row(row: dict, manifest_dir: Path) -> dict:
-    """Copy of row whose audio path is relative when it lies under manifest_dir."""
+    """Copy of row whose audio path is relative when it lies under manifest_dir, or when
+    both lie in the working directory (a project checkout: `dvc repro` output moved with
+    its repository still finds its audio)."""
     out = dict(row)
     audio = Path(str(row["audio_filepath"]))
     if audio.is_absolute():
         absolute = Path(os.path.normpath(audio))
         if absolute.is_relative_to(manifest_dir):
             out["audio_filepath"] = absolute.relative_to(manifest_dir).as_posix()
+        else:
+            workdir = Path.cwd().resolve()
+            if absolute.is_relative_to(workdir) and manifest_dir.is_relative_to(workdir):
+                out["audio_filepath"] = Path(os.path.relpath(absolute, manifest_dir)).as_posix()
     return out
 
 

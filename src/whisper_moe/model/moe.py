@@ -75,6 +75,19 @@ def masked_mean(hidden: torch.Tensor, valid_length: torch.Tensor) -> torch.Tenso
     return (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)
 
 
+def utterance_mean_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Token cross-entropy averaged within each utterance, then over utterances.
+
+    Every utterance weighs the same whatever its length, so the mean over processes of
+    per-process losses equals the loss of the whole global batch (data-parallel exact).
+    """
+    token_loss = F.cross_entropy(
+        logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none"
+    )
+    counts = (labels != -100).sum(1).clamp_min(1)
+    return (token_loss.sum(1) / counts).mean()
+
+
 class WhisperMoE(nn.Module):
     """Frozen Whisper + E stacked LoRA experts + a per-utterance gate."""
 
@@ -190,16 +203,13 @@ class WhisperMoE(nn.Module):
         routed = self.route(pooled, mode, top_k, temperature, noise_std)
         weights = routed["weights"] if forced_weights is None else forced_weights
         logits = self.decode_logits(input_features, decoder_input_ids, weights)
-        ce_loss = F.cross_entropy(
-            logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100
-        )
+        ce_loss = utterance_mean_cross_entropy(logits, labels)
         lb_loss = load_balance_loss(routed["probs"])
         z_loss = router_z_loss(routed["gate_logits"])
         loss = ce_loss
         if forced_weights is None:
             loss = loss + load_balance_weight * lb_loss + z_loss_weight * z_loss
-        return {"loss": loss, "ce_loss": ce_loss.detach(), "lb_loss": lb_loss.detach(),
-                "z_loss": z_loss.detach(), **routed}
+        return {"loss": loss, "ce_loss": ce_loss, "lb_loss": lb_loss, "z_loss": z_loss, **routed}
 
     # -- trainable state ------------------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:

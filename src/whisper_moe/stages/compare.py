@@ -95,7 +95,7 @@ def read_run(run_dir) -> tuple[dict, dict | None]:
             "pretrained": False, "wer": metrics["base"]["wer"], "cer": metrics["base"]["cer"],
             "oracle_wer": None,
             "per_group": {g: v["wer"] for g, v in metrics["base"].get("per_group", {}).items()},
-            "test_utterances": metrics.get("utterances"), "train_time_s": 0.0,
+            "test_utterances": metrics.get("utterances"), "train_time_s": None,
             "pretraining_time_s": None, "trainable_parameters": 0,
         }
     return row, base
@@ -153,9 +153,11 @@ def run(params: dict, run_dirs, out_dir) -> dict:
         rows.append(row)
         if base is not None:
             bases.append(base)
-    notes = ["WER after the project's normalisation (lower-case, punctuation stripped); "
-             "trainable parameters are experts plus gate."]
-    distinct_bases = {(b["system"], b["test_utterances"]): b for b in bases}
+    notes = [("WER after the project's normalisation (lower-case, punctuation stripped); "
+              "trainable parameters are experts plus gate.")]
+    distinct_bases: dict = {}
+    for base in bases:  # every run decodes the base; one row per base model and test set
+        distinct_bases.setdefault((base["system"], base["test_utterances"]), base)
     rows = list(distinct_bases.values()) + rows
     if len({r["test_utterances"] for r in rows}) > 1:
         notes.append("The runs were evaluated on different numbers of test utterances: "

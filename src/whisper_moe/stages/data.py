@@ -49,7 +49,24 @@ def source_manifests(params: dict) -> Path:
     raise ValueError(f"data.source {source!r}: expected demo, sap or manifest")
 
 
-def validate_one(params: dict, manifest, out_dir: Path, root=None, split: str | None = None) -> dict:
+def base_tokenizer(params: dict):
+    """The base model's tokenizer (no weights), for the over-long-transcript check."""
+    name = str(params["model"]["base_model"])
+    try:
+        if name == "demo":
+            from whisper_moe.model.base import demo_tokenizer
+
+            return demo_tokenizer()
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(name, local_files_only=Path(name).exists())
+    except Exception as error:  # the check is skipped, loudly; training still drops long targets
+        log.warning("no tokenizer for %s (%s): transcript length is checked at training", name, error)
+        return None
+
+
+def validate_one(params: dict, manifest, out_dir: Path, root=None, split: str | None = None,
+                 tokenizer=None) -> dict:
     """Validate one manifest into out_dir/<split>.jsonl + <split>_report.json."""
     out_dir.mkdir(parents=True, exist_ok=True)
     split = split or Path(manifest).stem
@@ -58,6 +75,7 @@ def validate_one(params: dict, manifest, out_dir: Path, root=None, split: str | 
         max_skip_fraction=float(params["data"]["max_skip_fraction"]),
         max_duration_s=float(params["data"]["max_duration_s"]),
         max_label_tokens=int(params["train"]["max_label_tokens"]), root=root,
+        tokenizer=tokenizer if tokenizer is not None else base_tokenizer(params),
     )
 
 
@@ -65,11 +83,12 @@ def run(params: dict, out_dir) -> dict:
     out_dir = Path(out_dir)
     source = source_manifests(params)
     reports = {}
+    tokenizer = base_tokenizer(params)
     for split in SPLIT_NAMES:
         manifest = source / f"{split}.jsonl"
         if not manifest.exists():
             raise FileNotFoundError(f"{manifest}: missing; a data folder needs train/dev/test.jsonl")
-        reports[split] = validate_one(params, manifest, out_dir, split=split)
+        reports[split] = validate_one(params, manifest, out_dir, split=split, tokenizer=tokenizer)
         log.info("%s: kept %d, skipped %s", split, reports[split]["kept"], reports[split]["skipped"])
     write_json(out_dir / "data_report.json", {"source": str(source), "splits": reports})
     return {split: str(out_dir / f"{split}.jsonl") for split in SPLIT_NAMES} | {

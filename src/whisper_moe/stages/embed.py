@@ -114,16 +114,15 @@ def pooled_embedding_batches(whisper, rows: list[dict], device: torch.device, ba
                         persistent_workers=False, prefetch_factor=4 if num_workers else None)
     dtype = next(whisper.parameters()).dtype
     total_frames = 2 * whisper.config.max_source_positions
-    with torch.inference_mode():
-        for batch in loader:
-            embeddings = np.zeros((0, whisper.config.d_model), dtype=np.float32)
-            if batch["positions"]:
+    for batch in loader:
+        embeddings = np.zeros((0, whisper.config.d_model), dtype=np.float32)
+        if batch["positions"]:
+            with torch.inference_mode():  # not held across the yield: the caller's mode is its own
                 audio = batch["audio"].to(device, non_blocking=True)
                 features = log_mel_batch(audio, whisper.config.num_mel_bins, total_frames)
                 frames = num_valid_frames(batch["num_samples"], total_frames).to(device)
                 embeddings = encoder_pooled(whisper, features.to(dtype), frames).cpu().numpy()
-            yield {"positions": batch["positions"], "embeddings": embeddings,
-                   "errors": batch["errors"]}
+        yield {"positions": batch["positions"], "embeddings": embeddings, "errors": batch["errors"]}
 
 
 # ----------------------------------------------------------------------------- chunks

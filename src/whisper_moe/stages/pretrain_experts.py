@@ -35,7 +35,12 @@ from whisper_moe.stages.cluster import load_cluster_outputs
 from whisper_moe.stages.common import mode_rows, special_ids, write_json
 from whisper_moe.stages.pretrain_gate import load_gate_state
 from whisper_moe.training import checkpointing
-from whisper_moe.training.runtime import StopRequest, mixed_precision, resolve_device, seed_everything
+from whisper_moe.training.runtime import (
+    StopRequest,
+    mixed_precision,
+    resolve_device,
+    seed_everything,
+)
 from whisper_moe.training.trainer import Trainer, TrainSettings, compute_pooled_cache, write_history
 
 log = logging.getLogger("whisper_moe.pretrain_experts")

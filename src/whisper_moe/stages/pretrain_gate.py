@@ -41,7 +41,7 @@ def heldout_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.nd
     train, heldout = [], []
     for cluster in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == cluster))
-        count = int(round(len(members) * fraction)) if len(members) > 1 else 0
+        count = round(len(members) * fraction) if len(members) > 1 else 0
         count = min(max(count, 1 if len(members) > 1 else 0), len(members) - 1)
         heldout.extend(members[:count].tolist())
         train.extend(members[count:].tolist())
@@ -86,7 +86,7 @@ def train_gate(embeddings: np.ndarray, soft_labels: np.ndarray, train_index: np.
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(batch)
+            total += float(loss.detach()) * len(batch)
         record = {"epoch": epoch, "train_loss": total / max(len(order), 1)}
         gate.eval()
         with torch.no_grad():
@@ -152,8 +152,8 @@ def run(params: dict, embeddings_dir, cluster_dir, out_dir) -> dict:
         "num_experts": int(num_experts),
         "input_dim": int(embeddings.shape[1]),
         "hidden_dim": hidden,
-        "train_size": int(len(train_index)),
-        "heldout_size": int(len(heldout_index)),
+        "train_size": len(train_index),
+        "heldout_size": len(heldout_index),
         "accuracy": float((predicted[evaluated] == labels[evaluated]).mean()),
         "accuracy_on": "heldout" if len(heldout_index) else "train (too few embeddings to hold out)",
         "train_accuracy": float((predicted[train_index] == labels[train_index]).mean()),

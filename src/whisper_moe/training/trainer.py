@@ -107,6 +107,18 @@ class EpochOrder(Sampler):
         return len(self.order)
 
 
+def global_load_balance_loss(probs: torch.Tensor, world_size: int) -> torch.Tensor:
+    """Load balance over the whole global batch: with several processes the routing
+    probabilities are gathered (with gradients) so the result equals one process's."""
+    from whisper_moe.model.gate import load_balance_loss
+
+    if world_size > 1:
+        import torch.distributed.nn.functional as distributed
+
+        probs = torch.cat(distributed.all_gather(probs.contiguous()), dim=0)
+    return load_balance_loss(probs)
+
+
 def batches_per_epoch(size: int, batch_size: int, world_size: int = 1) -> int:
     return math.ceil(size / (batch_size * world_size))
 
@@ -226,6 +238,31 @@ class Trainer:
             torch_state, json_state, self.settings.keep_checkpoints,
         )
 
+    def global_micro_records(self, micro: list[dict]) -> list[dict]:
+        """Logged losses averaged over processes, so every rank logs the global batch."""
+        keys = ("ce_loss", "lb_loss", "z_loss", "gate_entropy")
+        values = torch.tensor([[m[k] for k in keys] for m in micro], device=self.device)
+        torch.distributed.all_reduce(values)
+        values /= self.world_size
+        return [{**m, **dict(zip(keys, row.tolist()))} for m, row in zip(micro, values)]
+
+    def save_on_rank_zero(self) -> Path:
+        """Only rank 0 writes; the others wait so nobody reads a checkpoint mid-write."""
+        folder = self.checkpoint_root / f"{checkpointing.PREFIX}{self.step:08d}"
+        if self.rank == 0:
+            folder = self.save()
+        if self.world_size > 1:
+            torch.distributed.barrier()
+        return folder
+
+    def agreed_stop(self, stop: StopRequest) -> bool:
+        """A stop seen by any process stops all of them at the same step."""
+        if self.world_size == 1:
+            return bool(stop)
+        flag = torch.tensor([1.0 if stop else 0.0], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item() > 0)
+
     def resume(self) -> bool:
         """Load the newest valid checkpoint; False when there is none (a fresh start)."""
         folder = checkpointing.latest_valid_checkpoint(self.checkpoint_root)
@@ -305,10 +342,10 @@ class Trainer:
                 record["utterances_per_s"] = utterances / max(time.perf_counter() - started, 1e-9)
                 progress.set_postfix(loss=f"{record['ce_loss']:.3f}")
                 accumulated = []
-                if stop:
+                if self.agreed_stop(stop):
                     progress.close()
-                    folder = self.save()
-                    raise TrainingInterrupted(folder, stop.signal_name)
+                    folder = self.save_on_rank_zero()
+                    raise TrainingInterrupted(folder, stop.signal_name or "a stop on another process")
         progress.close()
 
     def micro_step(self, batch: dict, mode: str, temperature: float) -> dict:
@@ -329,11 +366,15 @@ class Trainer:
             output = self.forward_model(
                 input_features=features, decoder_input_ids=decoder_input_ids, labels=labels,
                 pooled=pooled, mode=mode, top_k=settings.routing["top_k"], temperature=temperature,
-                noise_std=settings.routing["noise_std"],
-                load_balance_weight=settings.routing["load_balance_weight"],
-                z_loss_weight=settings.routing["z_loss_weight"], forced_weights=forced,
+                noise_std=settings.routing["noise_std"], forced_weights=forced,
             )
-        loss = output["loss"] / settings.gradient_accumulation_steps
+        loss = output["ce_loss"]
+        if forced is None:
+            lb_loss = global_load_balance_loss(output["probs"], self.world_size)
+            loss = (loss + settings.routing["load_balance_weight"] * lb_loss
+                    + settings.routing["z_loss_weight"] * output["z_loss"])
+            output["lb_loss"] = lb_loss
+        loss = loss / settings.gradient_accumulation_steps
         if torch.isfinite(loss):
             self.scaler.scale(loss).backward()
         probs = output["probs"].detach().float()
@@ -373,6 +414,8 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
         weights = [m["size"] for m in micro]
+        if self.world_size > 1:
+            micro = self.global_micro_records(micro)
         record = {
             "step": self.step, "epoch": self.epoch + 1, "routing": mode, "temperature": temperature,
             "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": grad_norm,
@@ -391,8 +434,7 @@ class Trainer:
             record["dev_loss"] = self.dev_loss()
             log.info("epoch %d: dev loss %.4f", self.epoch, record["dev_loss"])
         if self.epoch % settings.save_every_n_epochs == 0 or self.epoch == settings.epochs:
-            if self.rank == 0:
-                record["checkpoint"] = str(self.save())
+            record["checkpoint"] = str(self.save_on_rank_zero())
         self.history.append(record)
 
     @torch.no_grad()

@@ -1,0 +1,47 @@
+"""publish-model: the model, metrics and report to S3 under the run's id, plus a DVC pointer."""
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, Input, Model, Output
+
+from components.images import CPU_IMAGE
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def publish_model(
+    params_yaml: str,
+    checkpoint: Input[Model],
+    evaluation: Input[Artifact],
+    report: Input[HTML],
+    pointer: Output[Artifact],
+    output_s3_uri: str = "",
+    run_id: str = "",
+    run_name: str = "",
+):
+    """Upload the checkpoint, metrics, report and params to output_s3_uri/<run id>/.
+
+    Also writes pointer.json there ({"uri", "metrics", "run", ...}): `dvc import-url` of
+    it, or of the model folder, versions the result in a DVC project. S3 credentials and
+    endpoint come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_ENDPOINT_URL.
+    With an empty output_s3_uri nothing is uploaded and the pointer names Kubeflow's copy.
+
+    Args:
+        params_yaml: Resolved configuration (YAML), saved beside the model.
+        checkpoint: The trained MoE checkpoint.
+        evaluation: The evaluation folder (metrics.json).
+        report: The evaluation report.
+        output_s3_uri: s3://bucket/prefix to publish under; empty: do not upload.
+        run_id: The Kubeflow run id (names the folder).
+        run_name: The Kubeflow run name (recorded in the pointer).
+
+    Returns:
+        pointer: pointer.json naming the published model, its metrics and the run.
+    """
+    import json
+
+    from whisper_moe_kfp import runtime
+
+    published = runtime.publish(output_s3_uri, run_id, run_name, checkpoint.path, checkpoint.uri,
+                                evaluation.path, report.path, params_yaml)
+    runtime.write_text(pointer.path, json.dumps(published, indent=2) + "\n")
+    pointer.metadata.update({"uri": published["uri"], "published": published["published"]})
+    print(f"pointer: {json.dumps(published)}")

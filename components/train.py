@@ -1,0 +1,46 @@
+"""train-moe: joint training of gate and experts. Both pipelines use this one component."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+
+from components.images import CUDA_IMAGE
+
+
+@dsl.component(base_image=CUDA_IMAGE, install_kfp_package=False)
+def train_moe(
+    params_yaml: str,
+    dataset: Input[Dataset],
+    checkpoint: Output[Model],
+    training_log: Output[Artifact],
+    training_metrics: Output[Metrics],
+    init: Input[Model] = None,
+):
+    """Train the gate and all LoRA experts together on the training split.
+
+    Without `init` (regular MoE) gate and experts start random and model.num_experts
+    sets their number; with `init` (pretrained MoE) they start from the pretrained gate
+    and experts. The base Whisper stays frozen.
+
+    Args:
+        params_yaml: Resolved configuration (YAML).
+        dataset: Validated train/dev/test manifests with audio.
+        init: Optional checkpoint of pretrained gate and experts.
+
+    Returns:
+        checkpoint: The MoE checkpoint (moe_config.json + model.safetensors).
+        training_log: train_log.jsonl, training_curves.png and train_metrics.json.
+        training_metrics: Final losses, steps, time and trainable parameters.
+    """
+    from pathlib import Path
+
+    from whisper_moe.stages import train
+    from whisper_moe_kfp import runtime
+    from whisper_moe_kfp.parameters import params_from_yaml
+
+    params = params_from_yaml(params_yaml)
+    data_dir, train_dir = Path(dataset.path), Path(training_log.path)
+    result = train.run(params, data_dir / "train.jsonl", data_dir / "dev.jsonl", train_dir,
+                       init_dir=init.path if init is not None else None)
+    runtime.finish_training_folder(train_dir, checkpoint.path)
+    checkpoint.metadata.update({"num_experts": result["num_experts"], "framework": "whisper-moe"})
+    runtime.log_numbers(training_metrics, result)

@@ -1,0 +1,163 @@
+"""Where and how each pipeline task runs: the one place that says so.
+
+Every task in both pipelines passes through `place(task, kind)` right where the
+pipeline creates it: resources sized for whisper-large-v2, the A100 pool (GPU request,
+node selector, toleration) for GPU kinds, S3 credentials from a Kubernetes Secret,
+retries with exponential backoff, and caching off where a rerun must really rerun.
+
+The pool and the Secret are chosen when the pipelines are compiled (they are baked
+into the spec), through pipelines/compile.py flags or these environment variables:
+
+  WHISPER_MOE_GPU_POOL        gpu-operator (default) or gke: a preset node selector
+  WHISPER_MOE_NODE_SELECTOR   KEY=VALUE[,KEY=VALUE]: replaces the preset's selector
+  WHISPER_MOE_TOLERATION      KEY[=VALUE]:EFFECT[,...] (default nvidia.com/gpu:NoSchedule)
+  WHISPER_MOE_S3_SECRET       Secret with the S3 keys (default whisper-moe-s3)
+  WHISPER_MOE_GPUS            GPUs per GPU task (default 1)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from kfp import kubernetes
+
+# Node labels of an A100 pool. The NVIDIA GPU operator's feature discovery labels each
+# GPU node with its product name; GKE labels accelerator node pools itself.
+GPU_POOLS = {
+    "gpu-operator": {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-40GB"},
+    "gke": {"cloud.google.com/gke-accelerator": "nvidia-tesla-a100"},
+}
+# GPU pools are tainted so that only pods asking for them land there: GKE adds
+# nvidia.com/gpu=present:NoSchedule; with the GPU operator the cluster admin does
+# (`kubectl taint nodes NODE nvidia.com/gpu=present:NoSchedule`). A toleration without a
+# value (operator Exists) matches both.
+DEFAULT_TOLERATIONS = "nvidia.com/gpu:NoSchedule"
+DEFAULT_S3_SECRET = "whisper-moe-s3"  # k8s/templates/s3-credentials.secret.yaml
+S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL")
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Requests (and a memory limit) for one kind of task."""
+
+    gpu: bool
+    cpu: str
+    memory: str
+    memory_limit: str
+
+
+# Sized for whisper-large-v2 (1.55 B parameters, 6.2 GB of fp32 weights loaded on the
+# CPU before moving to the GPU) on an A100 40GB node of 12 vCPUs and 85 GB (GKE
+# a2-highgpu-1g); the demo and tests need far less and ignore these numbers.
+RESOURCES = {
+    "light": Resources(gpu=False, cpu="500m", memory="1Gi", memory_limit="2Gi"),
+    "data": Resources(gpu=False, cpu="4", memory="16Gi", memory_limit="32Gi"),  # audio decoding
+    "embed": Resources(gpu=True, cpu="8", memory="32Gi", memory_limit="64Gi"),
+    "cluster": Resources(gpu=False, cpu="4", memory="16Gi", memory_limit="32Gi"),
+    "pretrain_gate": Resources(gpu=False, cpu="2", memory="8Gi", memory_limit="16Gi"),
+    "pretrain_experts": Resources(gpu=True, cpu="8", memory="48Gi", memory_limit="80Gi"),
+    "train": Resources(gpu=True, cpu="8", memory="48Gi", memory_limit="80Gi"),
+    "evaluate": Resources(gpu=True, cpu="8", memory="32Gi", memory_limit="64Gi"),
+    "publish": Resources(gpu=False, cpu="1", memory="4Gi", memory_limit="8Gi"),
+}
+# A rerun of these must do the work again: training and evaluation (the point of a
+# run), the data fetch (a DVC branch or an S3 prefix can change under the same
+# name) and publishing (a side effect).
+NOT_CACHED = {"data", "train", "evaluate", "publish"}
+# Pods are preempted and nodes fail; a retry starts the task again after 1, 2, 4 minutes.
+RETRIES = 3
+BACKOFF_DURATION = "60s"
+BACKOFF_FACTOR = 2.0
+BACKOFF_MAX_DURATION = "3600s"
+
+
+@dataclass(frozen=True)
+class Toleration:
+    key: str
+    effect: str
+    value: str | None = None
+
+    @property
+    def operator(self) -> str:
+        return "Equal" if self.value is not None else "Exists"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The compile-time choices: GPU pool labels, taints, Secret, GPUs per task."""
+
+    node_selector: dict[str, str]
+    tolerations: tuple[Toleration, ...]
+    s3_secret: str = DEFAULT_S3_SECRET
+    gpus: int = 1
+
+
+def settings_from_env(env=None) -> Settings:
+    """Settings from WHISPER_MOE_* variables (see the module docstring); defaults otherwise."""
+    env = os.environ if env is None else env
+    pool = env.get("WHISPER_MOE_GPU_POOL") or "gpu-operator"
+    if pool not in GPU_POOLS:
+        raise ValueError(f"WHISPER_MOE_GPU_POOL={pool!r}: expected one of {sorted(GPU_POOLS)}")
+    selector_text = env.get("WHISPER_MOE_NODE_SELECTOR")
+    gpus = env.get("WHISPER_MOE_GPUS") or "1"
+    if not gpus.isdigit() or int(gpus) < 1:
+        raise ValueError(f"WHISPER_MOE_GPUS={gpus!r}: expected a whole number >= 1")
+    return Settings(
+        node_selector=parse_node_selector(selector_text) if selector_text else dict(GPU_POOLS[pool]),
+        tolerations=parse_tolerations(env.get("WHISPER_MOE_TOLERATION") or DEFAULT_TOLERATIONS),
+        s3_secret=env.get("WHISPER_MOE_S3_SECRET") or DEFAULT_S3_SECRET,
+        gpus=int(gpus),
+    )
+
+
+def parse_node_selector(text: str) -> dict[str, str]:
+    """'k=v,k2=v2' -> {'k': 'v', 'k2': 'v2'}."""
+    selector = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise ValueError(f"node selector {item!r}: expected KEY=VALUE, e.g. "
+                             "cloud.google.com/gke-accelerator=nvidia-tesla-a100")
+        selector[key] = value
+    return selector
+
+
+def parse_tolerations(text: str) -> tuple[Toleration, ...]:
+    """'key[=value]:Effect,...' -> tolerations ('nvidia.com/gpu:NoSchedule')."""
+    tolerations = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        taint, sep, effect = item.rpartition(":")
+        if not sep or effect not in {"NoSchedule", "PreferNoSchedule", "NoExecute"} or not taint:
+            raise ValueError(f"toleration {item!r}: expected KEY[=VALUE]:EFFECT with EFFECT one of "
+                             "NoSchedule, PreferNoSchedule, NoExecute (e.g. nvidia.com/gpu:NoSchedule)")
+        key, has_value, value = taint.partition("=")
+        tolerations.append(Toleration(key=key, effect=effect, value=value if has_value else None))
+    return tuple(tolerations)
+
+
+def place(task, kind: str, settings: Settings | None = None):
+    """Apply this kind's resources, pool, Secret, retries and caching to a pipeline task."""
+    settings = settings or settings_from_env()
+    resources = RESOURCES[kind]
+    task.set_cpu_request(resources.cpu)
+    task.set_memory_request(resources.memory)
+    task.set_memory_limit(resources.memory_limit)
+    if resources.gpu:
+        task.set_accelerator_type(GPU_RESOURCE)
+        task.set_accelerator_limit(settings.gpus)
+        for key, value in settings.node_selector.items():
+            kubernetes.add_node_selector(task, label_key=key, label_value=value)
+        for toleration in settings.tolerations:
+            kubernetes.add_toleration(task, key=toleration.key, operator=toleration.operator,
+                                      value=toleration.value, effect=toleration.effect)
+    # optional: a run that touches no S3 (the demo) needs no Secret; storage errors
+    # name the missing keys when one is needed.
+    kubernetes.use_secret_as_env(task, secret_name=settings.s3_secret,
+                                 secret_key_to_env={key: key for key in S3_SECRET_KEYS},
+                                 optional=True)
+    task.set_retry(num_retries=RETRIES, backoff_duration=BACKOFF_DURATION,
+                   backoff_factor=BACKOFF_FACTOR, backoff_max_duration=BACKOFF_MAX_DURATION)
+    task.set_caching_options(enable_caching=kind not in NOT_CACHED)
+    return task

@@ -1,0 +1,102 @@
+"""Regular MoE pipeline: data -> joint training -> evaluation -> publish.
+
+Gate and experts start random and learn together; num_experts sets how many. The
+joint-training task is the same component as in the pretrained pipeline.
+Compile with `python pipelines/compile.py` (or `python pipelines/regular_moe.py OUT.yaml`).
+"""
+
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, Metrics, Model
+
+from components import evaluate_moe, prepare_data, publish_model, resolve_params, train_moe
+from pipelines import params_path
+from pipelines.placement import place
+from whisper_moe_kfp.parameters import REGULAR_PARAMETERS, pipeline_defaults
+
+NAME = "whisper-moe-regular"
+# What the run shows as its results (and a local run returns).
+class Outputs(NamedTuple):
+    checkpoint: Model
+    metrics: Metrics
+    report: HTML
+    pointer: Artifact
+DEFAULTS = pipeline_defaults(params_path(), REGULAR_PARAMETERS)
+
+
+@dsl.pipeline(name=NAME)
+def regular_moe(
+    params_yaml: str = DEFAULTS["params_yaml"],
+    mode: str = DEFAULTS["mode"],
+    base_model: str = DEFAULTS["base_model"],
+    num_experts: int = DEFAULTS["num_experts"],
+    epochs: int = DEFAULTS["epochs"],
+    batch_size: int = DEFAULTS["batch_size"],
+    gradient_accumulation_steps: int = DEFAULTS["gradient_accumulation_steps"],
+    learning_rate: float = DEFAULTS["learning_rate"],
+    routing_mode: str = DEFAULTS["routing_mode"],
+    top_k: int = DEFAULTS["top_k"],
+    data_percent: float = DEFAULTS["data_percent"],
+    dvc_repo: str = "",
+    dvc_rev: str = "",
+    dvc_path: str = "",
+    data_s3_uri: str = "",
+    data_dir: str = "",
+    output_s3_uri: str = "",
+) -> Outputs:
+    """Whisper mixture of LoRA experts, trained without pretraining (the regular MoE).
+
+    Gate and experts start random and train jointly on the training split; the test
+    split is evaluated against the base model and the result published to S3.
+
+    Args:
+        params_yaml: Configuration in params.yaml's format, on top of the built-in defaults (default: the repository's params.yaml, as its differences from those defaults). The parameters below override its keys.
+        mode: quick (a smoke run capped by the quick section of params_yaml) or full (the real run).
+        base_model: Whisper to adapt: demo (tiny.en, offline), a hub name such as openai/whisper-large-v2, or a directory in the image.
+        num_experts: Number of LoRA experts (regular.num_experts).
+        epochs: Joint-training epochs in full mode (quick mode uses quick.epochs).
+        batch_size: Utterances per training step on one GPU (train.batch_size).
+        gradient_accumulation_steps: Steps per optimizer update; raise it when lowering batch_size.
+        learning_rate: Learning rate of the LoRA experts (train.lr).
+        routing_mode: soft, topk, or curriculum (soft for routing.soft_epochs, then top-k).
+        top_k: Experts per utterance under top-k routing.
+        data_percent: Stratified share of the training split used, in percent.
+        dvc_repo: Git URL of a DVC repository holding the data folder (with dvc_path); empty: not used.
+        dvc_rev: Git revision (tag, branch or commit) of dvc_repo; empty: its default branch.
+        dvc_path: Data folder inside dvc_repo: train/dev/test.jsonl with their audio.
+        data_s3_uri: s3://bucket/prefix of a data folder (train/dev/test.jsonl and audio); empty: not used.
+        data_dir: Data folder on a volume mounted in the data task; empty: not used. With no data source at all the demo corpus is synthesised.
+        output_s3_uri: s3://bucket/prefix to publish the model, metrics and report under, in a folder named by the run id; empty: keep them in Kubeflow's artifact store only.
+    """
+    params = place(resolve_params(
+        params_yaml=params_yaml, mode=mode, base_model=base_model, epochs=epochs,
+        batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
+        learning_rate=learning_rate, routing_mode=routing_mode, top_k=top_k,
+        data_percent=data_percent, num_experts=num_experts), "light")
+    data = place(prepare_data(
+        params_yaml=params.output, dvc_repo=dvc_repo, dvc_rev=dvc_rev, dvc_path=dvc_path,
+        data_s3_uri=data_s3_uri, data_dir=data_dir), "data")
+    training = place(train_moe(params_yaml=params.output, dataset=data.outputs["dataset"]), "train")
+    evaluation = place(evaluate_moe(
+        params_yaml=params.output, dataset=data.outputs["dataset"],
+        checkpoint=training.outputs["checkpoint"], training_log=training.outputs["training_log"]),
+        "evaluate")
+    published = place(publish_model(
+        params_yaml=params.output, checkpoint=training.outputs["checkpoint"],
+        evaluation=evaluation.outputs["evaluation"], report=evaluation.outputs["report"],
+        output_s3_uri=output_s3_uri, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER), "publish")
+    return Outputs(checkpoint=training.outputs["checkpoint"], metrics=evaluation.outputs["metrics"],
+                   report=evaluation.outputs["report"], pointer=published.outputs["pointer"])
+
+
+if __name__ == "__main__":
+    from pipelines.compile import compile_pipeline
+
+    compile_pipeline(regular_moe, Path(sys.argv[1]) if len(sys.argv) > 1 else None, "regular_moe")

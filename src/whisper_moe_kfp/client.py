@@ -1,0 +1,289 @@
+"""`whisper-moe kfp upload|run|schedule`: the compiled pipelines on a Kubeflow Pipelines server.
+
+    whisper-moe kfp upload --host http://localhost:8080
+    whisper-moe kfp run --pipeline regular -S train.lr=3e-4 --output-s3-uri s3://bucket/runs \
+        --wait --metrics-out metrics.json
+    whisper-moe kfp schedule --pipeline pretrained --cron "0 0 3 * * 1"
+
+Run arguments come from params.yaml and `-S key=value`, as for every other subcommand:
+the whole configuration travels as the `params_yaml` parameter, and the pipeline's tuned
+parameters (epochs, learning_rate, ...) are filled from the same values, so the run does
+exactly what params.yaml says. kfp is imported only when a subcommand runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import yaml
+
+from whisper_moe_kfp.parameters import PRETRAINED_PARAMETERS, REGULAR_PARAMETERS, pipeline_arguments
+
+log = logging.getLogger("whisper_moe_kfp")
+
+PIPELINES = {  # --pipeline -> (compiled package name, tuned parameters)
+    "pretrained": ("pretrained_moe", PRETRAINED_PARAMETERS),
+    "regular": ("regular_moe", REGULAR_PARAMETERS),
+}
+DATA_FLAGS = {  # flag destination -> pipeline parameter (not params.yaml keys)
+    "dvc_repo": "dvc_repo",
+    "dvc_rev": "dvc_rev",
+    "dvc_path": "dvc_path",
+    "data_s3_uri": "data_s3_uri",
+    "data_dir": "data_dir",
+    "output_s3_uri": "output_s3_uri",
+}
+DEFAULT_EXPERIMENT = "whisper-moe"
+FINISHED_OK = "SUCCEEDED"
+
+
+class KfpCommandError(RuntimeError):
+    """A kfp subcommand cannot go on; the message says why and what to do."""
+
+
+# ------------------------------------------------------------------ argparse
+def add_subcommands(subparsers, add_common) -> None:
+    parser = subparsers.add_parser("kfp", help="upload, run and schedule the Kubeflow pipelines")
+    commands = parser.add_subparsers(dest="kfp_command", required=True)
+
+    p = commands.add_parser("upload", help="upload the compiled pipelines (a new version if present)")
+    add_connection_flags(p)
+    p.add_argument("--pipeline", choices=[*PIPELINES, "both"], default="both")
+    p.add_argument("--package", type=Path, help="compiled spec to upload (default: pipelines/compiled/)")
+    p.add_argument("--version-name", help="version name (default: <project version>-<spec hash>)")
+
+    p = commands.add_parser("run", help="start a run with params.yaml (-S overrides)")
+    add_common(p)
+    add_run_flags(p)
+    p.add_argument("--run-name", help="default: <pipeline> <time>")
+    p.add_argument("--wait", action="store_true", help="wait until the run finishes; exit 1 unless it succeeded")
+    p.add_argument("--timeout", type=int, default=48 * 3600, help="seconds --wait waits (default 48 h)")
+    p.add_argument("--metrics-out", type=Path,
+                   help="with --wait: write the run's final metrics (from its published pointer.json)")
+
+    p = commands.add_parser("schedule", help="create a recurring run (one at a time)")
+    add_common(p)
+    add_run_flags(p)
+    p.add_argument("--cron", required=True,
+                   help="cron schedule, 6 fields with seconds first ('0 0 3 * * 1': Mondays 03:00); "
+                        "a 5-field expression gets seconds 0")
+    p.add_argument("--name", help="recurring run name (default: whisper-moe-<pipeline>)")
+    p.add_argument("--catchup", action="store_true",
+                   help="also start the runs missed while the schedule was paused")
+
+
+def add_connection_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="Kubeflow Pipelines API, e.g. http://localhost:8080 after "
+                                       "`kubectl port-forward` (default: $KF_PIPELINES_ENDPOINT or "
+                                       "the in-cluster/kubeconfig address)")
+    parser.add_argument("--namespace", help="Kubeflow profile namespace (multi-user deployments)")
+
+
+def add_run_flags(parser: argparse.ArgumentParser) -> None:
+    add_connection_flags(parser)
+    parser.add_argument("--pipeline", choices=list(PIPELINES), required=True)
+    parser.add_argument("--package", type=Path, help="compiled spec (default: pipelines/compiled/)")
+    parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT,
+                        help=f"experiment to file the run under (default {DEFAULT_EXPERIMENT})")
+    parser.add_argument("--service-account", help="Kubernetes service account of the run's pods, e.g. "
+                                                  "whisper-moe-pipeline-runner (k8s/base)")
+    parser.add_argument("--no-cache", action="store_true", help="rerun every task (ignore KFP's cache)")
+    parser.add_argument("--dvc-repo", help="Git URL of a DVC repository with the data folder")
+    parser.add_argument("--dvc-rev", help="revision of --dvc-repo")
+    parser.add_argument("--dvc-path", help="data folder inside --dvc-repo")
+    parser.add_argument("--data-s3-uri", help="s3://bucket/prefix of a data folder")
+    parser.add_argument("--data-dir", help="data folder on a volume mounted in the data task")
+    parser.add_argument("--output-s3-uri", help="s3://bucket/prefix to publish the model under")
+
+
+# ------------------------------------------------------------------ commands
+def cmd_kfp(args) -> int:
+    from kfp_server_api.exceptions import ApiException
+
+    command = {"upload": cmd_upload, "run": cmd_run, "schedule": cmd_schedule}[args.kfp_command]
+    try:
+        return command(args)
+    except ApiException as error:
+        raise KfpCommandError(api_error_message(error, args.host)) from error
+
+
+def api_error_message(error, host: str | None) -> str:
+    """The server's own message (its JSON `message`) with the status, host and a hint."""
+    try:
+        detail = json.loads(error.body or "{}").get("message") or error.body
+    except (TypeError, ValueError):
+        detail = error.body
+    hint = {401: "log in or pass credentials (kfp.Client's cookies/token)",
+            403: "check --namespace: your profile may not have access to it",
+            404: "check --host: it should be the Kubeflow Pipelines API (ml-pipeline) address"}
+    return (f"Kubeflow Pipelines at {host or '(default host)'} answered {error.status} {error.reason}: "
+            f"{detail}" + (f"; {hint[error.status]}" if error.status in hint else ""))
+
+
+def cmd_upload(args) -> int:
+    client = connect(args)
+    names = list(PIPELINES) if args.pipeline == "both" else [args.pipeline]
+    if args.package and len(names) > 1:
+        raise KfpCommandError("--package names one spec: also give --pipeline pretrained or regular")
+    for name in names:
+        package = find_package(name, args.package)
+        result = upload(client, package, args.version_name, args.namespace)
+        print(f"{name}: {result}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    if args.metrics_out and not args.wait:
+        raise KfpCommandError("--metrics-out needs --wait: the metrics exist once the run has finished")
+    client = connect(args)
+    package = find_package(args.pipeline, args.package)
+    arguments = run_arguments(args, package)
+    result = client.create_run_from_pipeline_package(
+        str(package), arguments=arguments, run_name=args.run_name,
+        experiment_name=args.experiment, namespace=args.namespace,
+        enable_caching=False if args.no_cache else None, service_account=args.service_account)
+    run_id = result.run_id
+    print(f"run id: {run_id}")
+    if not args.wait:
+        return 0
+    run = client.wait_for_run_completion(run_id, timeout=args.timeout, sleep_duration=10)
+    state = str(run.state)
+    print(f"run {run_id} finished: {state}")
+    if args.metrics_out:
+        write_run_metrics(args.metrics_out, run_id, state, arguments.get("output_s3_uri", ""))
+    return 0 if state.upper() == FINISHED_OK else 1
+
+
+def cmd_schedule(args) -> int:
+    client = connect(args)
+    package = find_package(args.pipeline, args.package)
+    arguments = run_arguments(args, package)
+    experiment = client.create_experiment(name=args.experiment, namespace=args.namespace)
+    recurring = client.create_recurring_run(
+        experiment_id=experiment.experiment_id, job_name=args.name or f"whisper-moe-{args.pipeline}",
+        cron_expression=six_field_cron(args.cron), max_concurrency=1, no_catchup=not args.catchup,
+        params=arguments, pipeline_package_path=str(package),
+        enable_caching=False if args.no_cache else None, service_account=args.service_account)
+    print(f"recurring run id: {recurring.recurring_run_id} (cron {six_field_cron(args.cron)!r})")
+    return 0
+
+
+COMMANDS = {"kfp": cmd_kfp}
+
+
+# ------------------------------------------------------------------ helpers
+def connect(args):
+    import kfp
+
+    if args.namespace:
+        return kfp.Client(host=args.host, namespace=args.namespace)
+    return kfp.Client(host=args.host)
+
+
+def find_package(pipeline: str, package: Path | None) -> Path:
+    """The compiled spec: --package, else pipelines/compiled/<name>.yaml here or in the source tree."""
+    if package is not None:
+        if not package.exists():
+            raise KfpCommandError(f"{package}: no such compiled pipeline; run `python pipelines/compile.py`")
+        return package
+    name = PIPELINES[pipeline][0]
+    candidates = [Path.cwd() / "pipelines" / "compiled" / f"{name}.yaml",
+                  Path(__file__).resolve().parents[2] / "pipelines" / "compiled" / f"{name}.yaml"]
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate
+    raise KfpCommandError(f"pipelines/compiled/{name}.yaml not found (looked in {candidates[0].parent}): "
+                          "run from the repository root, or pass --package")
+
+
+def spec_inputs(package: Path) -> dict:
+    """The pipeline's declared parameters (name -> definition) from a compiled spec."""
+    with open(package) as handle:
+        spec = next(yaml.safe_load_all(handle))
+    return spec["root"].get("inputDefinitions", {}).get("parameters", {})
+
+
+def run_arguments(args, package: Path) -> dict:
+    """params.yaml + -S as params_yaml and the tuned parameters, plus the data flags given."""
+    from whisper_moe.cli import params_from_args
+
+    params = params_from_args(args)
+    arguments = pipeline_arguments(params, PIPELINES[args.pipeline][1])
+    for dest, name in DATA_FLAGS.items():
+        value = getattr(args, dest, None)
+        if value:
+            arguments[name] = value
+    declared = spec_inputs(package)
+    unknown = sorted(set(arguments) - set(declared))
+    if unknown:
+        raise KfpCommandError(f"{package} declares no parameters {unknown}: recompile it with "
+                              "`python pipelines/compile.py` (or pass the matching --package)")
+    return arguments
+
+
+def upload(client, package: Path, version_name: str | None, namespace: str | None) -> str:
+    """Upload as a new pipeline, or as a new version of the pipeline with the same name."""
+    with open(package) as handle:
+        name = next(yaml.safe_load_all(handle))["pipelineInfo"]["name"]
+    pipeline_id = client.get_pipeline_id(name)
+    if pipeline_id is None:
+        pipeline = client.upload_pipeline(str(package), pipeline_name=name, namespace=namespace)
+        return f"uploaded as pipeline {name} ({pipeline.pipeline_id})"
+    version_name = version_name or default_version_name(package)
+    version = client.upload_pipeline_version(str(package), pipeline_version_name=version_name,
+                                             pipeline_id=pipeline_id)
+    return f"uploaded as version {version_name} of {name} ({version.pipeline_version_id})"
+
+
+def default_version_name(package: Path) -> str:
+    """<project version>-<first 10 hex of the spec's sha256>: same spec, same name."""
+    from importlib import metadata
+
+    try:
+        version = metadata.version("whisper-moe")
+    except metadata.PackageNotFoundError:
+        version = "dev"
+    digest = hashlib.sha256(package.read_bytes()).hexdigest()[:10]
+    return f"{version}-{digest}"
+
+
+def six_field_cron(expression: str) -> str:
+    """Kubeflow's scheduler wants seconds first; a classic 5-field cron runs at second 0."""
+    fields = expression.split()
+    if len(fields) == 5:
+        return " ".join(["0", *fields])
+    if len(fields) != 6:
+        raise KfpCommandError(f"--cron {expression!r}: expected 6 fields (second minute hour "
+                              "day-of-month month day-of-week), e.g. '0 0 3 * * 1'")
+    return expression
+
+
+def write_run_metrics(path: Path, run_id: str, state: str, output_s3_uri: str) -> bool:
+    """Write the finished run's metrics from the pointer.json it published; False when none.
+
+    Kubeflow keeps metrics in its metadata store, which its REST API does not serve, so
+    the published pointer (output_s3_uri/<run id>/pointer.json) is the source.
+    """
+    if not output_s3_uri:
+        log.warning("--metrics-out: the run published nothing (no --output-s3-uri), so there are no "
+                    "metrics to fetch; see the evaluate-moe task's metrics in the Kubeflow UI")
+        return False
+    from whisper_moe import storage
+    from whisper_moe_kfp.runtime import run_folder_name
+
+    pointer_uri = storage.join_uri(output_s3_uri, run_folder_name(run_id, ""), "pointer.json")
+    try:
+        pointer = storage.read_json(pointer_uri)
+    except storage.StorageError as error:
+        log.warning("--metrics-out: cannot fetch %s: %s", pointer_uri, error)
+        return False
+    payload = {"run_id": run_id, "state": state, "metrics": pointer.get("metrics"),
+               "model_uri": pointer.get("uri"), "pointer_uri": pointer_uri}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"metrics written to {path}")
+    return True

@@ -1,0 +1,284 @@
+"""What the pipeline components run inside the container, besides the stage functions.
+
+A component body parses its params, calls one stage of `whisper_moe.stages` and hands
+the results to Kubeflow; the steps around that call that are about Kubeflow (where the
+data comes from, which files become which artifact, which numbers the UI shows) live
+here so that they are tested like any other code. Artifact objects are passed in and
+used through their `.path`, `.uri`, `.metadata` and `log_*` methods only, so this
+module needs no kfp import. DVC is imported only inside `fetch_from_dvc`.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import math
+import re
+import shutil
+import time
+from pathlib import Path
+
+log = logging.getLogger("whisper_moe_kfp")
+
+SOURCE_FOLDER = "source"  # inside the dataset artifact: the fetched or synthesised corpus
+SPLIT_FILES = ("train.jsonl", "dev.jsonl", "test.jsonl")
+
+
+# ------------------------------------------------------------------ data in
+def fetch_training_data(dest: str | Path, dvc_repo: str = "", dvc_rev: str = "",
+                        dvc_path: str = "", data_s3_uri: str = "", data_dir: str = "") -> dict:
+    """Bring the training data folder to `dest`; returns where it came from.
+
+    Exactly one source may be given: a DVC-versioned folder (repo + path, optional rev),
+    an s3:// prefix, or a folder on a mounted volume. With none, nothing is fetched
+    ({"kind": "params"}) and the data stage follows params (the demo corpus by default).
+    """
+    dest = Path(dest)
+    given = {name: value for name, value in (("dvc_repo", dvc_repo), ("data_s3_uri", data_s3_uri),
+                                             ("data_dir", data_dir)) if value}
+    if len(given) > 1:
+        raise ValueError(f"give one data source, not {sorted(given)}: dvc_repo (+ dvc_path), "
+                         "data_s3_uri or data_dir")
+    if dvc_path and not dvc_repo:
+        raise ValueError(f"dvc_path={dvc_path!r} needs dvc_repo (the Git URL of the DVC repository)")
+    if dest.exists():  # a retried task starts from nothing
+        shutil.rmtree(dest)
+    if dvc_repo:
+        if not dvc_path:
+            raise ValueError(f"dvc_repo={dvc_repo!r} needs dvc_path: the data folder inside the repository")
+        fetch_from_dvc(dvc_repo, dvc_rev, dvc_path, dest)
+        return {"kind": "dvc", "repo": dvc_repo, "rev": dvc_rev or "(default branch)", "path": dvc_path}
+    if data_s3_uri:
+        from whisper_moe.storage import download_prefix
+
+        download_prefix(data_s3_uri, dest)
+        return {"kind": "s3", "uri": data_s3_uri}
+    if data_dir:
+        source = Path(data_dir)
+        if not source.is_dir():
+            raise FileNotFoundError(f"data_dir={data_dir!r}: no such folder in the data task's "
+                                    "container; mount the volume or use data_s3_uri / dvc_repo")
+        # Copied into the dataset artifact so later tasks (other pods) find the audio too.
+        shutil.copytree(source, dest, dirs_exist_ok=True)
+        return {"kind": "folder", "path": str(source)}
+    return {"kind": "params"}
+
+
+def fetch_from_dvc(repo: str, rev: str, path: str, dest: Path) -> None:
+    """Download a DVC-tracked folder (what `dvc get REPO PATH --rev REV` does) to dest.
+
+    DVC reads its remote's credentials from the environment (the same AWS_* variables).
+    """
+    from dvc.api import DVCFileSystem
+
+    filesystem = DVCFileSystem(repo, rev=rev or None)
+    if not filesystem.exists(path):
+        raise FileNotFoundError(f"{path!r} is not in the DVC repository {repo} at revision "
+                                f"{rev or '(default branch)'}; check dvc_path and dvc_rev")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    filesystem.get(path.rstrip("/"), str(dest), recursive=True)
+
+
+def point_data_stage_at(params: dict, source: dict, dataset_dir: str | Path) -> dict:
+    """Params for the data stage so that the dataset artifact holds manifests and audio.
+
+    A fetched folder with train/dev/test.jsonl is a manifest source; with data.source
+    'sap' it is a SAP release. The demo corpus is synthesised inside the artifact.
+    Validated manifests land at the artifact's top with audio paths relative to it,
+    so the folder works wherever Kubeflow copies it.
+    """
+    dataset_dir = Path(dataset_dir)
+    data = params["data"]
+    fetched = dataset_dir / SOURCE_FOLDER
+    if source["kind"] != "params":
+        if all((fetched / name).exists() for name in SPLIT_FILES):
+            data["source"], data["manifest_dir"] = "manifest", str(fetched)
+        elif data["source"] == "sap":
+            data["sap_root"], data["dir"] = str(fetched), str(dataset_dir / "imported")
+        else:
+            present = sorted(p.name for p in fetched.iterdir()) if fetched.is_dir() else []
+            raise FileNotFoundError(
+                f"{describe_source(source)}: holds no train.jsonl, dev.jsonl and test.jsonl "
+                f"(found {present[:10]}); point it at a data folder written by `whisper-moe data`, "
+                "or set data.source: sap in params_yaml for a Speech Accessibility Project release")
+    elif data["source"] == "demo":
+        data["dir"] = str(fetched)
+    elif data["source"] == "sap":
+        data["dir"] = str(dataset_dir / "imported")
+    return params
+
+
+def describe_source(source: dict) -> str:
+    if source["kind"] == "dvc":
+        return f"DVC {source['repo']}@{source['rev']}:{source['path']}"
+    return source.get("uri") or source.get("path") or source["kind"]
+
+
+def data_report_markdown(dataset_dir: str | Path, source: dict) -> str:
+    """Kept and skipped utterances per split, with the reasons, as Markdown for the UI."""
+    report = json.loads((Path(dataset_dir) / "data_report.json").read_text())
+    origin = describe_source(source) if source["kind"] != "params" else report.get("source", "")
+    lines = ["# Training data", "", f"Source: `{origin}`", "",
+             "| split | kept | skipped | reasons |", "| --- | --- | --- | --- |"]
+    for split, values in report["splits"].items():
+        skipped = values.get("skipped", {})
+        reasons = ", ".join(f"{reason}: {count}" for reason, count in skipped.items()) or "-"
+        lines.append(f"| {split} | {values.get('kept', 0)} | {sum(skipped.values())} | {reasons} |")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------ files -> artifacts
+def move_folder(source: str | Path, dest: str | Path) -> Path:
+    """Move a stage's output folder to an artifact path (which must not exist yet)."""
+    source, dest = Path(source), Path(dest)
+    if not source.is_dir():
+        raise FileNotFoundError(f"{source}: the stage did not write this folder")
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(source), str(dest))
+    return dest
+
+
+def finish_training_folder(train_dir: str | Path, checkpoint_dir: str | Path) -> None:
+    """checkpoint/ becomes the Model artifact; resumable state is dropped (the run is done)."""
+    train_dir = Path(train_dir)
+    move_folder(train_dir / "checkpoint", checkpoint_dir)
+    shutil.rmtree(train_dir / "checkpoints", ignore_errors=True)
+
+
+def image_page(title: str, png_paths: list[str | Path], details: str = "") -> str:
+    """A self-contained HTML page (images inlined) for Kubeflow's HTML viewer."""
+    import base64
+
+    images = "".join(
+        f"<img src='data:image/png;base64,{base64.b64encode(Path(p).read_bytes()).decode()}'/>"
+        for p in png_paths if Path(p).exists())
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            "<style>body{font-family:sans-serif}img{max-width:100%}</style></head><body>"
+            f"<h1>{html.escape(title)}</h1>{details}{images}</body></html>")
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+# ------------------------------------------------------------------ numbers for the UI
+def log_numbers(metrics_artifact, values: dict, prefix: str = "") -> None:
+    """Log every finite number of a flat dict as a Kubeflow metric (bools and None skipped)."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if not math.isfinite(value):
+            continue
+        metrics_artifact.log_metric(f"{prefix}{name}", round(float(value), 6))
+
+
+def log_evaluation(metrics_artifact, evaluation: dict) -> None:
+    """WER and CER overall and per group for each system (moe, base, oracle)."""
+    for system in ("moe", "base", "oracle"):
+        result = evaluation.get(system)
+        if not result:
+            continue
+        log_numbers(metrics_artifact, {"wer": result["wer"], "cer": result["cer"]}, f"{system}_")
+        for group, values in sorted(result.get("per_group", {}).items()):
+            log_numbers(metrics_artifact, {f"wer_{group}": values["wer"]}, f"{system}_")
+    log_numbers(metrics_artifact, {"test_utterances": evaluation.get("utterances")})
+
+
+def find_gate_confusion(gate_dir: str | Path) -> tuple[list[str], list[list[float]]] | None:
+    """(labels, matrix) of the pretrained gate's confusion matrix, if its stage wrote one.
+
+    The pretrain-gate stage writes gate_metrics.json with a square "confusion_matrix"
+    (rows: cluster, columns: the gate's expert) and its "categories"; None when the
+    folder holds no such file.
+    """
+    for path in sorted(Path(gate_dir).glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        found = confusion_in(data)
+        if found is not None:
+            return found
+    return None
+
+
+def confusion_in(data) -> tuple[list[str], list[list[float]]] | None:
+    if not isinstance(data, dict):
+        return None
+    matrix = data.get("confusion_matrix")
+    if isinstance(matrix, dict):  # {"labels": [...], "matrix": [[...]]}
+        data, matrix = matrix, matrix.get("matrix")
+    if not (isinstance(matrix, list) and matrix and all(isinstance(r, list) for r in matrix)):
+        return None
+    if any(len(row) != len(matrix) for row in matrix):
+        return None
+    labels = data.get("categories") or data.get("labels") or [f"expert {i}" for i in
+                                                               range(len(matrix))]
+    return [str(label) for label in labels], [[float(v) for v in row] for row in matrix]
+
+
+# ------------------------------------------------------------------ data out
+def run_folder_name(run_id: str, run_name: str) -> str:
+    """The run's folder under output_s3_uri: its id, else its name, else a timestamp.
+
+    Kubeflow fills both in at run time; a backend too old to do so leaves the literal
+    placeholder ('{{$.pipeline_job_uuid}}'), which is not used as a name.
+    """
+    for candidate in (run_id, run_name):
+        if candidate and "{{" not in candidate:
+            return re.sub(r"[^A-Za-z0-9._-]+", "-", candidate).strip("-")
+    return time.strftime("run-%Y%m%d-%H%M%S", time.gmtime())
+
+
+def headline_metrics(evaluation: dict) -> dict:
+    """The figures a pointer carries: WER/CER of each system, WER per group."""
+    summary = {}
+    for system in ("moe", "base", "oracle"):
+        if system in evaluation:
+            summary[system] = {
+                "wer": evaluation[system]["wer"], "cer": evaluation[system]["cer"],
+                "wer_per_group": {g: v["wer"] for g, v in evaluation[system].get("per_group", {}).items()},
+            }
+    summary["test_utterances"] = evaluation.get("utterances")
+    return summary
+
+
+def publish(output_s3_uri: str, run_id: str, run_name: str, checkpoint_dir: str | Path,
+            checkpoint_uri: str, evaluation_dir: str | Path, report_path: str | Path,
+            params_yaml: str) -> dict:
+    """Upload model, metrics, report and params under output_s3_uri/<run>/; return the pointer.
+
+    The pointer ({"uri", "metrics", "run", ...}) is uploaded beside them as pointer.json,
+    so `dvc import-url s3://.../<run>/pointer.json` (or .../model) versions the result.
+    With no output_s3_uri nothing is uploaded and the pointer names Kubeflow's own copy.
+    """
+    evaluation = json.loads((Path(evaluation_dir) / "metrics.json").read_text())
+    folder = run_folder_name(run_id, run_name)
+    pointer = {"uri": checkpoint_uri, "metrics": headline_metrics(evaluation), "run": folder,
+               "run_name": run_name if "{{" not in run_name else None, "published": False}
+    if not output_s3_uri:
+        log.info("output_s3_uri is empty: nothing uploaded; the model stays at %s", checkpoint_uri)
+        return pointer
+    from whisper_moe import storage
+
+    base = storage.join_uri(output_s3_uri, folder)
+    client = storage.s3_client()
+    storage.upload_folder(checkpoint_dir, storage.join_uri(base, "model"), client=client)
+    storage.upload_file(Path(evaluation_dir) / "metrics.json", storage.join_uri(base, "metrics.json"),
+                        client=client)
+    storage.upload_file(report_path, storage.join_uri(base, "report.html"), client=client)
+    storage.upload_bytes(params_yaml.encode(), storage.join_uri(base, "params.yaml"),
+                         content_type="application/yaml", client=client)
+    pointer.update(uri=storage.join_uri(base, "model"), published=True,
+                   metrics_uri=storage.join_uri(base, "metrics.json"),
+                   report_uri=storage.join_uri(base, "report.html"),
+                   params_uri=storage.join_uri(base, "params.yaml"))
+    storage.upload_json(pointer, storage.join_uri(base, "pointer.json"), client=client)
+    log.info("published the model, metrics and report under %s", base)
+    return pointer

@@ -1,0 +1,130 @@
+"""The real dvc.yaml: `dvc repro` of the regular pipeline, then nothing to do, then
+`dvc exp run -S train.lr=...` re-runs exactly the stages that read train.lr.
+
+Runs in a throwaway git + DVC copy of the project's dvc.yaml, params.yaml and code
+(the stages' code dependencies), with params.yaml pointed at the tiny random Whisper
+and the tiny corpus from conftest.py, in quick mode for one epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_FILES = ("dvc.yaml", "params.yaml", ".dvcignore")
+STAGE_TIMEOUT_S = 300
+
+pytestmark = pytest.mark.skipif(shutil.which("dvc", path=str(Path(sys.executable).parent))
+                                is None and shutil.which("dvc") is None,
+                                reason="dvc is not installed (pip install 'dvc[s3]')")
+
+
+def tiny_overrides(tiny_base_dir: Path, tiny_corpus: Path) -> dict:
+    """params.yaml edits: the test model and corpus, one quick epoch on CPU."""
+    return {
+        "mode": "quick",
+        "data": {"source": "manifest", "manifest_dir": str(tiny_corpus)},
+        "model": {"base_model": str(tiny_base_dir), "lora": {"rank": 2}, "gate_hidden": 8},
+        "regular": {"num_experts": 2},
+        "routing": {"mode": "soft", "noise_std": 0.0},
+        "train": {"batch_size": 4, "gradient_accumulation_steps": 1, "device": "cpu",
+                  "lr": 0.005, "gate_lr": 0.005},
+        "quick": {"epochs": 1, "max_train_utterances": 8, "max_eval_utterances": 4},
+        "evaluate": {"batch_size": 4, "max_new_tokens": 4},
+    }
+
+
+def merge(base: dict, override: dict) -> dict:
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def run(args: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True,
+                            timeout=STAGE_TIMEOUT_S)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n"
+                             f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def dvc(*args: str, cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "dvc", *args], cwd, env, check)
+
+
+def stages_run(output: str) -> list[str]:
+    """Names of the stages `dvc repro` / `dvc exp run` executed, in order."""
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]
+
+
+@pytest.fixture
+def project(tmp_path, tiny_base_dir, tiny_corpus):
+    """A git + DVC repository holding the project's pipeline files and code."""
+    root = tmp_path / "project"
+    root.mkdir()
+    for name in PROJECT_FILES:
+        shutil.copy2(REPO_ROOT / name, root / name)
+    shutil.copytree(REPO_ROOT / "src", root / "src",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+    if (REPO_ROOT / ".dvc" / "plots").is_dir():
+        shutil.copytree(REPO_ROOT / ".dvc" / "plots", root / ".dvc" / "plots")
+    params_path = root / "params.yaml"
+    params = yaml.safe_load(params_path.read_text())
+    params_path.write_text(yaml.safe_dump(merge(params, tiny_overrides(tiny_base_dir, tiny_corpus)),
+                                          sort_keys=False))
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AWS_")}
+    env.update({
+        # the stages call `whisper-moe` and `python`: the ones of this interpreter
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        "OMP_NUM_THREADS": "1",
+        "DVC_NO_ANALYTICS": "1",
+        "DVC_SITE_CACHE_DIR": str(tmp_path / "dvc-site-cache"),
+        "WHISPER_MOE_CACHE": str(tmp_path / "model-cache"),
+        "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
+        "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com",
+    })
+    run(["git", "init", "-q"], root, env)
+    dvc("init", "-q", cwd=root, env=env)
+    return root, env
+
+
+def test_regular_pipeline_repro_is_incremental(project):
+    root, env = project
+    first = dvc("repro", "regular_evaluate", cwd=root, env=env)
+    assert stages_run(first.stdout) == ["data", "regular_train", "regular_evaluate"]
+    metrics = json.loads((root / "dvc_runs/regular/evaluate/metrics.json").read_text())
+    assert {"moe", "base"} <= set(metrics) and "per_group" in metrics["moe"]
+    assert (root / "dvc_runs/regular/train/checkpoint/model.safetensors").exists()
+    assert json.loads((root / "dvc_runs/regular/train/loss_curve.json").read_text())
+
+    shown = dvc("metrics", "show", "--json", cwd=root, env=env).stdout
+    assert "moe.wer" in shown.replace('"moe": {"wer"', "moe.wer") or '"wer"' in shown
+    dvc("plots", "show", "-o", str(root / "plots-html"), cwd=root, env=env)
+    assert (root / "plots-html" / "index.html").exists()
+
+    second = dvc("repro", "regular_evaluate", cwd=root, env=env)
+    assert stages_run(second.stdout) == []
+    assert "Data and pipelines are up to date" in second.stdout
+
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-q", "-m", "first run"], root, env)
+    status = dvc("status", "regular_evaluate", cwd=root, env=env).stdout
+    assert "up to date" in status
+
+    changed = dvc("exp", "run", "-S", "train.lr=0.002", "regular_evaluate", cwd=root, env=env)
+    assert stages_run(changed.stdout) == ["regular_train", "regular_evaluate"]
+    assert "Stage 'data' didn't change, skipping" in changed.stdout
+    diff = dvc("params", "diff", "--json", cwd=root, env=env).stdout
+    assert json.loads(diff)["params.yaml"]["train.lr"] == {"old": 0.005, "new": 0.002}

@@ -1,0 +1,311 @@
+"""The Kubeflow pipelines: committed specs, placement, parameters, and both pipelines run
+end to end with kfp.local's SubprocessRunner on a tiny random Whisper and a tiny corpus.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("kfp")
+
+from test_storage import moto_s3, moto_server  # noqa: E402, F401  (S3 for data in and out)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+COMPILED = REPO_ROOT / "pipelines" / "compiled"
+SPECS = ("pretrained_moe", "regular_moe")
+GPU_EXECUTORS = {"exec-embed-utterances", "exec-pretrain-experts", "exec-train-moe", "exec-evaluate-moe"}
+UNCACHED_TASKS = {"prepare-data", "train-moe", "evaluate-moe", "publish-model"}
+
+if str(REPO_ROOT) not in sys.path:  # components/ and pipelines/ live at the repository root
+    sys.path.insert(0, str(REPO_ROOT))
+
+
+def load_spec(name: str, folder: Path = COMPILED) -> tuple[dict, dict]:
+    """(pipeline spec, Kubernetes platform spec) of a compiled pipeline."""
+    pipeline, platform = yaml.safe_load_all((folder / f"{name}.yaml").read_text())
+    return pipeline, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def compile_cli(*args: str) -> subprocess.CompletedProcess:
+    """`python pipelines/compile.py ARGS` with no WHISPER_MOE_* settings from the caller."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WHISPER_MOE_")}
+    return subprocess.run([sys.executable, str(REPO_ROOT / "pipelines" / "compile.py"), *args],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+# ------------------------------------------------------------------ committed specs
+def test_committed_specs_equal_a_fresh_compile():
+    result = compile_cli("--check")
+    assert result.returncode == 0, result.stderr
+
+
+def test_check_fails_on_a_stale_spec(tmp_path):
+    for name in SPECS:
+        shutil.copy(COMPILED / f"{name}.yaml", tmp_path)
+    stale = tmp_path / "regular_moe.yaml"
+    stale.write_text(stale.read_text().replace("nvidia.com/gpu.product", "example.com/gpu"))
+    result = compile_cli("--check", "--out-dir", str(tmp_path))
+    assert result.returncode == 1
+    assert "regular_moe.yaml: differs from a fresh compile" in result.stderr
+    assert "pretrained_moe.yaml" not in result.stderr
+
+
+def test_both_pipelines_hold_the_same_joint_training_component():
+    (pretrained, pretrained_k8s), (regular, regular_k8s) = load_spec("pretrained_moe"), load_spec("regular_moe")
+    assert pretrained["components"]["comp-train-moe"] == regular["components"]["comp-train-moe"]
+    pretrained_executor = pretrained["deploymentSpec"]["executors"]["exec-train-moe"]
+    assert pretrained_executor == regular["deploymentSpec"]["executors"]["exec-train-moe"]
+    assert pretrained_k8s["exec-train-moe"] == regular_k8s["exec-train-moe"]
+    assert "train.run(" in "".join(pretrained_executor["container"]["command"])
+    # the pipelines differ in what comes before training: pretrained hands it an init checkpoint
+    pretrained_inputs = pretrained["root"]["dag"]["tasks"]["train-moe"]["inputs"]["artifacts"]
+    regular_inputs = regular["root"]["dag"]["tasks"]["train-moe"]["inputs"]["artifacts"]
+    assert set(pretrained_inputs) == {"dataset", "init"} and set(regular_inputs) == {"dataset"}
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_gpu_tasks_request_an_a100_with_toleration_and_s3_secret(name):
+    pipeline, k8s = load_spec(name)
+    executors = pipeline["deploymentSpec"]["executors"]
+    gpu_here = GPU_EXECUTORS & set(executors)
+    assert "exec-train-moe" in gpu_here and "exec-evaluate-moe" in gpu_here
+    for executor_name, executor in executors.items():
+        resources = executor["container"]["resources"]
+        platform = k8s[executor_name]
+        secret = platform["secretAsEnv"][0]
+        assert secret["secretName"] == "whisper-moe-s3"
+        assert {m["envVar"] for m in secret["keyToEnv"]} == {
+            "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"}
+        assert resources["resourceCpuRequest"] and resources["resourceMemoryRequest"]
+        if executor_name in gpu_here:
+            assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+            assert resources["accelerator"]["resourceCount"] == "1"
+            assert platform["nodeSelector"]["labels"] == {
+                "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-40GB"}
+            assert platform["tolerations"] == [
+                {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+            assert executor["container"]["image"].endswith("-cuda")
+        else:
+            assert "accelerator" not in resources and "nodeSelector" not in platform
+            assert executor["container"]["image"].endswith("-cpu")
+        assert "pip install" not in " ".join(executor["container"]["command"])  # all in the image
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_every_task_retries_with_backoff_and_training_is_never_cached(name):
+    pipeline, _ = load_spec(name)
+    for task_name, task in pipeline["root"]["dag"]["tasks"].items():
+        assert task["retryPolicy"] == {"maxRetryCount": 3, "backoffDuration": "60s",
+                                       "backoffFactor": 2.0, "backoffMaxDuration": "3600s"}
+        cached = task["cachingOptions"].get("enableCache", False)
+        assert cached is (task_name not in UNCACHED_TASKS), task_name
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_every_pipeline_parameter_has_a_default_and_a_description(name):
+    pipeline, _ = load_spec(name)
+    parameters = pipeline["root"]["inputDefinitions"]["parameters"]
+    assert {"params_yaml", "mode", "base_model", "epochs", "output_s3_uri", "dvc_repo"} <= set(parameters)
+    for parameter_name, parameter in parameters.items():
+        assert "defaultValue" in parameter, parameter_name
+        assert len(parameter.get("description", "")) > 15, parameter_name
+
+
+def test_parameter_defaults_come_from_params_yaml():
+    from whisper_moe.config import load_params
+    from whisper_moe_kfp.parameters import params_from_yaml
+
+    params = load_params(REPO_ROOT / "params.yaml")
+    parameters = load_spec("regular_moe")[0]["root"]["inputDefinitions"]["parameters"]
+    assert parameters["epochs"]["defaultValue"] == params["train"]["epochs"]
+    assert parameters["num_experts"]["defaultValue"] == params["regular"]["num_experts"]
+    assert parameters["base_model"]["defaultValue"] == params["model"]["base_model"]
+    assert params_from_yaml(parameters["params_yaml"]["defaultValue"]) == params
+
+
+def test_gke_pool_and_other_placement_flags(tmp_path):
+    result = compile_cli("--out-dir", str(tmp_path), "--gpu-pool", "gke", "--s3-secret", "team-s3",
+                         "--toleration", "nvidia.com/gpu=present:NoSchedule", "--gpus", "2",
+                         "--image-repo", "registry.example.com/asr/whisper-moe", "--image-tag", "1.2.3")
+    assert result.returncode == 0, result.stderr
+    pipeline, k8s = load_spec("regular_moe", tmp_path)
+    train = k8s["exec-train-moe"]
+    assert train["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-tesla-a100"}
+    assert train["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Equal", "value": "present",
+                                     "effect": "NoSchedule"}]
+    assert train["secretAsEnv"][0]["secretName"] == "team-s3"
+    container = pipeline["deploymentSpec"]["executors"]["exec-train-moe"]["container"]
+    assert container["resources"]["accelerator"]["resourceCount"] == "2"
+    assert container["image"] == "registry.example.com/asr/whisper-moe:1.2.3-cuda"
+
+
+def test_placement_settings_parse_and_refuse_bad_values():
+    from pipelines import placement
+
+    settings = placement.settings_from_env({"WHISPER_MOE_NODE_SELECTOR": "pool=a100,zone=b",
+                                            "WHISPER_MOE_TOLERATION": "gpu:NoExecute"})
+    assert settings.node_selector == {"pool": "a100", "zone": "b"}
+    assert settings.tolerations == (placement.Toleration("gpu", "NoExecute"),)
+    assert placement.settings_from_env({}).node_selector == placement.GPU_POOLS["gpu-operator"]
+    for bad in ({"WHISPER_MOE_GPU_POOL": "azure"}, {"WHISPER_MOE_NODE_SELECTOR": "novalue"},
+                {"WHISPER_MOE_TOLERATION": "gpu:Sometimes"}, {"WHISPER_MOE_GPUS": "0"}):
+        with pytest.raises(ValueError):
+            placement.settings_from_env(bad)
+
+
+# ------------------------------------------------------------------ parameters and data in
+def test_resolve_params_applies_pipeline_values_to_the_nested_params():
+    from whisper_moe_kfp.parameters import params_from_yaml, resolve_params_yaml
+
+    resolved = params_from_yaml(resolve_params_yaml(
+        "train: {epochs: 9, lr: 0.5}\nmodel: {lora: {rank: 8}}",
+        {"epochs": 2, "learning_rate": 0.01, "num_experts": 5, "max_clusters": None}))
+    assert resolved["train"]["epochs"] == 2 and resolved["train"]["lr"] == 0.01
+    assert resolved["model"]["num_experts"] == 5 and resolved["regular"]["num_experts"] == 5
+    assert resolved["model"]["lora"]["rank"] == 8  # untouched keys keep params_yaml's values
+    assert resolved["cluster"]["max_clusters"] == 8  # None: not given, the default stays
+    with pytest.raises(ValueError, match="unknown top-level keys"):
+        params_from_yaml("trian: {epochs: 1}")
+
+
+def test_fetch_training_data_refuses_ambiguous_sources(tmp_path):
+    from whisper_moe_kfp.runtime import fetch_training_data
+
+    with pytest.raises(ValueError, match="give one data source"):
+        fetch_training_data(tmp_path / "d", dvc_repo="r", dvc_path="p", data_s3_uri="s3://b/p")
+    with pytest.raises(ValueError, match="needs dvc_path"):
+        fetch_training_data(tmp_path / "d", dvc_repo="https://example.com/repo.git")
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        fetch_training_data(tmp_path / "d", data_dir=str(tmp_path / "missing"))
+    assert fetch_training_data(tmp_path / "d") == {"kind": "params"}
+
+
+def test_a_fetched_folder_without_manifests_is_named(tmp_path):
+    from whisper_moe.config import load_params
+    from whisper_moe_kfp.runtime import fetch_training_data, point_data_stage_at
+
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "notes.txt").write_text("x")
+    source = fetch_training_data(tmp_path / "dataset" / "source", data_dir=str(tmp_path / "raw"))
+    with pytest.raises(FileNotFoundError, match=r"holds no train.jsonl.*notes.txt"):
+        point_data_stage_at(load_params(None), source, tmp_path / "dataset")
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_fetch_from_a_dvc_repository_at_a_revision(tmp_path, tiny_corpus):
+    """A DVC-versioned data folder (git repo + local DVC remote) fetched as `dvc get` would."""
+    from whisper_moe_kfp.runtime import fetch_training_data
+
+    repo, remote = tmp_path / "repo", tmp_path / "remote"
+    shutil.copytree(tiny_corpus, repo / "data" / "corpus")
+    dvc = [sys.executable, "-m", "dvc"]
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com", "DVC_NO_ANALYTICS": "1"}
+    for command in (["git", "init", "-q"], [*dvc, "init", "-q"], [*dvc, "add", "-q", "data/corpus"],
+                    [*dvc, "remote", "add", "-q", "-d", "store", str(remote)], [*dvc, "push", "-q"],
+                    ["git", "add", "-A"], ["git", "commit", "-qm", "corpus"]):
+        subprocess.run(command, cwd=repo, env=env, check=True, capture_output=True)
+    revision = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    dest = tmp_path / "dataset" / "source"
+    source = fetch_training_data(dest, dvc_repo=str(repo), dvc_rev=revision, dvc_path="data/corpus")
+    assert source["kind"] == "dvc" and source["rev"] == revision
+    assert (dest / "train.jsonl").read_text() == (tiny_corpus / "train.jsonl").read_text()
+    first_audio = json.loads((dest / "train.jsonl").read_text().splitlines()[0])["audio_filepath"]
+    assert (dest / first_audio).read_bytes() == (tiny_corpus / first_audio).read_bytes()
+    with pytest.raises(FileNotFoundError, match="is not in the DVC repository"):
+        fetch_training_data(tmp_path / "other", dvc_repo=str(repo), dvc_path="data/missing")
+
+
+# ------------------------------------------------------------------ end to end, kfp.local
+def tiny_run_params(tiny_base_dir) -> str:
+    """params_yaml for a run of a few seconds per task: quick mode, 1 epoch, tiny model."""
+    return yaml.safe_dump({
+        "mode": "quick",
+        "model": {"base_model": str(tiny_base_dir), "lora": {"rank": 4}, "gate_hidden": 16},
+        "train": {"device": "cpu", "batch_size": 2, "gradient_accumulation_steps": 1},
+        "routing": {"mode": "soft", "noise_std": 0.0},
+        "evaluate": {"batch_size": 4, "max_new_tokens": 4, "compare_base": False},
+        "quick": {"epochs": 1, "max_train_utterances": 6, "max_eval_utterances": 3},
+        "embed": {"embedding_percent": 100.0},
+        "cluster": {"algorithm": "kmeans", "max_clusters": 3, "pca_components": 8, "plot": True},
+        "pretrain_gate": {"epochs": 3},
+        "pretrain_experts": {"epochs": 1, "batch_size": 2},
+    })
+
+
+@pytest.fixture
+def local_kfp(tmp_path, monkeypatch):
+    """kfp.local with the SubprocessRunner in this environment; outputs under tmp_path."""
+    from kfp import local
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"))
+    return tmp_path / "kfp"
+
+
+def common_arguments(tiny_base_dir) -> dict:
+    return {"params_yaml": tiny_run_params(tiny_base_dir), "mode": "quick",
+            "base_model": str(tiny_base_dir), "batch_size": 2, "gradient_accumulation_steps": 1,
+            "routing_mode": "soft"}
+
+
+def check_run_outputs(outputs) -> dict:
+    """The checkpoint, metrics, report and pointer every run produces; returns the pointer."""
+    checkpoint = Path(outputs["checkpoint"].path)
+    assert (checkpoint / "moe_config.json").exists() and (checkpoint / "model.safetensors").exists()
+    metrics = outputs["metrics"].metadata
+    groups = {"en-us", "en-gb-scotland", "en-029"}
+    assert 0 <= metrics["moe_wer"] and {f"moe_wer_{g}" for g in groups} <= set(metrics)
+    assert "<h1>whisper-moe evaluation</h1>" in Path(outputs["report"].path).read_text()
+    return json.loads(Path(outputs["pointer"].path).read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::UserWarning")
+def test_regular_pipeline_end_to_end_from_s3_to_s3(local_kfp, moto_s3, tiny_base_dir, tiny_corpus):
+    from pipelines.regular_moe import regular_moe
+    from whisper_moe import storage
+
+    storage.upload_folder(tiny_corpus, "s3://data/corpus/v1")
+    task = regular_moe(**common_arguments(tiny_base_dir), num_experts=2,
+                       data_s3_uri="s3://data/corpus/v1", output_s3_uri="s3://results/runs")
+
+    pointer = check_run_outputs(task.outputs)
+    assert pointer["published"] is True
+    run_prefix = f"s3://results/runs/{pointer['run']}"
+    assert pointer["uri"] == f"{run_prefix}/model"
+    assert pointer["metrics"]["moe"]["wer"] == task.outputs["metrics"].metadata["moe_wer"]
+    assert storage.read_json(f"{run_prefix}/pointer.json") == pointer
+    assert storage.read_json(f"{run_prefix}/metrics.json")["moe"]["wer"] == pointer["metrics"]["moe"]["wer"]
+    copy = storage.download_prefix(f"{run_prefix}/model", local_kfp / "published")
+    assert sorted(p.name for p in copy) == ["model.safetensors", "moe_config.json"]
+    assert yaml.safe_load(storage.s3_client().get_object(
+        Bucket="results", Key=f"runs/{pointer['run']}/params.yaml")["Body"].read())["mode"] == "quick"
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::UserWarning")
+def test_pretrained_pipeline_end_to_end_from_a_folder(local_kfp, tiny_base_dir, tiny_corpus):
+    from pipelines.pretrained_moe import pretrained_moe
+
+    task = pretrained_moe(**common_arguments(tiny_base_dir), embedding_percent=100.0,
+                          clustering_algorithm="kmeans", max_clusters=3, data_dir=str(tiny_corpus))
+
+    pointer = check_run_outputs(task.outputs)
+    assert pointer["published"] is False  # no output_s3_uri: the pointer names Kubeflow's copy
+    assert pointer["uri"] == task.outputs["checkpoint"].uri
+    confusion = task.outputs["gate_confusion"].metadata["confusionMatrix"]
+    num_experts = len(confusion["annotationSpecs"])
+    assert num_experts >= 2 and all(len(row["row"]) == num_experts for row in confusion["rows"])
+    config = json.loads((Path(task.outputs["checkpoint"].path) / "moe_config.json").read_text())
+    assert config["num_experts"] == num_experts  # clustering decided the experts
