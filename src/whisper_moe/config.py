@@ -39,6 +39,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
             "target_modules": ["q_proj", "v_proj"],
         },
         "gate_hidden": 512,
+        "dtype": "float32",  # the frozen base's weights: float32 | bfloat16 (GPU memory) | float64
     },
     "routing": {
         "mode": "curriculum",  # soft | topk | curriculum (soft, then top-k)

@@ -7,6 +7,11 @@ from torch import nn
 from torch.nn import functional as F
 
 
+def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """Losses and softmaxes in float32 under bf16 autocast; float64 stays float64."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
 class Gate(nn.Module):
     """MLP `d -> hidden -> E` over the mean-pooled frozen-base encoder output."""
 
@@ -31,7 +36,7 @@ def routing_weights(
     soft: the tempered softmax. topk: the softmax renormalised over the k largest,
     the others exactly zero (so an unrouted expert gets no gradient from that utterance).
     """
-    probs = F.softmax(gate_logits.float() / temperature, dim=-1)
+    probs = F.softmax(at_least_float32(gate_logits) / temperature, dim=-1)
     if mode == "soft" or top_k >= gate_logits.shape[-1]:
         return probs, probs
     if mode != "topk":
@@ -50,7 +55,7 @@ def load_balance_loss(probs: torch.Tensor) -> torch.Tensor:
 
 def router_z_loss(gate_logits: torch.Tensor) -> torch.Tensor:
     """Mean squared log-partition: keeps gate logits small and the softmax well-conditioned."""
-    return torch.logsumexp(gate_logits.float(), dim=-1).pow(2).mean()
+    return torch.logsumexp(at_least_float32(gate_logits), dim=-1).pow(2).mean()
 
 
 def curriculum_routing(params_routing: dict, epoch: int, total_epochs: int) -> tuple[str, float]:

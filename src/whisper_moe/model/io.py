@@ -30,9 +30,24 @@ def moe_config_from_params(params: dict, num_experts: int) -> MoEConfig:
     )
 
 
-def build_moe(config: MoEConfig, device: torch.device | str = "cpu", seed: int | None = None):
-    """(WhisperMoE, tokenizer) with freshly initialised experts and gate."""
-    base, tokenizer = load_base_model(config.base_model)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+          "float64": torch.float64}
+
+
+def base_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"model.dtype {name!r}: expected one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def build_moe(config: MoEConfig, device: torch.device | str = "cpu", seed: int | None = None,
+              dtype: str = "float32"):
+    """(WhisperMoE, tokenizer) with freshly initialised experts and gate.
+
+    `dtype` is the frozen base's storage type (bfloat16 halves its memory on a GPU);
+    experts and gate always train in float32 (float64 when the base is float64).
+    """
+    base, tokenizer = load_base_model(config.base_model, dtype=base_dtype(dtype))
     if seed is not None:
         torch.manual_seed(seed)
     model = WhisperMoE(base, config)
@@ -54,11 +69,11 @@ def save_moe(model: WhisperMoE, directory: str | Path) -> Path:
     return directory
 
 
-def load_moe(directory: str | Path, device: torch.device | str = "cpu"):
+def load_moe(directory: str | Path, device: torch.device | str = "cpu", dtype: str = "float32"):
     """(WhisperMoE, tokenizer) from a checkpoint folder; the base is loaded by its name."""
     directory = Path(directory)
     config = MoEConfig.load(directory)
-    model, tokenizer = build_moe(config, device)
+    model, tokenizer = build_moe(config, device, dtype=dtype)
     weights_path = directory / WEIGHTS_NAME
     if not weights_path.exists():
         raise FileNotFoundError(f"{weights_path}: missing (a checkpoint needs {MOE_CONFIG_NAME} and {WEIGHTS_NAME})")

@@ -14,6 +14,11 @@ from torch import nn
 from torch.nn import functional as F
 
 
+def trainable_dtype(base_dtype: torch.dtype) -> torch.dtype:
+    """Experts and gate keep float32 master weights over a bf16/fp16 base (float64 stays)."""
+    return base_dtype if base_dtype == torch.float64 else torch.float32
+
+
 class RoutingState:
     """Per-utterance expert weights shared by every MoE layer of one model.
 
@@ -46,11 +51,12 @@ class MoELoRALinear(nn.Module):
         self.scaling = alpha / rank
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         weight = base.weight
+        dtype = trainable_dtype(weight.dtype)
         self.lora_A = nn.Parameter(
-            torch.empty(num_experts * rank, base.in_features, dtype=weight.dtype, device=weight.device)
+            torch.empty(num_experts * rank, base.in_features, dtype=dtype, device=weight.device)
         )
         self.lora_B = nn.Parameter(
-            torch.zeros(base.out_features, num_experts * rank, dtype=weight.dtype, device=weight.device)
+            torch.zeros(base.out_features, num_experts * rank, dtype=dtype, device=weight.device)
         )
         self.reset_experts()
 

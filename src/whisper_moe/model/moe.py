@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from whisper_moe.model.gate import Gate, load_balance_loss, router_z_loss, routing_weights
-from whisper_moe.model.lora import MoELoRALinear, RoutingState
+from whisper_moe.model.gate import Gate, at_least_float32, load_balance_loss, router_z_loss, routing_weights
+from whisper_moe.model.lora import MoELoRALinear, RoutingState, trainable_dtype
 
 MOE_CONFIG_NAME = "moe_config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -82,7 +82,7 @@ def utterance_mean_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> 
     per-process losses equals the loss of the whole global batch (data-parallel exact).
     """
     token_loss = F.cross_entropy(
-        logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none"
+        at_least_float32(logits).transpose(1, 2), labels, ignore_index=-100, reduction="none"
     )
     counts = (labels != -100).sum(1).clamp_min(1)
     return (token_loss.sum(1) / counts).mean()
@@ -108,8 +108,9 @@ class WhisperMoE(nn.Module):
             )
             setattr(parent, child, layer)
         d_model = base.config.d_model
+        base_weight = next(base.parameters())
         self.gate = Gate(d_model, config.num_experts, config.gate_hidden).to(
-            next(base.parameters()).device
+            device=base_weight.device, dtype=trainable_dtype(base_weight.dtype)
         )
 
     # -- pieces -----------------------------------------------------------------------------

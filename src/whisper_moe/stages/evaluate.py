@@ -42,7 +42,7 @@ def run(params: dict, checkpoint_dir=None, test_manifest=None, out_dir=None, bas
     device = resolve_device(params["train"]["device"])
     amp_dtype, _ = mixed_precision(device, params["train"]["fp16"])
     if checkpoint_dir is not None:
-        model, tokenizer = load_moe(checkpoint_dir, device)
+        model, tokenizer = load_moe(checkpoint_dir, device, dtype=params["model"]["dtype"])
         whisper = model.base
     else:
         model = None

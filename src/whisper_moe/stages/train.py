@@ -57,7 +57,7 @@ def run(params: dict, train_manifest, dev_manifest, out_dir, init_dir=None, resu
     config = moe_config_from_params(params, num_experts)
     if init_dir is not None:
         config.group_to_expert = MoEConfig.load(init_dir).group_to_expert
-    model, tokenizer = build_moe(config, device, seed=params["seed"])
+    model, tokenizer = build_moe(config, device, seed=params["seed"], dtype=params["model"]["dtype"])
     if init_dir is not None:
         from safetensors.torch import load_file
 
