@@ -1,0 +1,53 @@
+"""End to end on the tiny model: the CLI pipeline, evaluation outputs, transcription."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from whisper_moe.cli import main
+
+
+def test_regular_pipeline_cli_end_to_end(tmp_path, tiny_params, capsys):
+    params = dict(tiny_params)
+    params["train"] = {**tiny_params["train"], "epochs": 1}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    out = tmp_path / "run"
+    log_file = tmp_path / "logs" / "training.log"
+    code = main(["pipeline", "--params", str(tmp_path / "params.yaml"), "--mode", "full",
+                 "--skip-pretraining", "--num-experts", "2", "--asr-batch-size", "3",
+                 "--output-dir", str(out), "--log-file", str(log_file), "--save-every-n-epochs", "1"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["test_wer"] is not None and summary["base_test_wer"] is not None
+    metrics = json.loads((out / "evaluate" / "metrics.json").read_text())
+    assert set(metrics["moe"]["per_group"]) == {"en-us", "en-gb-scotland", "en-029"}
+    assert len(metrics["routing"]["expert_share"]) == 2
+    config = json.loads((out / "train" / "checkpoint" / "moe_config.json").read_text())
+    assert config["num_experts"] == 2
+    html = (out / "evaluate" / "report.html").read_text()
+    assert "data:image/png;base64," in html and "WER per group" in html
+    predictions = (out / "evaluate" / "predictions.jsonl").read_text().splitlines()
+    assert len(predictions) == metrics["utterances"] > 0
+    assert "stage train: starting" in log_file.read_text()
+    train_metrics = json.loads((out / "train" / "train_metrics.json").read_text())
+    assert train_metrics["optimizer_steps"] > 0
+
+    # --resume skips finished stages.
+    assert main(["pipeline", "--params", str(tmp_path / "params.yaml"), "--mode", "full",
+                 "--skip-pretraining", "--num-experts", "2", "--output-dir", str(out),
+                 "--resume", "--log-file", str(log_file)]) == 0
+    assert "finished earlier, skipped" in log_file.read_text()
+
+    # transcribe uses the checkpoint and names the expert.
+    capsys.readouterr()
+    first = json.loads(predictions[0])
+    rows = [json.loads(line) for line in (out / "data" / "test.jsonl").read_text().splitlines()]
+    audio = next(r["audio_filepath"] for r in rows if r["id"] == first["id"])
+    if not audio.startswith("/"):
+        audio = str(out / "data" / audio)
+    assert main(["transcribe", "--params", str(tmp_path / "params.yaml"), "--checkpoint",
+                 str(out / "train" / "checkpoint"), audio]) == 0
+    printed = capsys.readouterr().out
+    assert "[expert " in printed and first["moe"] in printed
