@@ -20,9 +20,13 @@ $(STAMP): requirements.lock pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-## The demo: the whole pipeline offline on the synthetic multi-accent corpus with tiny.en.
+## The demo: `dvc repro` of both pipelines, offline, on the synthetic multi-accent corpus with tiny.en.
 demo: venv
-	$(BIN)/whisper-moe pipeline --mode quick --skip-pretraining --num-experts 4
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	@cat dvc_runs/compare/comparison.md
+	@echo "metrics: dvc_runs/pretrained/evaluate/metrics.json, dvc_runs/regular/evaluate/metrics.json (dvc metrics show)"
+	@echo "reports: dvc_runs/pretrained/evaluate/report.html, dvc_runs/regular/evaluate/report.html"
+	@echo "plots:   dvc plots show (writes dvc_plots/index.html)"
 
 ## The tests, offline on CPU.
 test: venv

@@ -20,8 +20,9 @@ import yaml
 pytest.importorskip("kfp")
 pytestmark = pytest.mark.filterwarnings("ignore:This client only works:FutureWarning")
 
-from test_storage import moto_s3, moto_server  # noqa: E402, F401  (S3 for --metrics-out)
-from whisper_moe_kfp import client as kfp_cli  # noqa: E402
+from test_storage import moto_s3, moto_server  # noqa: F401  (S3 for --metrics-out)
+
+from whisper_moe_kfp import client as kfp_cli
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COMPILED = REPO_ROOT / "pipelines" / "compiled"
@@ -77,7 +78,8 @@ def kfp_api():
             url = urlparse(self.path)
             query = parse_qs(url.query)
             api.requests.append({"method": self.command, "path": url.path, "query": query,
-                                 "body": body, "content_type": self.headers.get("Content-Type", "")})
+                                 "body": body, "content_type": self.headers.get("Content-Type", ""),
+                                 "authorization": self.headers.get("Authorization")})
             status, payload = api.answer(self.command, url.path, query, body)
             data = json.dumps(payload).encode()
             self.send_response(status)
@@ -107,7 +109,7 @@ def no_user_kfp_context(tmp_path, monkeypatch):
 
     monkeypatch.setattr(kfp.Client, "_LOCAL_KFP_CONTEXT", str(tmp_path / "kfp-context.json"))
     for variable in ("KF_PIPELINES_ENDPOINT", "KF_PIPELINES_DEFAULT_EXPERIMENT_NAME",
-                     "KF_PIPELINES_OVERRIDE_EXPERIMENT_NAME"):
+                     "KF_PIPELINES_OVERRIDE_EXPERIMENT_NAME", "KFP_TOKEN"):
         monkeypatch.delenv(variable, raising=False)
 
 
@@ -192,7 +194,7 @@ def test_run_sends_params_yaml_overrides_and_data_arguments(kfp_api, tmp_path, c
     assert "nodeSelector" in executors["executors"]["exec-train-moe"]
 
 
-def test_run_wait_writes_the_published_metrics(kfp_api, tmp_path, moto_s3):
+def test_run_wait_writes_the_published_metrics(kfp_api, tmp_path, moto_s3):  # noqa: F811
     from whisper_moe import storage
 
     pointer = {"uri": "s3://results/runs/run-1/model", "metrics": {"moe": {"wer": 0.25}}, "run": "run-1"}
@@ -200,18 +202,20 @@ def test_run_wait_writes_the_published_metrics(kfp_api, tmp_path, moto_s3):
     metrics_out = tmp_path / "out" / "metrics.json"
     code = run_cli(["kfp", "run", "--host", kfp_api.host, "--pipeline", "pretrained",
                     "--params", str(tmp_path / "absent.yaml"), "--output-s3-uri", "s3://results/runs",
-                    "--wait", "--metrics-out", str(metrics_out), "--no-cache"])
+                    "--wait", "--metrics-out", str(metrics_out), "--no-cache", "--token", "t0ken"])
     assert code == 0
     assert kfp_api.find("GET", "/apis/v2beta1/healthz")  # no namespace: the client probes the server
     [run] = kfp_api.find("POST", "/apis/v2beta1/runs")
+    assert run["authorization"] == "Bearer t0ken"
     body = json.loads(run["body"])
     assert body["runtime_config"]["parameters"]["output_s3_uri"] == "s3://results/runs"
     tasks = body["pipeline_spec"]["pipeline_spec"]["root"]["dag"]["tasks"]
     assert all(task["cachingOptions"] == {} for task in tasks.values())  # --no-cache: off everywhere
     assert kfp_api.find("GET", "/apis/v2beta1/runs/run-1")
     written = json.loads(metrics_out.read_text())
-    assert written["state"] == "SUCCEEDED" and written["metrics"] == {"moe": {"wer": 0.25}}
-    assert written["pointer_uri"] == "s3://results/runs/run-1/pointer.json"
+    assert written["state"] == "SUCCEEDED" and written["moe"] == {"wer": 0.25}
+    assert written["model_pointer"] == "s3://results/runs/run-1/pointer.json"
+    assert written["model_uri"] == "s3://results/runs/run-1/model"
 
 
 def test_run_wait_fails_when_the_run_fails(kfp_api, tmp_path):
@@ -242,6 +246,13 @@ def test_server_errors_become_one_clear_message(kfp_api, tmp_path):
     with pytest.raises(kfp_cli.KfpCommandError, match=r"answered 404 .*no route .*check --host"):
         run_cli(["kfp", "upload", "--host", kfp_api.host + "/wrong", "--namespace", "ns",
                  "--pipeline", "regular"])
+
+
+def test_run_refuses_two_different_expert_counts(kfp_api, tmp_path):
+    with pytest.raises(ValueError, match=r"regular.num_experts=4 and model.num_experts=8 disagree"):
+        run_cli(["kfp", "run", "--host", kfp_api.host, "--namespace", "ns", "--pipeline", "regular",
+                 "--params", str(tmp_path / "absent.yaml"), "-S", "model.num_experts=8"])
+    assert not kfp_api.find("POST", "/apis/v2beta1/runs")
 
 
 def test_cron_and_argument_checks():

@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("moto.server")
 
-from whisper_moe import storage  # noqa: E402
+from whisper_moe import storage
 
 BUCKETS = ("results", "data")
 

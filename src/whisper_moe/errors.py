@@ -19,7 +19,7 @@ def explain(error: BaseException) -> tuple[str, int | None]:
                 f"(e.g. --asr-batch-size 1 --gradient-accumulation-steps 16). ({text.splitlines()[0]})"), 3
     known = {"GPUUnavailable", "BaseModelNotFound", "MissingNumExperts", "DataQualityError",
              "ManifestError", "NonFiniteLoss", "StorageError", "StageUnavailable", "FileNotFoundError",
-             "AudioError"}
+             "AudioError", "ClusteringError", "TrainingInterrupted", "KfpCommandError"}
     if name in known:
         return f"{name}: {text}", 2
     if isinstance(error, (KeyError, ValueError)) and name in {"KeyError", "ValueError"}:

@@ -17,25 +17,23 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 
 import yaml
 
-from whisper_moe_kfp.parameters import PRETRAINED_PARAMETERS, REGULAR_PARAMETERS, pipeline_arguments
+from whisper_moe_kfp.parameters import (
+    DATA_PARAMETERS,
+    PRETRAINED_PARAMETERS,
+    REGULAR_PARAMETERS,
+    pipeline_arguments,
+)
 
 log = logging.getLogger("whisper_moe_kfp")
 
 PIPELINES = {  # --pipeline -> (compiled package name, tuned parameters)
     "pretrained": ("pretrained_moe", PRETRAINED_PARAMETERS),
     "regular": ("regular_moe", REGULAR_PARAMETERS),
-}
-DATA_FLAGS = {  # flag destination -> pipeline parameter (not params.yaml keys)
-    "dvc_repo": "dvc_repo",
-    "dvc_rev": "dvc_rev",
-    "dvc_path": "dvc_path",
-    "data_s3_uri": "data_s3_uri",
-    "data_dir": "data_dir",
-    "output_s3_uri": "output_s3_uri",
 }
 DEFAULT_EXPERIMENT = "whisper-moe"
 FINISHED_OK = "SUCCEEDED"
@@ -81,6 +79,8 @@ def add_connection_flags(parser: argparse.ArgumentParser) -> None:
                                        "`kubectl port-forward` (default: $KF_PIPELINES_ENDPOINT or "
                                        "the in-cluster/kubeconfig address)")
     parser.add_argument("--namespace", help="Kubeflow profile namespace (multi-user deployments)")
+    parser.add_argument("--token", default=os.environ.get("KFP_TOKEN"),
+                        help="bearer token for the API, when it requires one (default: $KFP_TOKEN)")
 
 
 def add_run_flags(parser: argparse.ArgumentParser) -> None:
@@ -125,12 +125,12 @@ def api_error_message(error, host: str | None) -> str:
 
 
 def cmd_upload(args) -> int:
-    client = connect(args)
     names = list(PIPELINES) if args.pipeline == "both" else [args.pipeline]
     if args.package and len(names) > 1:
         raise KfpCommandError("--package names one spec: also give --pipeline pretrained or regular")
-    for name in names:
-        package = find_package(name, args.package)
+    packages = {name: find_package(name, args.package) for name in names}
+    client = connect(args)
+    for name, package in packages.items():
         result = upload(client, package, args.version_name, args.namespace)
         print(f"{name}: {result}")
     return 0
@@ -139,9 +139,9 @@ def cmd_upload(args) -> int:
 def cmd_run(args) -> int:
     if args.metrics_out and not args.wait:
         raise KfpCommandError("--metrics-out needs --wait: the metrics exist once the run has finished")
-    client = connect(args)
     package = find_package(args.pipeline, args.package)
     arguments = run_arguments(args, package)
+    client = connect(args)
     result = client.create_run_from_pipeline_package(
         str(package), arguments=arguments, run_name=args.run_name,
         experiment_name=args.experiment, namespace=args.namespace,
@@ -159,9 +159,9 @@ def cmd_run(args) -> int:
 
 
 def cmd_schedule(args) -> int:
-    client = connect(args)
     package = find_package(args.pipeline, args.package)
     arguments = run_arguments(args, package)
+    client = connect(args)
     experiment = client.create_experiment(name=args.experiment, namespace=args.namespace)
     recurring = client.create_recurring_run(
         experiment_id=experiment.experiment_id, job_name=args.name or f"whisper-moe-{args.pipeline}",
@@ -179,9 +179,10 @@ COMMANDS = {"kfp": cmd_kfp}
 def connect(args):
     import kfp
 
+    options = {"host": args.host, "existing_token": args.token or None}
     if args.namespace:
-        return kfp.Client(host=args.host, namespace=args.namespace)
-    return kfp.Client(host=args.host)
+        options["namespace"] = args.namespace
+    return kfp.Client(**options)
 
 
 def find_package(pipeline: str, package: Path | None) -> Path:
@@ -213,8 +214,8 @@ def run_arguments(args, package: Path) -> dict:
 
     params = params_from_args(args)
     arguments = pipeline_arguments(params, PIPELINES[args.pipeline][1])
-    for dest, name in DATA_FLAGS.items():
-        value = getattr(args, dest, None)
+    for name in DATA_PARAMETERS:  # --dvc-repo ... --output-s3-uri, same names as the parameters
+        value = getattr(args, name, None)
         if value:
             arguments[name] = value
     declared = spec_inputs(package)
@@ -266,7 +267,10 @@ def write_run_metrics(path: Path, run_id: str, state: str, output_s3_uri: str) -
     """Write the finished run's metrics from the pointer.json it published; False when none.
 
     Kubeflow keeps metrics in its metadata store, which its REST API does not serve, so
-    the published pointer (output_s3_uri/<run id>/pointer.json) is the source.
+    the published pointer (output_s3_uri/<run id>/pointer.json) is the source. The file
+    holds the evaluation figures at the top ({"moe": {"wer", "cer", "per_group"},
+    "base": ...}, as scripts/check_regression.py reads them) plus the run and where the
+    model and its pointer are.
     """
     if not output_s3_uri:
         log.warning("--metrics-out: the run published nothing (no --output-s3-uri), so there are no "
@@ -281,8 +285,8 @@ def write_run_metrics(path: Path, run_id: str, state: str, output_s3_uri: str) -
     except storage.StorageError as error:
         log.warning("--metrics-out: cannot fetch %s: %s", pointer_uri, error)
         return False
-    payload = {"run_id": run_id, "state": state, "metrics": pointer.get("metrics"),
-               "model_uri": pointer.get("uri"), "pointer_uri": pointer_uri}
+    payload = {**(pointer.get("metrics") or {}), "run_id": run_id, "state": state,
+               "model_uri": pointer.get("uri"), "model_pointer": pointer_uri}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"metrics written to {path}")

@@ -1,12 +1,12 @@
 """The pipeline parameters users tune in the Kubeflow UI, and how they map onto params.yaml.
 
-Both pipelines take the whole configuration as `params_yaml` (params.yaml's text) plus a
-few commonly tuned values as their own parameters, so the run form in the UI shows them
-with their defaults. The resolve-params task applies those values on top of
+Both pipelines take the configuration as `params_yaml` (YAML in params.yaml's format)
+plus a few commonly tuned values as their own parameters, so the run form in the UI
+shows them with their defaults. The resolve-params task applies those values on top of
 `params_yaml`, giving every later task the same nested dict the CLI builds from
-params.yaml and `-S key=value`. One table here serves the pipelines (defaults,
-descriptions), the resolve-params component (where each value goes) and the
-`whisper-moe kfp` client (which value of params.yaml fills each parameter).
+params.yaml and `-S key=value`. One table here serves the pipelines (defaults), the
+resolve-params component (where each value goes) and the `whisper-moe kfp` client
+(which value of params.yaml fills each parameter).
 """
 
 from __future__ import annotations
@@ -156,6 +156,19 @@ def pipeline_arguments(params: dict, parameters) -> dict[str, Any]:
     arguments: dict[str, Any] = {"params_yaml": yaml.safe_dump(params, sort_keys=False)}
     for parameter in parameters:
         value = dotted_get(params, parameter.keys[0])
+        check_same_value(params, parameter, value)
         if value is not None:
             arguments[parameter.name] = typed_default(parameter, value)
     return arguments
+
+
+def check_same_value(params: dict, parameter: TunedParameter, value) -> None:
+    """A parameter written to several keys must not find them set to different values,
+    or one of them would be silently overridden (e.g. -S model.num_experts=8 while
+    regular.num_experts is 4)."""
+    for key in parameter.keys[1:]:
+        other = dotted_get(params, key)
+        if other is not None and other != value:
+            raise ValueError(f"{parameter.keys[0]}={value!r} and {key}={other!r} disagree; the "
+                             f"pipeline parameter {parameter.name!r} sets both: set "
+                             f"{parameter.keys[0]} (e.g. -S {parameter.keys[0]}={other})")

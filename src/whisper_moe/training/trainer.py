@@ -380,8 +380,8 @@ class Trainer:
         probs = output["probs"].detach().float()
         return {
             "finite": bool(torch.isfinite(loss)),
-            "ce_loss": float(output["ce_loss"]), "lb_loss": float(output["lb_loss"]),
-            "z_loss": float(output["z_loss"]),
+            "ce_loss": float(output["ce_loss"].detach()), "lb_loss": float(output["lb_loss"].detach()),
+            "z_loss": float(output["z_loss"].detach()),
             "gate_entropy": float(-(probs * probs.clamp_min(1e-9).log()).sum(-1).mean()),
             "size": batch["size"],
         }
