@@ -78,8 +78,6 @@ def project(tmp_path, tiny_base_dir, tiny_corpus):
         shutil.copy2(REPO_ROOT / name, root / name)
     shutil.copytree(REPO_ROOT / "src", root / "src",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
-    if (REPO_ROOT / ".dvc" / "plots").is_dir():
-        shutil.copytree(REPO_ROOT / ".dvc" / "plots", root / ".dvc" / "plots")
     params_path = root / "params.yaml"
     params = yaml.safe_load(params_path.read_text())
     params_path.write_text(yaml.safe_dump(merge(params, tiny_overrides(tiny_base_dir, tiny_corpus)),
@@ -97,6 +95,7 @@ def project(tmp_path, tiny_base_dir, tiny_corpus):
     })
     run(["git", "init", "-q"], root, env)
     dvc("init", "-q", cwd=root, env=env)
+    shutil.copytree(REPO_ROOT / ".dvc" / "plots", root / ".dvc" / "plots")  # plot templates
     return root, env
 
 
@@ -109,8 +108,10 @@ def test_regular_pipeline_repro_is_incremental(project):
     assert (root / "dvc_runs/regular/train/checkpoint/model.safetensors").exists()
     assert json.loads((root / "dvc_runs/regular/train/loss_curve.json").read_text())
 
-    shown = dvc("metrics", "show", "--json", cwd=root, env=env).stdout
-    assert "moe.wer" in shown.replace('"moe": {"wer"', "moe.wer") or '"wer"' in shown
+    shown = json.loads(dvc("metrics", "show", "--json", cwd=root, env=env).stdout)
+    evaluated = shown[""]["data"]["dvc_runs/regular/evaluate/metrics.json"]["data"]
+    assert evaluated["moe"]["wer"] == metrics["moe"]["wer"]
+    assert set(evaluated["moe"]["per_group"]) == {"en-us", "en-gb-scotland", "en-029"}
     dvc("plots", "show", "-o", str(root / "plots-html"), cwd=root, env=env)
     assert (root / "plots-html" / "index.html").exists()
 
@@ -127,4 +128,7 @@ def test_regular_pipeline_repro_is_incremental(project):
     assert stages_run(changed.stdout) == ["regular_train", "regular_evaluate"]
     assert "Stage 'data' didn't change, skipping" in changed.stdout
     diff = dvc("params", "diff", "--json", cwd=root, env=env).stdout
-    assert json.loads(diff)["params.yaml"]["train.lr"] == {"old": 0.005, "new": 0.002}
+    lr_change = json.loads(diff)["params.yaml"]["train.lr"]
+    assert (lr_change["old"], lr_change["new"]) == (0.005, 0.002)
+    assert "dvc_runs/regular/evaluate/metrics.json" in dvc("metrics", "diff", "--all", "--json",
+                                                           cwd=root, env=env).stdout

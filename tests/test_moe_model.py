@@ -170,3 +170,32 @@ def test_trainable_state_round_trip():
     other.load_trainable_state_dict(state)
     for key, value in other.trainable_state_dict().items():
         torch.testing.assert_close(value, state[key])
+
+
+def test_sparse_routing_gathers_the_same_result_as_zeroed_blocks():
+    """Top-k / one-hot routing computes only the used experts, with identical outputs and grads."""
+    torch.manual_seed(0)
+    routing = RoutingState()
+    layer = MoELoRALinear(nn.Linear(8, 5), routing, num_experts=6, rank=2, alpha=4, dropout=0.0)
+    layer.lora_B.data.normal_()
+    x = torch.randn(3, 4, 8)
+    weights = torch.zeros(3, 6)
+    weights[0, [1, 4]] = torch.tensor([0.7, 0.3])
+    weights[1, [0, 5]] = torch.tensor([0.5, 0.5])
+    weights[2, 2] = 1.0
+    routing.weights = weights
+    assert routing.index is not None and routing.index.shape == (3, 2)
+    gathered = layer(x)
+    gathered.square().sum().backward()
+    grads = (layer.lora_A.grad.clone(), layer.lora_B.grad.clone())
+    layer.zero_grad()
+    reference = layer.base(x)
+    for e in range(6):
+        delta = x @ layer.lora_A[e * 2:(e + 1) * 2].T @ layer.lora_B[:, e * 2:(e + 1) * 2].T
+        reference = reference + weights[:, e, None, None] * delta * layer.scaling
+    torch.testing.assert_close(gathered, reference, rtol=1e-5, atol=1e-6)
+    reference.square().sum().backward()
+    torch.testing.assert_close(grads[0], layer.lora_A.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads[1], layer.lora_B.grad, rtol=1e-5, atol=1e-6)
+    routing.weights = torch.softmax(torch.randn(3, 6), -1)
+    assert routing.index is None  # dense routing keeps the stacked path

@@ -23,10 +23,28 @@ class RoutingState:
     """Per-utterance expert weights shared by every MoE layer of one model.
 
     `weights` is `[batch, num_experts]` or None (None = experts off, the frozen base).
+    When every utterance uses at most k < E/2 experts (top-k, one-hot, oracle routing),
+    the layers gather just those k blocks: the cost of a rank k*r LoRA, not E*r.
     """
 
     def __init__(self) -> None:
-        self.weights: torch.Tensor | None = None
+        self._weights: torch.Tensor | None = None
+        self.index: torch.Tensor | None = None  # [batch, k] experts used, when sparse
+        self.index_weights: torch.Tensor | None = None  # [batch, k] their weights
+
+    @property
+    def weights(self) -> torch.Tensor | None:
+        return self._weights
+
+    @weights.setter
+    def weights(self, weights: torch.Tensor | None) -> None:
+        self._weights = weights
+        self.index = self.index_weights = None
+        if weights is None:
+            return
+        used = int((weights != 0).sum(-1).max())
+        if 0 < used <= weights.shape[-1] // 2:
+            self.index_weights, self.index = weights.topk(used, dim=-1)
 
 
 class MoELoRALinear(nn.Module):
@@ -79,10 +97,24 @@ class MoELoRALinear(nn.Module):
         weights = self.routing.weights
         if weights is None:
             return output
+        if self.routing.index is not None:
+            return output + self.gathered_delta(x, self.routing.index, self.routing.index_weights)
         hidden = F.linear(self.dropout(x), self.lora_A.to(x.dtype))  # [B, T, E*r]
         block_scale = (weights * self.scaling).repeat_interleave(self.rank, dim=-1)  # [B, E*r]
         hidden = hidden * block_scale.to(hidden.dtype).unsqueeze(1)
         return output + F.linear(hidden, self.lora_B.to(x.dtype))
+
+    def gathered_delta(self, x: torch.Tensor, index: torch.Tensor, index_weights: torch.Tensor):
+        """LoRA output of only the k experts each utterance uses: `[B, T, out]`."""
+        batch, k = index.shape
+        a_blocks = self.lora_A.view(self.num_experts, self.rank, -1)[index]  # [B, k, r, in]
+        a_blocks = a_blocks.reshape(batch, k * self.rank, -1).to(x.dtype)
+        b_blocks = self.lora_B.view(-1, self.num_experts, self.rank).permute(1, 2, 0)[index]
+        b_blocks = b_blocks.reshape(batch, k * self.rank, -1).to(x.dtype)  # [B, k*r, out]
+        hidden = torch.bmm(self.dropout(x), a_blocks.transpose(1, 2))  # [B, T, k*r]
+        block_scale = (index_weights * self.scaling).repeat_interleave(self.rank, dim=-1)
+        hidden = hidden * block_scale.to(hidden.dtype).unsqueeze(1)
+        return torch.bmm(hidden, b_blocks)
 
     def extra_repr(self) -> str:
         return f"experts={self.num_experts}, rank={self.rank}, scaling={self.scaling:g}"
