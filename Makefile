@@ -33,10 +33,11 @@ test: venv
 	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q --timeout=900 $(PYTEST_ARGS)
 
 lint: venv
-	$(BIN)/ruff check src tests benchmarks components pipelines
+	$(BIN)/ruff check src tests benchmarks components pipelines scripts
 
 lock:
-	$(BIN)/python -m pip freeze --exclude-editable | sed -e 's/^torch==\(.*\)+cpu/torch==\1/' > requirements.lock
+	$(BIN)/python -m pip freeze --exclude-editable | sed -e 's/^torch==\(.*\)+cpu/torch==\1/' \
+	  -e 's/^\([A-Za-z0-9_.-]*\) @ file:.*-\([0-9][0-9.]*\)-py.*/\1==\2/' > requirements.lock
 
 clean-venv:
 	rm -rf $(VENV)

@@ -40,10 +40,11 @@ GPU_RESOURCE = "nvidia.com/gpu"
 
 @dataclass(frozen=True)
 class Resources:
-    """Requests (and a memory limit) for one kind of task."""
+    """Requests and limits for one kind of task."""
 
     gpu: bool
     cpu: str
+    cpu_limit: str
     memory: str
     memory_limit: str
 
@@ -52,15 +53,17 @@ class Resources:
 # CPU before moving to the GPU) on an A100 40GB node of 12 vCPUs and 85 GB (GKE
 # a2-highgpu-1g); the demo and tests need far less and ignore these numbers.
 RESOURCES = {
-    "light": Resources(gpu=False, cpu="500m", memory="1Gi", memory_limit="2Gi"),
-    "data": Resources(gpu=False, cpu="4", memory="16Gi", memory_limit="32Gi"),  # audio decoding
-    "embed": Resources(gpu=True, cpu="8", memory="32Gi", memory_limit="64Gi"),
-    "cluster": Resources(gpu=False, cpu="4", memory="16Gi", memory_limit="32Gi"),
-    "pretrain_gate": Resources(gpu=False, cpu="2", memory="8Gi", memory_limit="16Gi"),
-    "pretrain_experts": Resources(gpu=True, cpu="8", memory="48Gi", memory_limit="80Gi"),
-    "train": Resources(gpu=True, cpu="8", memory="48Gi", memory_limit="80Gi"),
-    "evaluate": Resources(gpu=True, cpu="8", memory="32Gi", memory_limit="64Gi"),
-    "publish": Resources(gpu=False, cpu="1", memory="4Gi", memory_limit="8Gi"),
+    "light": Resources(gpu=False, cpu="500m", cpu_limit="1", memory="1Gi", memory_limit="2Gi"),
+    # audio decoding
+    "data": Resources(gpu=False, cpu="4", cpu_limit="8", memory="16Gi", memory_limit="32Gi"),
+    "embed": Resources(gpu=True, cpu="8", cpu_limit="12", memory="32Gi", memory_limit="64Gi"),
+    "cluster": Resources(gpu=False, cpu="4", cpu_limit="8", memory="16Gi", memory_limit="32Gi"),
+    "pretrain_gate": Resources(gpu=False, cpu="2", cpu_limit="4", memory="8Gi", memory_limit="16Gi"),
+    "pretrain_experts": Resources(gpu=True, cpu="8", cpu_limit="12", memory="48Gi",
+                                  memory_limit="80Gi"),
+    "train": Resources(gpu=True, cpu="8", cpu_limit="12", memory="48Gi", memory_limit="80Gi"),
+    "evaluate": Resources(gpu=True, cpu="8", cpu_limit="12", memory="32Gi", memory_limit="64Gi"),
+    "publish": Resources(gpu=False, cpu="1", cpu_limit="2", memory="4Gi", memory_limit="8Gi"),
 }
 # A rerun of these must do the work again: training and evaluation (the point of a
 # run), the data fetch (a DVC branch or an S3 prefix can change under the same
@@ -142,6 +145,7 @@ def place(task, kind: str, settings: Settings | None = None):
     settings = settings or settings_from_env()
     resources = RESOURCES[kind]
     task.set_cpu_request(resources.cpu)
+    task.set_cpu_limit(resources.cpu_limit)
     task.set_memory_request(resources.memory)
     task.set_memory_limit(resources.memory_limit)
     if resources.gpu:

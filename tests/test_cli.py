@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from whisper_moe.cli import SEED_FLAGS, build_parser, main, params_from_args
@@ -43,8 +41,9 @@ def test_seed_flags_map_onto_params(tmp_path):
 
 
 def test_every_seed_flag_reaches_an_existing_parameter():
-    from whisper_moe.config import DEFAULT_PARAMS, set_dotted
     import copy
+
+    from whisper_moe.config import DEFAULT_PARAMS, set_dotted
 
     params = copy.deepcopy(DEFAULT_PARAMS)
     for key in SEED_FLAGS.values():

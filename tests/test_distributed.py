@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 
-import torch
 import yaml
 from safetensors.torch import load_file
 

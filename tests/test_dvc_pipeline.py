@@ -8,6 +8,7 @@ and the tiny corpus from conftest.py, in quick mode for one epoch.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -22,8 +23,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 PROJECT_FILES = ("dvc.yaml", "params.yaml", ".dvcignore")
 STAGE_TIMEOUT_S = 300
 
-pytestmark = pytest.mark.skipif(shutil.which("dvc", path=str(Path(sys.executable).parent))
-                                is None and shutil.which("dvc") is None,
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("dvc") is None,
                                 reason="dvc is not installed (pip install 'dvc[s3]')")
 
 
@@ -53,7 +53,7 @@ def merge(base: dict, override: dict) -> dict:
 
 def run(args: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True,
-                            timeout=STAGE_TIMEOUT_S)
+                            timeout=STAGE_TIMEOUT_S, check=False)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n"
                              f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
@@ -66,7 +66,8 @@ def dvc(*args: str, cwd: Path, env: dict, check: bool = True) -> subprocess.Comp
 
 def stages_run(output: str) -> list[str]:
     """Names of the stages `dvc repro` / `dvc exp run` executed, in order."""
-    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]
+    prefix = "Running stage '"
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith(prefix)]
 
 
 @pytest.fixture
@@ -99,6 +100,7 @@ def project(tmp_path, tiny_base_dir, tiny_corpus):
     return root, env
 
 
+@pytest.mark.slow
 def test_regular_pipeline_repro_is_incremental(project):
     root, env = project
     first = dvc("repro", "regular_evaluate", cwd=root, env=env)

@@ -8,6 +8,7 @@ unreachable endpoint fail loudly and leave the local files alone.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -15,11 +16,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from s3_server import S3Server, free_ports, s3_server  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.skipif(
-    subprocess.run([sys.executable, "-c", "import dvc_s3"], capture_output=True).returncode != 0,
+    importlib.util.find_spec("dvc_s3") is None,
     reason="dvc with S3 support is not installed (pip install 'dvc[s3]')",
 )
 
@@ -46,7 +46,7 @@ def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 def run(args: list[str], cwd: Path, env: dict[str, str], check: bool = True
         ) -> subprocess.CompletedProcess:
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True,
-                            timeout=DVC_TIMEOUT_S)
+                            timeout=DVC_TIMEOUT_S, check=False)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n"
                              f"{result.stdout}\n{result.stderr}")
@@ -122,7 +122,7 @@ def test_push_then_pull_restores_identical_bytes(repo, s3_server: S3Server):  # 
 
 
 def test_credentials_from_config_local_stay_out_of_git(repo, s3_server: S3Server):  # noqa: F811
-    root, env, prefix = repo
+    root, env, _ = repo
     dvc("remote", "modify", "--local", "storage", "access_key_id", s3_server.access_key_id,
         cwd=root, env=env)
     dvc("remote", "modify", "--local", "storage", "secret_access_key",
@@ -159,14 +159,15 @@ def test_wrong_secret_fails_clearly_and_changes_nothing(repo, s3_server: S3Serve
 
 
 def test_missing_credentials_are_named(repo, s3_server: S3Server):  # noqa: F811
-    root, env, prefix = repo
+    root, env, _ = repo
     push = dvc("push", cwd=root, env=env, check=False)
     assert push.returncode != 0
     assert "Unable to locate credentials" in push.stderr, push.stderr
 
 
-def test_unreachable_endpoint_fails_clearly_and_changes_nothing(repo, s3_server: S3Server):  # noqa: F811
-    root, env, prefix = repo
+def test_unreachable_endpoint_fails_clearly_and_changes_nothing(
+        repo, s3_server: S3Server):  # noqa: F811
+    root, env, _ = repo
     dead_endpoint = f"http://127.0.0.1:{free_ports(1)[0]}"
     dvc("remote", "modify", "--local", "storage", "endpointurl", dead_endpoint, cwd=root, env=env)
     remove_cache_and_workspace_copy(root)

@@ -11,6 +11,7 @@ from whisper_moe.model.moe import MoEConfig, WhisperMoE
 
 def test_exported_expert_loads_in_peft_and_matches(tmp_path, tiny_base_dir):
     from peft import PeftModel
+
     from whisper_moe.model.base import load_base_model
 
     base, _ = load_base_model(str(tiny_base_dir))

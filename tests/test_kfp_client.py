@@ -20,9 +20,9 @@ import yaml
 pytest.importorskip("kfp")
 pytestmark = pytest.mark.filterwarnings("ignore:This client only works:FutureWarning")
 
-from test_storage import moto_s3, moto_server  # noqa: F401  (S3 for --metrics-out)
+from test_storage import moto_s3, moto_server  # noqa: F401, E402  (S3 for --metrics-out)
 
-from whisper_moe_kfp import client as kfp_cli
+from whisper_moe_kfp import client as kfp_cli  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COMPILED = REPO_ROOT / "pipelines" / "compiled"

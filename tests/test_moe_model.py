@@ -79,6 +79,7 @@ def test_model_soft_mixture_equals_gate_weighted_reference():
 
 def test_one_expert_equals_plain_peft_lora():
     from peft import LoraConfig, get_peft_model
+
     from whisper_moe.model.base import tiny_random_whisper
 
     model, _ = make_moe(num_experts=1)

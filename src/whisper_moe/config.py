@@ -85,6 +85,8 @@ DEFAULT_PARAMS: dict[str, Any] = {
     # The regular MoE (no pretraining) as `dvc repro` and Kubeflow run it; the CLI
     # `pipeline --skip-pretraining` takes --num-experts instead, as the seed did.
     "regular": {"num_experts": 4},
+    # The fair baseline: one LoRA with the regular MoE's trainable parameters (rank E*r).
+    "baselines": {"single_lora_rank": 64},
     "quick": {"epochs": 2, "max_train_utterances": 48, "max_eval_utterances": 24},
 }
 

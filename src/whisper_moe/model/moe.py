@@ -16,7 +16,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from whisper_moe.model.gate import Gate, at_least_float32, load_balance_loss, router_z_loss, routing_weights
+from whisper_moe.model.gate import (
+    Gate,
+    at_least_float32,
+    load_balance_loss,
+    router_z_loss,
+    routing_weights,
+)
 from whisper_moe.model.lora import MoELoRALinear, RoutingState, trainable_dtype
 
 MOE_CONFIG_NAME = "moe_config.json"
@@ -43,7 +49,7 @@ class MoEConfig:
         path.write_text(json.dumps(asdict(self), indent=2) + "\n")
 
     @classmethod
-    def load(cls, directory: str | Path) -> "MoEConfig":
+    def load(cls, directory: str | Path) -> MoEConfig:
         path = Path(directory) / MOE_CONFIG_NAME
         if not path.exists():
             raise FileNotFoundError(f"{path}: not a whisper-moe checkpoint (no {MOE_CONFIG_NAME})")

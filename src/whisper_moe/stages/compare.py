@@ -59,13 +59,19 @@ def pretraining_seconds(run_dir: Path) -> float | None:
     return total if found else None
 
 
+def checkpoint_rank(run_dir: Path) -> int | None:
+    """LoRA rank from the trained checkpoint, for runs made stage by stage (dvc repro)."""
+    config = run_dir / "train" / "checkpoint" / "moe_config.json"
+    return int(read_json(config)["rank"]) if config.exists() else None
+
+
 def read_run(run_dir) -> tuple[dict, dict | None]:
     """(the run's system row, its base-model row or None)."""
     run_dir = Path(run_dir)
     metrics = read_json(find_file(run_dir, ("evaluate/metrics.json", "metrics.json")))
     train = read_json(find_file(run_dir, ("train/train_metrics.json", "train_metrics.json")))
     params = read_json(run_dir / "params.json") if (run_dir / "params.json").exists() else {}
-    rank = int(params.get("model", {}).get("lora", {}).get("rank", 0)) or None
+    rank = int(params.get("model", {}).get("lora", {}).get("rank", 0)) or checkpoint_rank(run_dir)
     num_experts = int(train.get("num_experts", 0))
     pretrained = (run_dir / "pretrain_experts").is_dir()
     headline = metrics.get("moe")

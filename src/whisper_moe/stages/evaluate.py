@@ -24,8 +24,12 @@ from whisper_moe.model.base import decoder_prefix_ids, load_base_model
 from whisper_moe.model.decode import greedy_decode, suppressed_token_ids
 from whisper_moe.model.io import load_moe
 from whisper_moe.model.moe import masked_mean, valid_encoder_positions
-from whisper_moe.plots import (plot_expert_usage, plot_training_curves, plot_wer_per_group,
-                               png_data_uri)
+from whisper_moe.plots import (
+    plot_expert_usage,
+    plot_training_curves,
+    plot_wer_per_group,
+    png_data_uri,
+)
 from whisper_moe.stages.common import mode_rows, special_ids, write_json
 from whisper_moe.training.runtime import autocast, mixed_precision, resolve_device
 

@@ -100,6 +100,7 @@ def run(params: dict, train_manifest, dev_manifest, out_dir, init_dir=None, resu
     model.config.routing_mode, model.config.top_k = last_mode
     checkpoint_dir = save_moe(model, out_dir / "checkpoint")
     write_history(history, out_dir / "train_log.jsonl")
+    write_json(out_dir / "loss_curve.json", [h for h in history if "ce_loss" in h])  # for `dvc plots`
     plot_training_curves(history, out_dir / "training_curves.png")
     steps = [h for h in history if "ce_loss" in h]
     metrics = {

@@ -99,7 +99,7 @@ class StopRequest:
     def request(self, name: str) -> None:
         self.signal_name = name
 
-    def __enter__(self) -> "StopRequest":
+    def __enter__(self) -> StopRequest:
         for signum in (signal.SIGTERM, signal.SIGINT):
             try:
                 self._previous[signum] = signal.signal(signum, self._handle)

@@ -62,7 +62,7 @@ class TrainSettings:
     routing: dict = field(default_factory=dict)
 
     @classmethod
-    def from_params(cls, params: dict, section: str = "train") -> "TrainSettings":
+    def from_params(cls, params: dict, section: str = "train") -> TrainSettings:
         train = params["train"]
         own = params.get(section, {}) if section != "train" else {}
         return cls(
