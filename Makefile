@@ -24,8 +24,8 @@ $(STAMP): requirements.lock pyproject.toml
 demo: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 	@cat dvc_runs/compare/comparison.md
-	@echo "metrics: dvc_runs/pretrained/evaluate/metrics.json, dvc_runs/regular/evaluate/metrics.json (dvc metrics show)"
-	@echo "reports: dvc_runs/pretrained/evaluate/report.html, dvc_runs/regular/evaluate/report.html"
+	@echo "metrics: dvc_runs/{pretrained,regular,single_lora}/evaluate/metrics.json (dvc metrics show)"
+	@echo "reports: dvc_runs/{pretrained,regular,single_lora}/evaluate/report.html"
 	@echo "plots:   dvc plots show (writes dvc_plots/index.html)"
 
 ## The tests, offline on CPU.

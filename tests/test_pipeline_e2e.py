@@ -51,3 +51,16 @@ def test_regular_pipeline_cli_end_to_end(tmp_path, tiny_params, capsys):
                  str(out / "train" / "checkpoint"), audio]) == 0
     printed = capsys.readouterr().out
     assert "[expert " in printed and first["moe"] in printed
+
+
+def test_evaluate_a_plain_base_model(tmp_path, tiny_params, tiny_base_dir, tiny_corpus, capsys):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params))
+    out = tmp_path / "base-eval"
+    assert main(["evaluate", "--params", str(tmp_path / "params.yaml"), "--base-model",
+                 str(tiny_base_dir), "--manifest", str(tiny_corpus / "test.jsonl"),
+                 "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "moe" not in metrics and "routing" not in metrics
+    assert set(metrics["base"]["per_group"]) == {"en-us", "en-gb-scotland", "en-029"}
+    assert "base: WER" in capsys.readouterr().out.replace("  ", " ")
+    assert (out / "report.html").read_text().count("<tr>") > 3
