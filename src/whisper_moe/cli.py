@@ -223,14 +223,19 @@ def main(argv: list[str] | None = None) -> int:
         return code
 
 
-def cmd_pipeline(args) -> int:
-    from whisper_moe.stages import pipeline
-
-    params = params_from_args(args)
+def apply_data_source(params: dict, args) -> dict:
+    """--dataset-root (SAP) or --manifest-dir replace the demo corpus as the data source."""
     if args.dataset_root:
         params["data"]["source"], params["data"]["sap_root"] = "sap", args.dataset_root
     if args.manifest_dir:
         params["data"]["source"], params["data"]["manifest_dir"] = "manifest", args.manifest_dir
+    return params
+
+
+def cmd_pipeline(args) -> int:
+    from whisper_moe.stages import pipeline
+
+    params = apply_data_source(params_from_args(args), args)
     output_dir = Path(args.output_dir or f"runs/{params['mode']}")
     pipeline.run(params, output_dir, skip_pretraining=args.skip_pretraining, resume=args.resume)
     return 0
@@ -239,11 +244,7 @@ def cmd_pipeline(args) -> int:
 def cmd_data(args) -> int:
     from whisper_moe.stages import data as data_stage
 
-    params = params_from_args(args)
-    if args.dataset_root:
-        params["data"]["source"], params["data"]["sap_root"] = "sap", args.dataset_root
-    if args.manifest_dir:
-        params["data"]["source"], params["data"]["manifest_dir"] = "manifest", args.manifest_dir
+    params = apply_data_source(params_from_args(args), args)
     outputs = data_stage.run(params, args.out)
     print(f"validated manifests and data report in {args.out}: {outputs}")
     return 0
