@@ -7,8 +7,15 @@ import pytest
 from whisper_moe.cli import SEED_FLAGS, build_parser, main, params_from_args
 
 
+def empty_params(folder):
+    """A parameter file that sets nothing: the built-in defaults."""
+    path = folder / "empty.yaml"
+    path.write_text("{}\n")
+    return path
+
+
 def test_skip_pretraining_without_num_experts_stops_with_the_guides_message(tmp_path, capsys, caplog):
-    code = main(["pipeline", "--mode", "quick", "--skip-pretraining", "--params", str(tmp_path / "none.yaml"),
+    code = main(["pipeline", "--mode", "quick", "--skip-pretraining", "--params", str(empty_params(tmp_path)),
                  "--output-dir", str(tmp_path / "run")])
     assert code == 2
     assert "num_experts must be specified" in caplog.text
@@ -18,7 +25,7 @@ def test_skip_pretraining_without_num_experts_stops_with_the_guides_message(tmp_
 
 def test_seed_flags_map_onto_params(tmp_path):
     args = build_parser().parse_args([
-        "pipeline", "--params", str(tmp_path / "none.yaml"), "--mode", "full", "--seed", "7",
+        "pipeline", "--params", str(empty_params(tmp_path)), "--mode", "full", "--seed", "7",
         "--num-experts", "8", "--asr-batch-size", "2", "--gradient-accumulation-steps", "8", "--fp16",
         "--num-workers", "4", "--eval-every-n-epochs", "2", "--save-every-n-epochs", "5",
         "--data-percent", "10", "--device", "cpu", "--clustering-algorithm", "hdbscan",
@@ -51,7 +58,7 @@ def test_every_seed_flag_reaches_an_existing_parameter():
 
 
 def test_unknown_override_is_rejected(tmp_path, caplog):
-    code = main(["train", "--params", str(tmp_path / "none.yaml"), "-S", "train.no_such_key=1",
+    code = main(["train", "--params", str(empty_params(tmp_path)), "-S", "train.no_such_key=1",
                  "--train-manifest", "x", "--dev-manifest", "y", "--out", str(tmp_path)])
     assert code == 2
     assert "unknown parameter" in caplog.text
@@ -76,7 +83,7 @@ def test_cuda_requested_without_gpu_is_a_clear_error(tmp_path, caplog, tiny_corp
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    code = main(["train", "--params", str(tmp_path / "none.yaml"), "--device", "cuda",
+    code = main(["train", "--params", str(empty_params(tmp_path)), "--device", "cuda",
                  "--num-experts", "2", "--train-manifest", str(tiny_corpus / "train.jsonl"),
                  "--dev-manifest", str(tiny_corpus / "dev.jsonl"), "--out", str(tmp_path / "out")])
     assert code == 2
@@ -84,9 +91,23 @@ def test_cuda_requested_without_gpu_is_a_clear_error(tmp_path, caplog, tiny_corp
 
 
 def test_missing_base_model_offline_is_a_clear_error(tmp_path, caplog, tiny_corpus):
-    code = main(["train", "--params", str(tmp_path / "none.yaml"), "--device", "cpu",
+    code = main(["train", "--params", str(empty_params(tmp_path)), "--device", "cpu",
                  "--num-experts", "2", "--base-model", str(tmp_path / "no-model-here"),
                  "--train-manifest", str(tiny_corpus / "train.jsonl"),
                  "--dev-manifest", str(tiny_corpus / "dev.jsonl"), "--out", str(tmp_path / "out")])
     assert code == 2
     assert "BaseModelNotFound" in caplog.text
+
+
+def test_a_missing_params_file_is_an_error_not_the_defaults(tmp_path, caplog):
+    code = main(["train", "--params", str(tmp_path / "missing.yaml"), "--num-experts", "2",
+                 "--train-manifest", "a", "--dev-manifest", "b", "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "missing.yaml: no such parameter file" in caplog.text
+
+
+def test_epochs_flag_is_honoured_in_quick_mode(tmp_path):
+    args = build_parser().parse_args(["pipeline", "--params", str(empty_params(tmp_path)),
+                                      "--mode", "quick", "--epochs", "5"])
+    params = params_from_args(args)
+    assert params["quick"]["epochs"] == 5 and params["train"]["epochs"] == 5

@@ -55,3 +55,20 @@ def test_two_gloo_processes_match_one_process(tmp_path, tiny_params, tiny_corpus
     assert changed == len(expected)  # B blocks moved away from zero: a real comparison
     # Only rank 0 wrote checkpoints and logs.
     assert (tmp_path / "ddp" / "train_log.jsonl").exists()
+
+
+def test_data_that_does_not_divide_evenly_across_processes_still_trains(tmp_path, tiny_params,
+                                                                        tiny_corpus):
+    """6 utterances, 2 processes x batch 2: the epoch order is padded so no process waits forever."""
+    params = copy.deepcopy(tiny_params)
+    params["train"].update(epochs=1, batch_size=2, gradient_accumulation_steps=1, device="cpu")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "whisper_moe.cli", "train", "--params",
+         str(write_params(params, tmp_path / "ddp.yaml")),
+         "--train-manifest", str(tiny_corpus / "train.jsonl"),
+         "--dev-manifest", str(tiny_corpus / "dev.jsonl"), "--out", str(tmp_path / "ddp")],
+        env=env, timeout=300, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "ddp" / "checkpoint" / "model.safetensors").exists()

@@ -64,3 +64,29 @@ def test_evaluate_a_plain_base_model(tmp_path, tiny_params, tiny_base_dir, tiny_
     assert set(metrics["base"]["per_group"]) == {"en-us", "en-gb-scotland", "en-029"}
     assert "base: WER" in capsys.readouterr().out.replace("  ", " ")
     assert (out / "report.html").read_text().count("<tr>") > 3
+
+
+def test_a_corpus_folder_built_for_other_settings_is_rebuilt(tmp_path, monkeypatch):
+    """A demo corpus (or SAP import) is reused only for the source and settings it was built from."""
+    import copy
+
+    from whisper_moe.config import DEFAULT_PARAMS
+    from whisper_moe.stages import data as data_stage
+
+    calls = []
+
+    def fake_demo(folder, **settings):
+        calls.append(settings)
+        folder.mkdir(parents=True, exist_ok=True)
+        for split in ("train", "dev", "test"):
+            (folder / f"{split}.jsonl").write_text("")
+
+    monkeypatch.setattr("whisper_moe.data.demo.make_demo_corpus", fake_demo)
+    params = copy.deepcopy(DEFAULT_PARAMS)
+    params["data"]["dir"] = str(tmp_path / "corpus")
+    data_stage.source_manifests(params)
+    data_stage.source_manifests(params)
+    assert len(calls) == 1  # reused
+    params["data"]["demo"]["utterances_per_speaker"] = 2
+    data_stage.source_manifests(params)
+    assert len(calls) == 2  # other settings: rebuilt

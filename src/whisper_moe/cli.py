@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from whisper_moe.config import load_params, set_dotted
+from whisper_moe.config import DEFAULT_PARAMS, load_params, set_dotted
 
 log = logging.getLogger("whisper_moe")
 
@@ -56,20 +56,28 @@ def parse_override(text: str) -> tuple[str, object]:
 
 def params_from_args(args: argparse.Namespace) -> dict:
     """params.yaml, then `-S` overrides, then the explicit flags that were given."""
-    params = load_params(args.params)
+    path = args.params
+    if path is None:
+        path = "params.yaml" if Path("params.yaml").exists() else None
+        if path is None:
+            log.warning("no params.yaml in %s: using the built-in defaults", Path.cwd())
+    params = load_params(path)
     for key, value in getattr(args, "set", None) or []:
         set_dotted(params, key, value)
     for flag, key in SEED_FLAGS.items():
         value = getattr(args, flag, None)
         if value is not None:
             set_dotted(params, key, value)
+    if getattr(args, "epochs", None) is not None:
+        params["quick"]["epochs"] = args.epochs  # --epochs wins in quick mode too
     if getattr(args, "no_plot", False):
         params["cluster"]["plot"] = False
     return params
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", default="params.yaml", help="configuration file (default: params.yaml)")
+    parser.add_argument("--params", default=None,
+                        help="configuration file (default: ./params.yaml when present, else built-in defaults)")
     parser.add_argument("-S", "--set", action="append", type=parse_override, metavar="KEY=VALUE",
                         help="override one parameter, e.g. -S train.lr=3e-4 (repeatable)")
     parser.add_argument("--log-file", help="also write the log to this file")
@@ -227,6 +235,8 @@ def apply_data_source(params: dict, args) -> dict:
     """--dataset-root (SAP) or --manifest-dir replace the demo corpus as the data source."""
     if args.dataset_root:
         params["data"]["source"], params["data"]["sap_root"] = "sap", args.dataset_root
+        if params["data"]["dir"] == DEFAULT_PARAMS["data"]["dir"]:
+            params["data"]["dir"] = "data/sap"  # never the demo corpus's folder
     if args.manifest_dir:
         params["data"]["source"], params["data"]["manifest_dir"] = "manifest", args.manifest_dir
     return params

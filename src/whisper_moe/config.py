@@ -14,7 +14,7 @@ import yaml
 
 DEFAULT_PARAMS: dict[str, Any] = {
     "seed": 42,
-    "mode": "quick",  # quick | full: quick shortens epochs and data for a smoke run
+    "mode": "full",  # quick | full: quick shortens epochs and data for a smoke run
     "data": {
         "source": "demo",  # demo | manifest | sap
         "dir": "data/demo",  # demo corpus or imported data lives here
@@ -103,9 +103,18 @@ def deep_merge(base: dict, override: dict) -> dict:
 
 
 def load_params(path: str | Path | None = None, overrides: dict | None = None) -> dict:
-    """Defaults, then the YAML file (if given and present), then overrides."""
+    """Defaults, then the YAML file (if given), then overrides.
+
+    A path that does not exist is an error: silently running on the defaults (quick caps,
+    the demo model) instead of the intended configuration would waste a whole run.
+    """
     params = copy.deepcopy(DEFAULT_PARAMS)
-    if path is not None and Path(path).exists():
+    if path is not None and not Path(path).exists():
+        raise FileNotFoundError(
+            f"{path}: no such parameter file; run from the project folder (where params.yaml "
+            "is) or pass --params FILE"
+        )
+    if path is not None:
         with open(path) as handle:
             from_file = yaml.safe_load(handle) or {}
         if not isinstance(from_file, dict):

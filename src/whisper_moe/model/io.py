@@ -63,9 +63,11 @@ def save_moe(model: WhisperMoE, directory: str | Path) -> Path:
     model.config.save(temporary)
     state = {k: v.detach().contiguous().cpu() for k, v in model.trainable_state_dict().items()}
     save_file(state, temporary / WEIGHTS_NAME, metadata={"format": "pt"})
-    if directory.exists():
-        shutil.rmtree(directory)
+    previous = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+    if directory.exists():  # aside first: a kill at any point leaves a whole checkpoint
+        os.replace(directory, previous)
     os.replace(temporary, directory)
+    shutil.rmtree(previous, ignore_errors=True)
     return directory
 
 

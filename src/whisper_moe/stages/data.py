@@ -7,6 +7,7 @@ split's skipped share passes `data.max_skip_fraction`.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -16,37 +17,60 @@ from whisper_moe.stages.common import write_json
 
 log = logging.getLogger("whisper_moe.data")
 
+STAMP_NAME = "source_stamp.json"
+
+
+def source_stamp(params: dict) -> dict:
+    """What a built corpus folder was built from; a different stamp means rebuild."""
+    data = params["data"]
+    if data["source"] == "demo":
+        return {"source": "demo", "demo": data["demo"], "seed": params["seed"]}
+    return {"source": "sap", "sap_root": str(Path(data["sap_root"]).resolve())}
+
+
+def is_built_from(folder: Path, stamp: dict) -> bool:
+    stamp_path = folder / STAMP_NAME
+    if not all((folder / f"{split}.jsonl").exists() for split in SPLIT_NAMES[:2]):
+        return False
+    return stamp_path.exists() and json.loads(stamp_path.read_text()) == stamp
+
 
 def source_manifests(params: dict) -> Path:
-    """Folder with raw train/dev/test.jsonl for the configured source (built if needed)."""
+    """Folder with raw train/dev/test.jsonl for the configured source (built if needed).
+
+    A demo corpus or SAP import is reused only when its stamp matches the current source
+    and settings, so a folder built for one source never silently serves another.
+    """
     data = params["data"]
     source = data["source"]
-    if source == "demo":
-        folder = Path(data["dir"])
-        if not all((folder / f"{split}.jsonl").exists() for split in SPLIT_NAMES):
-            from whisper_moe.data.demo import make_demo_corpus
-
-            demo = data["demo"]
-            log.info("building the demo corpus in %s", folder)
-            make_demo_corpus(folder, accents=demo["accents"],
-                             speakers_per_accent=demo["speakers_per_accent"],
-                             utterances_per_speaker=demo["utterances_per_speaker"],
-                             seed=params["seed"])
-        return folder
-    if source == "sap":
-        if not data["sap_root"]:
-            raise ValueError("data.source is 'sap' but data.sap_root is empty: pass --dataset-root")
-        from whisper_moe.data.sap import import_sap
-
-        folder = Path(data["dir"])
-        if not (folder / "train.jsonl").exists():
-            import_sap(data["sap_root"], folder)
-        return folder
     if source == "manifest":
         if not data["manifest_dir"]:
             raise ValueError("data.source is 'manifest' but data.manifest_dir is empty: pass --manifest-dir")
         return Path(data["manifest_dir"])
-    raise ValueError(f"data.source {source!r}: expected demo, sap or manifest")
+    if source not in ("demo", "sap"):
+        raise ValueError(f"data.source {source!r}: expected demo, sap or manifest")
+    if source == "sap" and not data["sap_root"]:
+        raise ValueError("data.source is 'sap' but data.sap_root is empty: pass --dataset-root")
+    folder = Path(data["dir"])
+    stamp = source_stamp(params)
+    if is_built_from(folder, stamp):
+        return folder
+    if source == "demo":
+        from whisper_moe.data.demo import make_demo_corpus
+
+        demo = data["demo"]
+        log.info("building the demo corpus in %s", folder)
+        make_demo_corpus(folder, accents=demo["accents"],
+                         speakers_per_accent=demo["speakers_per_accent"],
+                         utterances_per_speaker=demo["utterances_per_speaker"],
+                         seed=params["seed"])
+    else:
+        from whisper_moe.data.sap import import_sap
+
+        log.info("importing the SAP release %s into %s", data["sap_root"], folder)
+        import_sap(data["sap_root"], folder)
+    write_json(folder / STAMP_NAME, stamp)
+    return folder
 
 
 def base_tokenizer(params: dict):

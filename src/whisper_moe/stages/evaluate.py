@@ -106,6 +106,13 @@ def run(params: dict, checkpoint_dir=None, test_manifest=None, out_dir=None, bas
                 prediction["gate_probs"] = [round(float(p), 4) for p in result["probs"][i]]
             predictions.append(prediction)
 
+    if not predictions:
+        from whisper_moe.data.validate import DataQualityError
+
+        raise DataQualityError(
+            f"{test_manifest}: no utterance could be evaluated (skipped: {dataset.skipped or skipped}); "
+            "run `whisper-moe validate-data` on it and fix the files it names"
+        )
     metrics = summarise(predictions, model.config.num_experts if model else 0)
     metrics["skipped"] = {**dataset.skipped, **skipped}
     metrics["checkpoint"] = str(checkpoint_dir) if checkpoint_dir else None

@@ -108,7 +108,7 @@ def run(params: dict, train_manifest, cluster_dir, gate_dir, out_dir, resume: bo
     num_experts = int(soft_labels.shape[1])
     config = moe_config_from_params(params, num_experts)
     config.group_to_expert = cluster_report.get("group_to_expert")
-    model, tokenizer = build_moe(config, device, seed=int(params["seed"]))
+    model, tokenizer = build_moe(config, device, seed=int(params["seed"]), dtype=params["model"]["dtype"])
     load_pretrained_gate(model, gate_dir)
 
     prefix = decoder_prefix_ids(tokenizer, model.base.config)

@@ -33,9 +33,15 @@ class MissingNumExperts(ValueError):
 
 def resolve_num_experts(params: dict, init_dir: str | Path | None) -> int:
     """From the pretrained checkpoint when there is one, else `model.num_experts` (required)."""
-    if init_dir is not None:
-        return MoEConfig.load(init_dir).num_experts
     num_experts = params["model"]["num_experts"]
+    if init_dir is not None:
+        pretrained = MoEConfig.load(init_dir).num_experts
+        if num_experts is not None and int(num_experts) != pretrained:
+            raise ValueError(
+                f"{init_dir} holds {pretrained} pretrained experts but num_experts is "
+                f"{num_experts}: drop --num-experts or pretrain with that many clusters"
+            )
+        return pretrained
     if num_experts is None:
         raise MissingNumExperts(
             "num_experts must be specified: without pretraining no clustering decides the "

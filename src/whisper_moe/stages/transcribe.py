@@ -28,7 +28,8 @@ def transcribe_files(params: dict, checkpoint_dir, paths: list[str], batch_size:
     begin = list(getattr(whisper.generation_config, "begin_suppress_tokens", None) or [])
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
-        audio = [load_audio(Path(p)) for p in chunk]
+        audio = [load_audio(Path(p), max_duration_s=float(params["data"]["max_duration_s"]))
+                 for p in chunk]
         padded = torch.zeros(len(audio), max(len(a) for a in audio))
         for row, samples in enumerate(audio):
             padded[row, : len(samples)] = torch.from_numpy(samples)

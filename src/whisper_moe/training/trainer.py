@@ -92,6 +92,9 @@ class EpochOrder(Sampler):
                  rank: int = 0, world_size: int = 1):
         generator = torch.Generator().manual_seed(seed * 1000 + epoch)
         order = torch.randperm(size, generator=generator).tolist()
+        if world_size > 1:  # every process gets the same number of equal batches
+            stride = batch_size * world_size
+            order += order[: (-len(order)) % stride]
         self.order = order[start_batch * batch_size * world_size:]
         self.rank = rank
         self.world_size = world_size
@@ -222,7 +225,7 @@ class Trainer:
     def checkpoint_root(self) -> Path:
         return self.out_dir / "checkpoints"
 
-    def save(self) -> Path:
+    def save(self, rank_rng: list | None = None) -> Path:
         json_state = {
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "nonfinite_total": self.nonfinite_total, "nonfinite_in_a_row": self.nonfinite_in_a_row,
@@ -233,6 +236,9 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "rng": rng_state(),
         }
+        if rank_rng is not None:
+            torch_state["rank_rng"] = [torch_rng for torch_rng, _ in rank_rng]
+            json_state["rank_rng"] = [python_rng for _, python_rng in rank_rng]
         return checkpointing.write_checkpoint(
             self.checkpoint_root, self.step, self.model.trainable_state_dict(),
             torch_state, json_state, self.settings.keep_checkpoints,
@@ -247,10 +253,15 @@ class Trainer:
         return [{**m, **dict(zip(keys, row.tolist()))} for m, row in zip(micro, values)]
 
     def save_on_rank_zero(self) -> Path:
-        """Only rank 0 writes; the others wait so nobody reads a checkpoint mid-write."""
+        """Only rank 0 writes (with every rank's random state); the others wait so nobody
+        reads a checkpoint mid-write."""
         folder = self.checkpoint_root / f"{checkpointing.PREFIX}{self.step:08d}"
+        rank_rng = None
+        if self.world_size > 1:
+            rank_rng = [None] * self.world_size
+            torch.distributed.all_gather_object(rank_rng, (rng_state(), json_rng_state()))
         if self.rank == 0:
-            folder = self.save()
+            folder = self.save(rank_rng)
         if self.world_size > 1:
             torch.distributed.barrier()
         return folder
@@ -283,6 +294,8 @@ class Trainer:
             setattr(self, key, json_state[key])
         # Applied when the loop starts, after the gate-embedding cache is built.
         self.pending_rng = (torch_state["rng"], json_state["rng"])
+        if self.world_size > 1 and len(torch_state.get("rank_rng", [])) == self.world_size:
+            self.pending_rng = (torch_state["rank_rng"][self.rank], json_state["rank_rng"][self.rank])
         log.info("resumed from %s (epoch %d, batch %d, step %d)", folder, self.epoch,
                  self.batch_in_epoch, self.step)
         return True
@@ -377,6 +390,8 @@ class Trainer:
         loss = loss / settings.gradient_accumulation_steps
         if torch.isfinite(loss):
             self.scaler.scale(loss).backward()
+        elif self.world_size > 1:  # the others wait in the gradient all-reduce
+            self.scaler.scale(loss.nan_to_num(0.0, 0.0, 0.0) * 0.0).backward()
         probs = output["probs"].detach().float()
         return {
             "finite": bool(torch.isfinite(loss)),
@@ -390,6 +405,10 @@ class Trainer:
         """Clip, step (unless a loss was non-finite), schedule; returns the logged record."""
         settings = self.settings
         finite = all(m["finite"] for m in micro)
+        if self.world_size > 1:  # every process takes the same decision
+            flag = torch.tensor([0.0 if finite else 1.0], device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            finite = bool(flag.item() == 0)
         grad_norm = float("nan")
         if finite:
             self.scaler.unscale_(self.optimizer)
@@ -433,9 +452,10 @@ class Trainer:
         ):
             record["dev_loss"] = self.dev_loss()
             log.info("epoch %d: dev loss %.4f", self.epoch, record["dev_loss"])
+        self.history.append(record)  # before saving, so a resume from here keeps it
         if self.epoch % settings.save_every_n_epochs == 0 or self.epoch == settings.epochs:
-            record["checkpoint"] = str(self.save_on_rank_zero())
-        self.history.append(record)
+            record["checkpoint"] = str(self.checkpoint_root / f"{checkpointing.PREFIX}{self.step:08d}")
+            self.save_on_rank_zero()
 
     @torch.no_grad()
     def dev_loss(self) -> float:
