@@ -132,7 +132,7 @@ def test_cluster_cli_with_seed_flags(tmp_path):
 
     points, _ = blobs(centers=2, seed=4, n=40)
     embeddings_dir = write_embeddings(tmp_path / "embed", points, [""] * 40)
-    code = main(["cluster", "--params", str(tmp_path / "absent.yaml"), "--embeddings",
+    code = main(["cluster", "--params", str(defaults_only_params(tmp_path)), "--embeddings",
                  str(embeddings_dir), "--out", str(tmp_path / "c"), "--clustering-algorithm",
                  "kmeans", "--num-clusters", "2", "--no-plot"])
     assert code == 0
@@ -140,3 +140,10 @@ def test_cluster_cli_with_seed_flags(tmp_path):
     assert report["algorithm"] == "kmeans" and report["num_clusters"] == 2
     assert report["group_to_expert"] is None  # no group labels
     assert not (tmp_path / "c" / "scatter.png").exists()
+
+
+def defaults_only_params(folder):
+    """A parameter file that sets nothing, so the built-in defaults apply."""
+    path = folder / "defaults.yaml"
+    path.write_text("{}\n")
+    return path

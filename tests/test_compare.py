@@ -70,5 +70,12 @@ def test_compare_cli(tmp_path, capsys):
 
     run = fake_run(tmp_path / "r", 2, 8, 0.25)
     assert main(["compare", str(run), "--out", str(tmp_path / "cmp"),
-                 "--params", str(tmp_path / "absent.yaml")]) == 0
+                 "--params", str(defaults_only_params(tmp_path))]) == 0
     assert "regular MoE (2 experts, rank 8)" in capsys.readouterr().out
+
+
+def defaults_only_params(folder):
+    """A parameter file that sets nothing, so the built-in defaults apply."""
+    path = folder / "defaults.yaml"
+    path.write_text("{}\n")
+    return path

@@ -201,7 +201,7 @@ def test_run_wait_writes_the_published_metrics(kfp_api, tmp_path, moto_s3):  # n
     storage.upload_json(pointer, "s3://results/runs/run-1/pointer.json")
     metrics_out = tmp_path / "out" / "metrics.json"
     code = run_cli(["kfp", "run", "--host", kfp_api.host, "--pipeline", "pretrained",
-                    "--params", str(tmp_path / "absent.yaml"), "--output-s3-uri", "s3://results/runs",
+                    "--params", str(defaults_only_params(tmp_path)), "--output-s3-uri", "s3://results/runs",
                     "--wait", "--metrics-out", str(metrics_out), "--no-cache", "--token", "t0ken"])
     assert code == 0
     assert kfp_api.find("GET", "/apis/v2beta1/healthz")  # no namespace: the client probes the server
@@ -221,13 +221,13 @@ def test_run_wait_writes_the_published_metrics(kfp_api, tmp_path, moto_s3):  # n
 def test_run_wait_fails_when_the_run_fails(kfp_api, tmp_path):
     kfp_api.run_state = "FAILED"
     code = run_cli(["kfp", "run", "--host", kfp_api.host, "--namespace", "ns", "--pipeline", "regular",
-                    "--params", str(tmp_path / "absent.yaml"), "--wait"])
+                    "--params", str(defaults_only_params(tmp_path)), "--wait"])
     assert code == 1
 
 
 def test_schedule_creates_a_cron_recurring_run_one_at_a_time(kfp_api, tmp_path):
     code = run_cli(["kfp", "schedule", "--host", kfp_api.host, "--namespace", "ns",
-                    "--pipeline", "regular", "--params", str(tmp_path / "absent.yaml"),
+                    "--pipeline", "regular", "--params", str(defaults_only_params(tmp_path)),
                     "--cron", "0 3 * * 1", "-S", "mode=quick"])
     assert code == 0
     [recurring] = kfp_api.find("POST", "/apis/v2beta1/recurringruns")
@@ -251,7 +251,7 @@ def test_server_errors_become_one_clear_message(kfp_api, tmp_path):
 def test_run_refuses_two_different_expert_counts(kfp_api, tmp_path):
     with pytest.raises(ValueError, match=r"regular.num_experts=4 and model.num_experts=8 disagree"):
         run_cli(["kfp", "run", "--host", kfp_api.host, "--namespace", "ns", "--pipeline", "regular",
-                 "--params", str(tmp_path / "absent.yaml"), "-S", "model.num_experts=8"])
+                 "--params", str(defaults_only_params(tmp_path)), "-S", "model.num_experts=8"])
     assert not kfp_api.find("POST", "/apis/v2beta1/runs")
 
 
@@ -261,3 +261,10 @@ def test_cron_and_argument_checks():
         kfp_cli.six_field_cron("daily")
     with pytest.raises(kfp_cli.KfpCommandError, match="needs --wait"):
         run_cli(["kfp", "run", "--pipeline", "regular", "--metrics-out", "m.json"])
+
+
+def defaults_only_params(folder):
+    """A parameter file that sets nothing, so the built-in defaults apply."""
+    path = folder / "defaults.yaml"
+    path.write_text("{}\n")
+    return path
