@@ -55,6 +55,17 @@ def log_mel_batch(
     return (log_spec + 4.0) / 4.0
 
 
+def whisper_features(
+    audio: torch.Tensor, num_samples: torch.Tensor, config, device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-mel `[B, mels, frames]` in the model's dtype, valid frame counts) for a
+    Whisper config: every stage turns padded audio into model input this one way."""
+    total_frames = 2 * config.max_source_positions
+    features = log_mel_batch(audio.to(device, non_blocking=True), config.num_mel_bins, total_frames)
+    frames = num_valid_frames(num_samples, total_frames).to(device)
+    return features.to(dtype), frames
+
+
 def num_valid_frames(num_samples: torch.Tensor, total_frames: int = 3000) -> torch.Tensor:
     """Mel frames that hold real audio (the rest of the 30 s window is padding)."""
     return torch.clamp((num_samples + HOP_LENGTH - 1) // HOP_LENGTH, 1, total_frames)

@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from whisper_moe.model.base import load_base_model
 from whisper_moe.model.moe import MOE_CONFIG_NAME, WEIGHTS_NAME, MoEConfig, WhisperMoE
+from whisper_moe.training.checkpointing import replace_folder
 
 
 def moe_config_from_params(params: dict, num_experts: int) -> MoEConfig:
@@ -63,11 +64,7 @@ def save_moe(model: WhisperMoE, directory: str | Path) -> Path:
     model.config.save(temporary)
     state = {k: v.detach().contiguous().cpu() for k, v in model.trainable_state_dict().items()}
     save_file(state, temporary / WEIGHTS_NAME, metadata={"format": "pt"})
-    previous = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-    if directory.exists():  # aside first: a kill at any point leaves a whole checkpoint
-        os.replace(directory, previous)
-    os.replace(temporary, directory)
-    shutil.rmtree(previous, ignore_errors=True)
+    replace_folder(temporary, directory)
     return directory
 
 
@@ -76,8 +73,14 @@ def load_moe(directory: str | Path, device: torch.device | str = "cpu", dtype: s
     directory = Path(directory)
     config = MoEConfig.load(directory)
     model, tokenizer = build_moe(config, device, dtype=dtype)
-    weights_path = directory / WEIGHTS_NAME
+    load_moe_weights(model, directory)
+    return model, tokenizer
+
+
+def load_moe_weights(model: WhisperMoE, directory: str | Path) -> None:
+    """Experts and gate of a checkpoint folder into an already built model."""
+    weights_path = Path(directory) / WEIGHTS_NAME
     if not weights_path.exists():
         raise FileNotFoundError(f"{weights_path}: missing (a checkpoint needs {MOE_CONFIG_NAME} and {WEIGHTS_NAME})")
+    device = next(model.parameters()).device
     model.load_trainable_state_dict(load_file(weights_path, device=str(device)))
-    return model, tokenizer

@@ -94,6 +94,12 @@ def utterance_mean_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> 
     return (token_loss.sum(1) / counts).mean()
 
 
+def pool_encoder_output(hidden: torch.Tensor, num_frames: torch.Tensor, total_frames: int) -> torch.Tensor:
+    """The gate's input from an encoder output: float32 mean over the valid positions."""
+    valid = valid_encoder_positions(num_frames, hidden.shape[1], total_frames)
+    return masked_mean(hidden.float(), valid)
+
+
 class WhisperMoE(nn.Module):
     """Frozen Whisper + E stacked LoRA experts + a per-utterance gate."""
 
@@ -152,9 +158,7 @@ class WhisperMoE(nn.Module):
         The base is frozen, so this is a fixed function of the audio: the embed stage
         computes exactly this, and training may cache it per utterance.
         """
-        hidden = self.encode(input_features, None)
-        valid = valid_encoder_positions(num_frames, hidden.shape[1], self.total_frames)
-        return masked_mean(hidden.float(), valid)
+        return pool_encoder_output(self.encode(input_features, None), num_frames, self.total_frames)
 
     def route(
         self,

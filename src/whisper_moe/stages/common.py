@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from whisper_moe.data.manifest import read_manifest, stratified_sample
+from whisper_moe.data.manifest import read_manifest, stratified_sample, write_text_atomic
 
 
 def mode_rows(params: dict, manifest: str | Path, split: str) -> list[dict]:
@@ -32,7 +32,8 @@ def special_ids(tokenizer) -> dict[str, int]:
 
 
 def write_json(path: str | Path, data) -> Path:
+    """Stage outputs are written atomically, like manifests (keys in the order given)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
     return path

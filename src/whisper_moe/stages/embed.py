@@ -31,10 +31,10 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from whisper_moe.data.audio import AudioError, load_audio
-from whisper_moe.data.features import log_mel_batch, num_valid_frames
+from whisper_moe.data.features import whisper_features
 from whisper_moe.data.manifest import stratified_sample, write_text_atomic
 from whisper_moe.model.base import load_base_model
-from whisper_moe.model.moe import masked_mean, valid_encoder_positions
+from whisper_moe.model.moe import pool_encoder_output
 from whisper_moe.stages.common import mode_rows, write_json
 from whisper_moe.training.runtime import StopRequest, TrainingInterrupted, resolve_device
 
@@ -90,9 +90,7 @@ def encoder_pooled(whisper, features: torch.Tensor, num_frames: torch.Tensor) ->
     Whisper so this stage needs no MoE around the base.
     """
     hidden = whisper.model.encoder(features).last_hidden_state
-    total_frames = 2 * whisper.config.max_source_positions
-    valid = valid_encoder_positions(num_frames, hidden.shape[1], total_frames)
-    return masked_mean(hidden.float(), valid)
+    return pool_encoder_output(hidden, num_frames, 2 * whisper.config.max_source_positions)
 
 
 def embedding_dtype(device: torch.device) -> torch.dtype:
@@ -113,15 +111,13 @@ def pooled_embedding_batches(whisper, rows: list[dict], device: torch.device, ba
                         pin_memory=device.type == "cuda",
                         persistent_workers=False, prefetch_factor=4 if num_workers else None)
     dtype = next(whisper.parameters()).dtype
-    total_frames = 2 * whisper.config.max_source_positions
     for batch in loader:
         embeddings = np.zeros((0, whisper.config.d_model), dtype=np.float32)
         if batch["positions"]:
             with torch.inference_mode():  # not held across the yield: the caller's mode is its own
-                audio = batch["audio"].to(device, non_blocking=True)
-                features = log_mel_batch(audio, whisper.config.num_mel_bins, total_frames)
-                frames = num_valid_frames(batch["num_samples"], total_frames).to(device)
-                embeddings = encoder_pooled(whisper, features.to(dtype), frames).cpu().numpy()
+                features, frames = whisper_features(batch["audio"], batch["num_samples"],
+                                                    whisper.config, device, dtype)
+                embeddings = encoder_pooled(whisper, features, frames).cpu().numpy()
         yield {"positions": batch["positions"], "embeddings": embeddings, "errors": batch["errors"]}
 
 

@@ -18,12 +18,12 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from whisper_moe.data.batching import UtteranceDataset, collate_utterances
-from whisper_moe.data.features import log_mel_batch, num_valid_frames
+from whisper_moe.data.features import whisper_features
 from whisper_moe.metrics import cer, wer
 from whisper_moe.model.base import decoder_prefix_ids, load_base_model
 from whisper_moe.model.decode import greedy_decode, suppressed_token_ids
 from whisper_moe.model.io import load_moe
-from whisper_moe.model.moe import masked_mean, valid_encoder_positions
+from whisper_moe.model.moe import pool_encoder_output
 from whisper_moe.plots import (
     plot_expert_usage,
     plot_training_curves,
@@ -79,14 +79,13 @@ def run(params: dict, checkpoint_dir=None, test_manifest=None, out_dir=None, bas
             skipped[reason] = skipped.get(reason, 0) + 1
         if not batch["size"]:
             continue
-        features = log_mel_batch(batch["audio"].to(device), whisper.config.num_mel_bins, total_frames)
-        frames = num_valid_frames(batch["num_samples"], total_frames).to(device)
+        features, frames = whisper_features(batch["audio"], batch["num_samples"], whisper.config,
+                                            device, whisper.dtype)
         with torch.no_grad(), autocast(device, amp_dtype):
-            base_hidden = whisper.model.encoder(features.to(whisper.dtype)).last_hidden_state
+            base_hidden = whisper.model.encoder(features).last_hidden_state
             result = {"base": transcribe(base_hidden) if compare_base else None}
             if model is not None:
-                valid = valid_encoder_positions(frames, base_hidden.shape[1], total_frames)
-                pooled = masked_mean(base_hidden.float(), valid)
+                pooled = pool_encoder_output(base_hidden, frames, total_frames)
                 routed = model.route(pooled, model.config.routing_mode, model.config.top_k)
                 result["moe"] = decode_routed(model, features, routed["weights"], transcribe)
                 result["weights"] = routed["weights"].float().cpu().numpy()
@@ -138,7 +137,7 @@ def error_rates(references: list[str], hypotheses: list[str]) -> dict[str, float
 def decode_routed(model, features, weights, transcribe) -> list[str]:
     """Encode and decode with every expert layer mixed by `weights`."""
     with model.routed(weights):
-        hidden = model.base.model.encoder(features.to(model.base.dtype)).last_hidden_state
+        hidden = model.base.model.encoder(features).last_hidden_state
         return transcribe(hidden)
 
 

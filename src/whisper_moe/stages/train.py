@@ -16,7 +16,7 @@ import torch
 
 from whisper_moe.data.batching import UtteranceDataset
 from whisper_moe.model.base import decoder_prefix_ids
-from whisper_moe.model.io import build_moe, moe_config_from_params, save_moe
+from whisper_moe.model.io import build_moe, load_moe_weights, moe_config_from_params, save_moe
 from whisper_moe.model.moe import MoEConfig
 from whisper_moe.plots import plot_training_curves
 from whisper_moe.stages.common import effective_epochs, mode_rows, special_ids, write_json
@@ -65,9 +65,7 @@ def run(params: dict, train_manifest, dev_manifest, out_dir, init_dir=None, resu
         config.group_to_expert = MoEConfig.load(init_dir).group_to_expert
     model, tokenizer = build_moe(config, device, seed=params["seed"], dtype=params["model"]["dtype"])
     if init_dir is not None:
-        from safetensors.torch import load_file
-
-        model.load_trainable_state_dict(load_file(Path(init_dir) / "model.safetensors"))
+        load_moe_weights(model, init_dir)
         log.info("joint training starts from the pretrained gate and experts in %s", init_dir)
 
     prefix = decoder_prefix_ids(tokenizer, model.base.config)

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from whisper_moe.data.audio import load_audio
-from whisper_moe.data.features import log_mel_batch, num_valid_frames
+from whisper_moe.data.features import whisper_features
 from whisper_moe.model.base import decoder_prefix_ids
 from whisper_moe.model.decode import greedy_decode, suppressed_token_ids
 from whisper_moe.model.io import load_moe
@@ -33,10 +33,9 @@ def transcribe_files(params: dict, checkpoint_dir, paths: list[str], batch_size:
         padded = torch.zeros(len(audio), max(len(a) for a in audio))
         for row, samples in enumerate(audio):
             padded[row, : len(samples)] = torch.from_numpy(samples)
-        features = log_mel_batch(padded.to(device), whisper.config.num_mel_bins, model.total_frames)
-        features = features.to(whisper.dtype)
-        frames = num_valid_frames(torch.tensor([len(a) for a in audio]), model.total_frames)
-        pooled = model.pooled_embeddings(features, frames.to(device))
+        features, frames = whisper_features(padded, torch.tensor([len(a) for a in audio]),
+                                            whisper.config, device, whisper.dtype)
+        pooled = model.pooled_embeddings(features, frames)
         routed = model.route(pooled, model.config.routing_mode, model.config.top_k)
         with model.routed(routed["weights"]):
             hidden = whisper.model.encoder(features).last_hidden_state

@@ -68,9 +68,7 @@ def write_checkpoint(
     manifest.write_text(json.dumps({"step": step, "files": files}, indent=2))
     fsync_path(manifest)
     fsync_path(temporary)
-    if final.exists():
-        remove_checkpoint(final)
-    os.replace(temporary, final)
+    replace_folder(temporary, final)
     fsync_path(root)
     prune_checkpoints(root, keep)
     return final
@@ -79,6 +77,16 @@ def write_checkpoint(
 def prune_checkpoints(root: Path, keep: int) -> None:
     for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
         remove_checkpoint(old)
+
+
+def replace_folder(temporary: Path, final: Path) -> None:
+    """Move a finished folder into place. An existing one is renamed aside first and
+    deleted last, so a kill at any moment leaves either the old or the new one whole."""
+    previous = final.with_name(f".deleting-{final.name}-{os.getpid()}")
+    if final.exists():
+        os.replace(final, previous)
+    os.replace(temporary, final)
+    shutil.rmtree(previous, ignore_errors=True)
 
 
 def remove_checkpoint(folder: Path) -> None:

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from whisper_moe.data.batching import UtteranceDataset, collate_utterances
-from whisper_moe.data.features import log_mel_batch, num_valid_frames
+from whisper_moe.data.features import whisper_features
 from whisper_moe.model.gate import curriculum_routing
 from whisper_moe.model.moe import WhisperMoE
 from whisper_moe.training import checkpointing
@@ -160,23 +160,18 @@ def compute_pooled_cache(model: WhisperMoE, dataset: UtteranceDataset, device: t
     for batch in tqdm(loader, desc=desc, leave=False, disable=None):
         if batch["size"] == 0:
             continue
-        features = batch_features(model, batch, device)
+        features, frames = batch_features(model, batch, device)
         with autocast(device, amp_dtype):
-            embedding = model.pooled_embeddings(features, frames_of(batch, model, device))
+            embedding = model.pooled_embeddings(features, frames)
         pooled[batch["index"]] = embedding.float().cpu()
     model.train(was_training)
     return pooled
 
 
-def batch_features(model: WhisperMoE, batch: dict, device: torch.device) -> torch.Tensor:
-    """Log-mel of a batch, computed on the training device."""
-    audio = batch["audio"].to(device, non_blocking=True)
-    features = log_mel_batch(audio, model.base.config.num_mel_bins, model.total_frames)
-    return features.to(next(model.base.parameters()).dtype)
-
-
-def frames_of(batch: dict, model: WhisperMoE, device: torch.device) -> torch.Tensor:
-    return num_valid_frames(batch["num_samples"], model.total_frames).to(device)
+def batch_features(model: WhisperMoE, batch: dict, device: torch.device):
+    """(log-mel, valid frames) of a batch, computed on the training device."""
+    return whisper_features(batch["audio"], batch["num_samples"], model.base.config, device,
+                            next(model.base.parameters()).dtype)
 
 
 class Trainer:
@@ -364,7 +359,7 @@ class Trainer:
     def micro_step(self, batch: dict, mode: str, temperature: float) -> dict:
         """Forward and backward of one micro-batch, loss divided for accumulation."""
         settings = self.settings
-        features = batch_features(self.model, batch, self.device)
+        features, _ = batch_features(self.model, batch, self.device)
         decoder_input_ids = batch["decoder_input_ids"].to(self.device)
         labels = batch["labels"].to(self.device)
         index = batch["index"]
@@ -474,7 +469,7 @@ class Trainer:
             pooled = self.pooled_dev[batch["index"]].to(self.device)
             with autocast(self.device, self.amp_dtype):
                 output = self.model(
-                    input_features=batch_features(self.model, batch, self.device),
+                    input_features=batch_features(self.model, batch, self.device)[0],
                     decoder_input_ids=batch["decoder_input_ids"].to(self.device),
                     labels=batch["labels"].to(self.device), pooled=pooled, mode=mode,
                     top_k=self.settings.routing["top_k"], temperature=temperature,
