@@ -7,7 +7,6 @@ client reads; nothing leaves 127.0.0.1.
 
 from __future__ import annotations
 
-import argparse
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -113,18 +112,12 @@ def no_user_kfp_context(tmp_path, monkeypatch):
         monkeypatch.delenv(variable, raising=False)
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
-    from whisper_moe.cli import add_common
-
-    parser = argparse.ArgumentParser()
-    commands = parser.add_subparsers(dest="command", required=True)
-    kfp_cli.add_subcommands(commands, add_common)
-    return parser.parse_args(argv)
-
-
 def run_cli(argv: list[str]) -> int:
-    args = parse(argv)
-    return kfp_cli.COMMANDS[args.command](args)
+    """The real command line's parser and handler, without main's error-to-exit-code step."""
+    from whisper_moe.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
 
 
 def multipart_file(request: dict) -> bytes:

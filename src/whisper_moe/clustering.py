@@ -32,13 +32,15 @@ from sklearn.metrics import (
 )
 from sklearn.preprocessing import StandardScaler
 
+from whisper_moe.errors import WhisperMoeError
+
 log = logging.getLogger("whisper_moe.cluster")
 
 ALGORITHMS = ("spectral", "kmeans", "hdbscan")
 SILHOUETTE_SAMPLE_SIZE = 5000  # silhouette is O(n^2): score a sample on large sets
 
 
-class ClusteringError(ValueError):
+class ClusteringError(WhisperMoeError, ValueError):
     """The embeddings cannot be clustered as asked; the message says what to change."""
 
 

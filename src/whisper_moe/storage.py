@@ -15,6 +15,8 @@ import os
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
+from whisper_moe.errors import WhisperMoeError
+
 log = logging.getLogger("whisper_moe.storage")
 
 ENDPOINT_ENV = "AWS_ENDPOINT_URL"
@@ -25,7 +27,7 @@ REJECTED_CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "Inv
                              "InvalidToken", "ExpiredToken", "AuthorizationHeaderMalformed"}
 
 
-class StorageError(RuntimeError):
+class StorageError(WhisperMoeError, RuntimeError):
     """An object-storage operation failed; the message names the URI and the fix."""
 
 

@@ -1,11 +1,6 @@
-"""`whisper-moe kfp upload|run|schedule`: the compiled pipelines on a Kubeflow Pipelines server.
+"""The Kubeflow Pipelines client behind `whisper-moe kfp upload|run|schedule`.
 
-    whisper-moe kfp upload --host http://localhost:8080
-    whisper-moe kfp run --pipeline regular -S train.lr=3e-4 --output-s3-uri s3://bucket/runs \
-        --wait --metrics-out metrics.json
-    whisper-moe kfp schedule --pipeline pretrained --cron "0 0 3 * * 1"
-
-Run arguments come from params.yaml and `-S key=value`, as for every other subcommand:
+The command line (whisper_moe.cli.kfp) parses the flags and the configuration; here
 the whole configuration travels as the `params_yaml` parameter, and the pipeline's tuned
 parameters (epochs, learning_rate, ...) are filled from the same values, so the run does
 exactly what params.yaml says. kfp is imported only when a subcommand runs.
@@ -13,15 +8,14 @@ exactly what params.yaml says. kfp is imported only when a subcommand runs.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import yaml
 
+from whisper_moe.errors import WhisperMoeError
 from whisper_moe_kfp.parameters import (
     DATA_PARAMETERS,
     PRETRAINED_PARAMETERS,
@@ -35,78 +29,23 @@ PIPELINES = {  # --pipeline -> (compiled package name, tuned parameters)
     "pretrained": ("pretrained_moe", PRETRAINED_PARAMETERS),
     "regular": ("regular_moe", REGULAR_PARAMETERS),
 }
-DEFAULT_EXPERIMENT = "whisper-moe"
 FINISHED_OK = "SUCCEEDED"
 
 
-class KfpCommandError(RuntimeError):
+class KfpCommandError(WhisperMoeError, RuntimeError):
     """A kfp subcommand cannot go on; the message says why and what to do."""
 
 
-# ------------------------------------------------------------------ argparse
-def add_subcommands(subparsers, add_common) -> None:
-    parser = subparsers.add_parser("kfp", help="upload, run and schedule the Kubeflow pipelines")
-    commands = parser.add_subparsers(dest="kfp_command", required=True)
-
-    p = commands.add_parser("upload", help="upload the compiled pipelines (a new version if present)")
-    add_connection_flags(p)
-    p.add_argument("--pipeline", choices=[*PIPELINES, "both"], default="both")
-    p.add_argument("--package", type=Path, help="compiled spec to upload (default: pipelines/compiled/)")
-    p.add_argument("--version-name", help="version name (default: <project version>-<spec hash>)")
-
-    p = commands.add_parser("run", help="start a run with params.yaml (-S overrides)")
-    add_common(p)
-    add_run_flags(p)
-    p.add_argument("--run-name", help="default: <pipeline> <time>")
-    p.add_argument("--wait", action="store_true", help="wait until the run finishes; exit 1 unless it succeeded")
-    p.add_argument("--timeout", type=int, default=48 * 3600, help="seconds --wait waits (default 48 h)")
-    p.add_argument("--metrics-out", type=Path,
-                   help="with --wait: write the run's final metrics (from its published pointer.json)")
-
-    p = commands.add_parser("schedule", help="create a recurring run (one at a time)")
-    add_common(p)
-    add_run_flags(p)
-    p.add_argument("--cron", required=True,
-                   help="cron schedule, 6 fields with seconds first ('0 0 3 * * 1': Mondays 03:00); "
-                        "a 5-field expression gets seconds 0")
-    p.add_argument("--name", help="recurring run name (default: whisper-moe-<pipeline>)")
-    p.add_argument("--catchup", action="store_true",
-                   help="also start the runs missed while the schedule was paused")
-
-
-def add_connection_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", help="Kubeflow Pipelines API, e.g. http://localhost:8080 after "
-                                       "`kubectl port-forward` (default: $KF_PIPELINES_ENDPOINT or "
-                                       "the in-cluster/kubeconfig address)")
-    parser.add_argument("--namespace", help="Kubeflow profile namespace (multi-user deployments)")
-    parser.add_argument("--token", default=os.environ.get("KFP_TOKEN"),
-                        help="bearer token for the API, when it requires one (default: $KFP_TOKEN)")
-
-
-def add_run_flags(parser: argparse.ArgumentParser) -> None:
-    add_connection_flags(parser)
-    parser.add_argument("--pipeline", choices=list(PIPELINES), required=True)
-    parser.add_argument("--package", type=Path, help="compiled spec (default: pipelines/compiled/)")
-    parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT,
-                        help=f"experiment to file the run under (default {DEFAULT_EXPERIMENT})")
-    parser.add_argument("--service-account", help="Kubernetes service account of the run's pods, e.g. "
-                                                  "whisper-moe-pipeline-runner (k8s/base)")
-    parser.add_argument("--no-cache", action="store_true", help="rerun every task (ignore KFP's cache)")
-    parser.add_argument("--dvc-repo", help="Git URL of a DVC repository with the data folder")
-    parser.add_argument("--dvc-rev", help="revision of --dvc-repo")
-    parser.add_argument("--dvc-path", help="data folder inside --dvc-repo")
-    parser.add_argument("--data-s3-uri", help="s3://bucket/prefix of a data folder")
-    parser.add_argument("--data-dir", help="data folder on a volume mounted in the data task")
-    parser.add_argument("--output-s3-uri", help="s3://bucket/prefix to publish the model under")
-
-
 # ------------------------------------------------------------------ commands
-def cmd_kfp(args) -> int:
+def run_command(args, params: dict | None) -> int:
+    """Run `kfp <upload|run|schedule>` parsed by whisper_moe.cli; params for run/schedule."""
     from kfp_server_api.exceptions import ApiException
 
-    command = {"upload": cmd_upload, "run": cmd_run, "schedule": cmd_schedule}[args.kfp_command]
     try:
-        return command(args)
+        if args.kfp_command == "upload":
+            return cmd_upload(args)
+        command = {"run": cmd_run, "schedule": cmd_schedule}[args.kfp_command]
+        return command(args, params)
     except ApiException as error:
         raise KfpCommandError(api_error_message(error, args.host)) from error
 
@@ -136,11 +75,11 @@ def cmd_upload(args) -> int:
     return 0
 
 
-def cmd_run(args) -> int:
+def cmd_run(args, params: dict) -> int:
     if args.metrics_out and not args.wait:
         raise KfpCommandError("--metrics-out needs --wait: the metrics exist once the run has finished")
     package = find_package(args.pipeline, args.package)
-    arguments = run_arguments(args, package)
+    arguments = run_arguments(args, params, package)
     client = connect(args)
     result = client.create_run_from_pipeline_package(
         str(package), arguments=arguments, run_name=args.run_name,
@@ -158,9 +97,9 @@ def cmd_run(args) -> int:
     return 0 if state.upper() == FINISHED_OK else 1
 
 
-def cmd_schedule(args) -> int:
+def cmd_schedule(args, params: dict) -> int:
     package = find_package(args.pipeline, args.package)
-    arguments = run_arguments(args, package)
+    arguments = run_arguments(args, params, package)
     client = connect(args)
     experiment = client.create_experiment(name=args.experiment, namespace=args.namespace)
     recurring = client.create_recurring_run(
@@ -170,9 +109,6 @@ def cmd_schedule(args) -> int:
         enable_caching=False if args.no_cache else None, service_account=args.service_account)
     print(f"recurring run id: {recurring.recurring_run_id} (cron {six_field_cron(args.cron)!r})")
     return 0
-
-
-COMMANDS = {"kfp": cmd_kfp}
 
 
 # ------------------------------------------------------------------ helpers
@@ -208,11 +144,8 @@ def spec_inputs(package: Path) -> dict:
     return spec["root"].get("inputDefinitions", {}).get("parameters", {})
 
 
-def run_arguments(args, package: Path) -> dict:
-    """params.yaml + -S as params_yaml and the tuned parameters, plus the data flags given."""
-    from whisper_moe.cli import params_from_args
-
-    params = params_from_args(args)
+def run_arguments(args, params: dict, package: Path) -> dict:
+    """params (params.yaml + -S) as params_yaml and the tuned parameters, plus the data flags given."""
     arguments = pipeline_arguments(params, PIPELINES[args.pipeline][1])
     for name in DATA_PARAMETERS:  # --dvc-repo ... --output-s3-uri, same names as the parameters
         value = getattr(args, name, None)

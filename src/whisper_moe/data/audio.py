@@ -16,6 +16,8 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
+from whisper_moe.errors import WhisperMoeError
+
 TARGET_SAMPLE_RATE = 16000
 SILENCE_PEAK = 1e-4  # below this peak amplitude a file carries no usable speech
 
@@ -32,7 +34,7 @@ AUDIO_REASONS = {
 _WAV_SHORT_DATA = re.compile(r"data\s*:\s*\d+\s*\(should be \d+\)")
 
 
-class AudioError(Exception):
+class AudioError(WhisperMoeError):
     """A file that cannot be used as training or evaluation audio.
 
     `reason` is one of AUDIO_REASONS (a stable code for counting); the message names

@@ -16,11 +16,13 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+from whisper_moe.errors import WhisperMoeError
+
 REQUIRED_KEYS = ("id", "audio_filepath", "text", "duration", "speaker", "group")
 SPLIT_NAMES = ("train", "dev", "test")
 
 
-class ManifestError(ValueError):
+class ManifestError(WhisperMoeError, ValueError):
     """A manifest line that cannot be used; names the file and line number.
 
     `reason` is a short code the validator counts: malformed_json, missing_keys,

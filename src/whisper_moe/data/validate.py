@@ -27,6 +27,7 @@ from whisper_moe.data.manifest import (
     write_json_atomic,
     write_manifest,
 )
+from whisper_moe.errors import WhisperMoeError
 
 MAX_EXAMPLES = 5
 FIX_NAMES = ("resampled", "downmixed")
@@ -43,7 +44,7 @@ ROW_REASONS = {
 }
 
 
-class DataQualityError(RuntimeError):
+class DataQualityError(WhisperMoeError, RuntimeError):
     """Too much of a manifest is unusable; the message names files and the fix."""
 
 

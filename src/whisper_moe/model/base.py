@@ -22,6 +22,7 @@ from transformers import (
 )
 from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
 
+from whisper_moe.errors import WhisperMoeError
 from whisper_moe.model.ct2_import import (
     IMPORT_FORMAT_VERSION,
     IMPORT_RECORD,
@@ -41,7 +42,7 @@ FIX_HINT = (
 )
 
 
-class BaseModelNotFound(RuntimeError):
+class BaseModelNotFound(WhisperMoeError, RuntimeError):
     """The requested base model is neither a local directory nor available from the hub."""
 
 

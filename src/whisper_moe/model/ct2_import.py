@@ -32,6 +32,8 @@ from safetensors.torch import save_file
 from tokenizers import AddedToken
 from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperTokenizer
 
+from whisper_moe.errors import WhisperMoeError
+
 # English-only Whisper checkpoints have 51864 tokens; multilingual 51865 (large-v3: 51866).
 ENGLISH_ONLY_VOCAB_SIZE = 51864
 WHISPER_HEAD_DIM = 64
@@ -53,7 +55,7 @@ _NUMPY_DTYPES = {
 }
 
 
-class CT2FormatError(ValueError):
+class CT2FormatError(WhisperMoeError, ValueError):
     """The source directory is not a CTranslate2 Whisper model this importer understands."""
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from whisper_moe.data.batching import UtteranceDataset
+from whisper_moe.errors import WhisperMoeError
 from whisper_moe.model.base import decoder_prefix_ids
 from whisper_moe.model.io import build_moe, load_moe_weights, moe_config_from_params, save_moe
 from whisper_moe.model.moe import MoEConfig
@@ -27,8 +28,8 @@ from whisper_moe.training.trainer import Trainer, TrainSettings, write_history
 log = logging.getLogger("whisper_moe.train")
 
 
-class MissingNumExperts(ValueError):
-    pass
+class MissingNumExperts(WhisperMoeError, ValueError):
+    """Training without pretraining needs the number of experts."""
 
 
 def resolve_num_experts(params: dict, init_dir: str | Path | None) -> int:

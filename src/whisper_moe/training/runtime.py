@@ -12,10 +12,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from whisper_moe.errors import WhisperMoeError
+
 log = logging.getLogger("whisper_moe")
 
 
-class GPUUnavailable(RuntimeError):
+class GPUUnavailable(WhisperMoeError, RuntimeError):
     """A GPU was requested and there is none."""
 
 
@@ -119,8 +121,10 @@ class StopRequest:
             signal.signal(signum, handler)
 
 
-class TrainingInterrupted(Exception):
+class TrainingInterrupted(WhisperMoeError):
     """Training stopped on request after saving a checkpoint that `--resume` continues."""
+
+    exit_code = 143  # 128 + SIGTERM, what schedulers expect of a stopped job
 
     def __init__(self, checkpoint: Path, signal_name: str) -> None:
         super().__init__(
@@ -147,3 +151,27 @@ def setup_logging(log_file: str | Path | None = None, level: int = logging.INFO)
             handler = logging.FileHandler(path)
             handler.setFormatter(formatter)
             root.addHandler(handler)
+
+
+def init_distributed(params: dict) -> tuple[int, int]:
+    """(rank, world size); under torchrun join the process group and pin this process's device.
+
+    NCCL on GPUs, gloo on CPU. Every front door that trains (CLI, Kubeflow task,
+    PyTorchJob) calls this one function, so they set up data parallelism the same way.
+    """
+    import os
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and params["train"]["device"] != "cpu"
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        params["train"]["device"] = f"cuda:{local_rank}"
+    else:
+        params["train"]["device"] = "cpu"
+    return dist.get_rank(), world_size

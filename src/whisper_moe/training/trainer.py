@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from whisper_moe.data.batching import UtteranceDataset, collate_utterances
 from whisper_moe.data.features import whisper_features
+from whisper_moe.errors import WhisperMoeError
 from whisper_moe.model.gate import curriculum_routing
 from whisper_moe.model.moe import WhisperMoE
 from whisper_moe.training import checkpointing
@@ -36,7 +37,7 @@ from whisper_moe.training.runtime import (
 log = logging.getLogger("whisper_moe.train")
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(WhisperMoeError, RuntimeError):
     """Several steps in a row produced NaN/inf: the run is diverging, not unlucky."""
 
 

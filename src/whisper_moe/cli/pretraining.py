@@ -1,19 +1,21 @@
-"""`whisper-moe` subcommands of the pretrained-MoE stages and the run comparison.
+"""The pretrained-MoE subcommands and the run comparison.
 
 embed -> cluster -> pretrain-gate -> pretrain-experts prepare the gate and experts
 that `whisper-moe train --init <pretrain-experts out>/checkpoint` starts from;
-`compare` tabulates finished runs. Each subcommand reads --params and -S overrides
-like every other; the seed's flag names map to the same keys (see cli.SEED_FLAGS).
+`compare` tabulates finished runs.
 """
 
 from __future__ import annotations
 
-import argparse
+from pathlib import Path
+
+from whisper_moe.cli.params import add_clustering_flags, add_common, add_compute, params_from_args
 
 
-def add_subcommands(subparsers, add_common) -> None:
-    p = subparsers.add_parser("embed", help="pooled encoder embeddings of a stratified sample")
+def add_subcommands(commands) -> None:
+    p = commands.add_parser("embed", help="pooled encoder embeddings of a stratified sample")
     add_common(p)
+    add_compute(p)
     p.add_argument("--manifest", required=True, help="training manifest (JSONL)")
     p.add_argument("--out", required=True)
     p.add_argument("--embedding-percent", type=float, help="stratified share of the manifest to embed")
@@ -21,28 +23,29 @@ def add_subcommands(subparsers, add_common) -> None:
     p.add_argument("--data-percent", type=float)
     p.add_argument("--base-model", help="hub name, local directory, or 'demo' (tiny.en, offline)")
     p.add_argument("--resume", action="store_true", help="continue from the saved chunks")
+    p.set_defaults(handler=cmd_embed)
 
-    p = subparsers.add_parser("cluster", help="cluster the embeddings: the clusters become experts")
+    p = commands.add_parser("cluster", help="cluster the embeddings: the clusters become experts")
     add_common(p)
+    add_clustering_flags(p)
     p.add_argument("--embeddings", required=True, help="output folder of `embed`")
     p.add_argument("--out", required=True)
-    p.add_argument("--clustering-algorithm", choices=["spectral", "kmeans", "hdbscan"])
     p.add_argument("--num-clusters", type=int, help="fixed k (default: chosen by silhouette)")
-    p.add_argument("--min-clusters", type=int)
-    p.add_argument("--max-clusters", type=int)
-    p.add_argument("--min-cluster-size", type=int, help="HDBSCAN's minimum cluster size")
-    p.add_argument("--no-plot", action="store_true", help="skip the scatter plot")
+    p.set_defaults(handler=cmd_cluster)
 
-    p = subparsers.add_parser("pretrain-gate", help="train the gate on the soft cluster labels")
+    p = commands.add_parser("pretrain-gate", help="train the gate on the soft cluster labels")
     add_common(p)
+    add_compute(p)
     p.add_argument("--embeddings", required=True, help="output folder of `embed`")
     p.add_argument("--clusters", required=True, help="output folder of `cluster`")
     p.add_argument("--out", required=True)
     p.add_argument("--gating-batch-size", type=int)
+    p.set_defaults(handler=cmd_pretrain_gate)
 
-    p = subparsers.add_parser("pretrain-experts",
-                              help="train each expert on the utterances the pretrained gate routes to it")
+    p = commands.add_parser("pretrain-experts",
+                            help="train each expert on the utterances the pretrained gate routes to it")
     add_common(p)
+    add_compute(p)
     p.add_argument("--train-manifest", required=True)
     p.add_argument("--clusters", required=True, help="output folder of `cluster`")
     p.add_argument("--gate", required=True, help="output folder of `pretrain-gate`")
@@ -52,26 +55,19 @@ def add_subcommands(subparsers, add_common) -> None:
     p.add_argument("--data-percent", type=float)
     p.add_argument("--base-model", help="must be the base model the embeddings were made with")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.set_defaults(handler=cmd_pretrain_experts)
 
-    p = subparsers.add_parser("compare", help="WER, time and parameters of finished runs side by side")
+    p = commands.add_parser("compare", help="WER, time and parameters of finished runs side by side")
     add_common(p)
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="`pipeline` output folders")
     p.add_argument("--out", required=True)
-
-
-def _params(args: argparse.Namespace) -> dict:
-    from whisper_moe.cli import params_from_args
-
-    params = params_from_args(args)
-    if getattr(args, "num_clusters", None) is not None:
-        params["cluster"]["num_clusters"] = args.num_clusters
-    return params
+    p.set_defaults(handler=cmd_compare)
 
 
 def cmd_embed(args) -> int:
     from whisper_moe.stages import embed
 
-    outputs = embed.run(_params(args), args.manifest, args.out, resume=args.resume)
+    outputs = embed.run(params_from_args(args), args.manifest, args.out, resume=args.resume)
     print(f"{outputs['count']} embeddings (d={outputs['dim']}): {outputs['embeddings']}")
     return 0
 
@@ -79,7 +75,7 @@ def cmd_embed(args) -> int:
 def cmd_cluster(args) -> int:
     from whisper_moe.stages import cluster
 
-    outputs = cluster.run(_params(args), args.embeddings, args.out)
+    outputs = cluster.run(params_from_args(args), args.embeddings, args.out)
     print(f"{outputs['num_clusters']} clusters; report: {outputs['report']}")
     return 0
 
@@ -87,7 +83,7 @@ def cmd_cluster(args) -> int:
 def cmd_pretrain_gate(args) -> int:
     from whisper_moe.stages import pretrain_gate
 
-    outputs = pretrain_gate.run(_params(args), args.embeddings, args.clusters, args.out)
+    outputs = pretrain_gate.run(params_from_args(args), args.embeddings, args.clusters, args.out)
     print(f"gate accuracy {outputs['accuracy']:.3f}; weights: {outputs['gate']}")
     return 0
 
@@ -95,8 +91,8 @@ def cmd_pretrain_gate(args) -> int:
 def cmd_pretrain_experts(args) -> int:
     from whisper_moe.stages import pretrain_experts
 
-    outputs = pretrain_experts.run(_params(args), args.train_manifest, args.clusters, args.gate,
-                                   args.out, resume=args.resume)
+    outputs = pretrain_experts.run(params_from_args(args), args.train_manifest, args.clusters,
+                                   args.gate, args.out, resume=args.resume)
     print(f"utterances per expert {outputs['utterances_per_expert']}; checkpoint: {outputs['checkpoint']}")
     print(f"joint training from it: whisper-moe train --init {outputs['checkpoint']} ...")
     return 0
@@ -105,17 +101,6 @@ def cmd_pretrain_experts(args) -> int:
 def cmd_compare(args) -> int:
     from whisper_moe.stages import compare
 
-    outputs = compare.run(_params(args), args.run_dirs, args.out)
-    from pathlib import Path
-
+    outputs = compare.run(params_from_args(args), args.run_dirs, args.out)
     print(Path(outputs["markdown"]).read_text())
     return 0
-
-
-COMMANDS = {
-    "embed": cmd_embed,
-    "cluster": cmd_cluster,
-    "pretrain-gate": cmd_pretrain_gate,
-    "pretrain-experts": cmd_pretrain_experts,
-    "compare": cmd_compare,
-}

@@ -1,0 +1,194 @@
+"""The data, training, evaluation and inference subcommands, and the seed's `pipeline`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from whisper_moe.cli.params import (
+    add_clustering_flags,
+    add_common,
+    add_compute,
+    add_data_source,
+    add_training_flags,
+    apply_data_source,
+    params_from_args,
+)
+
+
+def add_subcommands(commands) -> None:
+    p = commands.add_parser("pipeline", help="the whole pipeline (seed-compatible flags)")
+    add_common(p)
+    add_compute(p)
+    add_training_flags(p)
+    add_data_source(p)
+    add_clustering_flags(p)
+    p.add_argument("--skip-pretraining", action="store_true",
+                   help="regular MoE: gate and experts start random and train jointly")
+    p.add_argument("--embedding-percent", type=float)
+    p.add_argument("--gating-batch-size", type=int)
+    p.add_argument("--expert-batch-size", type=int)
+    p.add_argument("--output-dir", help="default: runs/<mode>")
+    p.set_defaults(handler=cmd_pipeline)
+
+    p = commands.add_parser("data", help="data stage: corpus -> validated train/dev/test manifests")
+    add_common(p)
+    add_data_source(p)
+    p.add_argument("--out", required=True)
+    p.set_defaults(handler=cmd_data)
+
+    p = commands.add_parser("make-demo-data", help="synthesise the multi-accent demo corpus")
+    add_common(p)
+    p.add_argument("--out", default=None, help="default: data.dir from params")
+    p.add_argument("--speakers-per-accent", type=int)
+    p.add_argument("--utterances-per-speaker", type=int)
+    p.set_defaults(handler=cmd_make_demo_data)
+
+    p = commands.add_parser("import-sap", help="Speech Accessibility Project layout -> manifests")
+    p.add_argument("root")
+    p.add_argument("--out", required=True)
+    p.set_defaults(handler=cmd_import_sap)
+
+    p = commands.add_parser("import-ct2", help="CTranslate2/faster-whisper dir -> transformers dir")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.set_defaults(handler=cmd_import_ct2)
+
+    p = commands.add_parser("validate-data", help="check a manifest: cleaned copy + data report")
+    add_common(p)
+    p.add_argument("manifest")
+    p.add_argument("--out", required=True)
+    p.add_argument("--max-skip-fraction", type=float)
+    p.add_argument("--root", help="audio paths may not escape this folder")
+    p.set_defaults(handler=cmd_validate_data)
+
+    p = commands.add_parser("train", help="joint training of gate and experts")
+    add_common(p)
+    add_compute(p)
+    add_training_flags(p)
+    p.add_argument("--train-manifest", required=True)
+    p.add_argument("--dev-manifest", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--init", help="checkpoint of pretrained gate and experts")
+    p.set_defaults(handler=cmd_train)
+
+    p = commands.add_parser("evaluate", help="WER/CER overall and per group, HTML report")
+    add_common(p)
+    add_compute(p)
+    p.add_argument("--checkpoint")
+    p.add_argument("--base-model")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--mode", choices=["quick", "full"])
+    p.set_defaults(handler=cmd_evaluate)
+
+    p = commands.add_parser("export-peft", help="write each expert as a PEFT LoRA adapter")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True)
+    p.set_defaults(handler=cmd_export_peft)
+
+    p = commands.add_parser("transcribe", help="transcribe audio files with a checkpoint")
+    add_common(p)
+    add_compute(p)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("audio", nargs="+")
+    p.set_defaults(handler=cmd_transcribe)
+
+
+def cmd_pipeline(args) -> int:
+    from whisper_moe.stages import pipeline
+
+    params = apply_data_source(params_from_args(args), args)
+    output_dir = Path(args.output_dir or f"runs/{params['mode']}")
+    pipeline.run(params, output_dir, skip_pretraining=args.skip_pretraining, resume=args.resume)
+    return 0
+
+
+def cmd_data(args) -> int:
+    from whisper_moe.stages import data as data_stage
+
+    params = apply_data_source(params_from_args(args), args)
+    outputs = data_stage.run(params, args.out)
+    print(f"validated manifests and data report in {args.out}: {outputs}")
+    return 0
+
+
+def cmd_make_demo_data(args) -> int:
+    from whisper_moe.data.demo import make_demo_corpus
+
+    params = params_from_args(args)
+    demo = params["data"]["demo"]
+    out = Path(args.out or params["data"]["dir"])
+    paths = make_demo_corpus(
+        out, accents=demo["accents"],
+        speakers_per_accent=args.speakers_per_accent or demo["speakers_per_accent"],
+        utterances_per_speaker=args.utterances_per_speaker or demo["utterances_per_speaker"],
+        seed=params["seed"],
+    )
+    print(f"demo corpus written to {out}: {paths}")
+    return 0
+
+
+def cmd_import_sap(args) -> int:
+    from whisper_moe.data.sap import import_sap
+
+    print(import_sap(args.root, args.out))
+    return 0
+
+
+def cmd_import_ct2(args) -> int:
+    from whisper_moe.model.ct2_import import import_ct2_whisper
+
+    print(f"imported to {import_ct2_whisper(args.src, args.dst)}")
+    return 0
+
+
+def cmd_validate_data(args) -> int:
+    from whisper_moe.stages import data as data_stage
+
+    params = params_from_args(args)
+    report = data_stage.validate_one(params, args.manifest, Path(args.out), root=args.root)
+    print(f"kept {report['kept']}, skipped {report['skipped']}; cleaned manifest and report in {args.out}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from whisper_moe.stages import train
+    from whisper_moe.training.runtime import init_distributed
+
+    params = params_from_args(args)
+    rank, world_size = init_distributed(params)
+    metrics = train.run(params, args.train_manifest, args.dev_manifest, args.out, init_dir=args.init,
+                        resume=args.resume, rank=rank, world_size=world_size)
+    if rank == 0:
+        print(f"checkpoint: {metrics['checkpoint']}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from whisper_moe.stages import evaluate
+
+    params = params_from_args(args)
+    metrics = evaluate.run(params, checkpoint_dir=args.checkpoint, test_manifest=args.manifest,
+                           out_dir=args.out, base_model=args.base_model)
+    for system in ("base", "moe", "oracle"):
+        if system in metrics:
+            print(f"{system:>6}: WER {metrics[system]['wer']:.4f}  CER {metrics[system]['cer']:.4f}")
+    print(f"report: {Path(args.out) / 'report.html'}")
+    return 0
+
+
+def cmd_export_peft(args) -> int:
+    from whisper_moe.model.export import export_peft_adapters
+
+    for path in export_peft_adapters(args.checkpoint, args.out):
+        print(path)
+    return 0
+
+
+def cmd_transcribe(args) -> int:
+    from whisper_moe.stages.transcribe import transcribe_files
+
+    params = params_from_args(args)
+    for path, text, expert in transcribe_files(params, args.checkpoint, args.audio):
+        print(f"{path}\t[expert {expert}]\t{text}")
+    return 0

@@ -1,0 +1,138 @@
+"""From the command line to the one configuration: --params, -S overrides, the seed's flags.
+
+Every flag named after the seed's (`--asr-batch-size`, ...) maps onto a params key, so
+no flag is ever silently ignored; subcommands offer only the flags that act in them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import yaml
+
+from whisper_moe.config import DEFAULT_PARAMS, load_params, set_dotted
+
+log = logging.getLogger("whisper_moe")
+
+# seed flag -> params key: each one is honoured through the configuration.
+SEED_FLAGS = {
+    "seed": "seed",
+    "mode": "mode",
+    "num_experts": "model.num_experts",
+    "asr_batch_size": "train.batch_size",
+    "gradient_accumulation_steps": "train.gradient_accumulation_steps",
+    "fp16": "train.fp16",
+    "num_workers": "train.num_workers",
+    "eval_every_n_epochs": "train.eval_every_n_epochs",
+    "save_every_n_epochs": "train.save_every_n_epochs",
+    "data_percent": "data.data_percent",
+    "device": "train.device",
+    "epochs": "train.epochs",
+    "learning_rate": "train.lr",
+    "base_model": "model.base_model",
+    "routing": "routing.mode",
+    "top_k": "routing.top_k",
+    "embedding_percent": "embed.embedding_percent",
+    "clustering_algorithm": "cluster.algorithm",
+    "num_clusters": "cluster.num_clusters",
+    "min_clusters": "cluster.min_clusters",
+    "max_clusters": "cluster.max_clusters",
+    "min_cluster_size": "cluster.min_cluster_size",
+    "gating_batch_size": "pretrain_gate.batch_size",
+    "expert_batch_size": "pretrain_experts.batch_size",
+    "max_skip_fraction": "data.max_skip_fraction",
+}
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"-S expects key=value, got {text!r}")
+    key, value = text.split("=", 1)
+    return key, yaml.safe_load(value)
+
+
+def params_from_args(args: argparse.Namespace) -> dict:
+    """params.yaml, then `-S` overrides, then the explicit flags that were given."""
+    path = args.params
+    if path is None:
+        path = "params.yaml" if Path("params.yaml").exists() else None
+        if path is None:
+            log.warning("no params.yaml in %s: using the built-in defaults", Path.cwd())
+    params = load_params(path)
+    for key, value in getattr(args, "set", None) or []:
+        set_dotted(params, key, value)
+    for flag, key in SEED_FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            set_dotted(params, key, value)
+    if getattr(args, "epochs", None) is not None:
+        params["quick"]["epochs"] = args.epochs  # --epochs wins in quick mode too
+    if getattr(args, "no_plot", False):
+        params["cluster"]["plot"] = False
+    return params
+
+
+def apply_data_source(params: dict, args) -> dict:
+    """--dataset-root (SAP) or --manifest-dir replace the demo corpus as the data source."""
+    if getattr(args, "dataset_root", None):
+        params["data"]["source"], params["data"]["sap_root"] = "sap", args.dataset_root
+        if params["data"]["dir"] == DEFAULT_PARAMS["data"]["dir"]:
+            params["data"]["dir"] = "data/sap"  # never the demo corpus's folder
+    if getattr(args, "manifest_dir", None):
+        params["data"]["source"], params["data"]["manifest_dir"] = "manifest", args.manifest_dir
+    return params
+
+
+def add_common(parser: argparse.ArgumentParser) -> None:
+    """--params, -S, --log-file and --seed: every subcommand that reads the configuration."""
+    parser.add_argument("--params", default=None,
+                        help="configuration file (default: ./params.yaml when present, else built-in defaults)")
+    parser.add_argument("-S", "--set", action="append", type=parse_override, metavar="KEY=VALUE",
+                        help="override one parameter, e.g. -S train.lr=3e-4 (repeatable)")
+    parser.add_argument("--log-file", help="also write the log to this file")
+    parser.add_argument("--seed", type=int)
+
+
+def add_compute(parser: argparse.ArgumentParser) -> None:
+    """Device and precision: only on subcommands that run the model."""
+    parser.add_argument("--device", help="cuda, cuda:1, cpu or auto (default: auto)")
+    parser.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=None,
+                        help="mixed precision: bf16 where supported, fp16 with loss scaling otherwise")
+    parser.add_argument("--num-workers", type=int, help="DataLoader workers for audio decoding")
+
+
+def add_data_selection(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mode", choices=["quick", "full"])
+    parser.add_argument("--data-percent", type=float)
+    parser.add_argument("--base-model", help="hub name, local directory, or 'demo' (tiny.en, offline)")
+
+
+def add_training_flags(parser: argparse.ArgumentParser) -> None:
+    add_data_selection(parser)
+    parser.add_argument("--num-experts", type=int)
+    parser.add_argument("--asr-batch-size", type=int)
+    parser.add_argument("--gradient-accumulation-steps", type=int)
+    parser.add_argument("--eval-every-n-epochs", type=int)
+    parser.add_argument("--save-every-n-epochs", type=int)
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--learning-rate", type=float)
+    parser.add_argument("--routing", choices=["soft", "topk", "curriculum"])
+    parser.add_argument("--top-k", type=int)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the last finished stage and the last checkpoint")
+
+
+def add_data_source(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset-root", help="SAP release root (imported) instead of the demo corpus")
+    parser.add_argument("--manifest-dir", help="folder with train/dev/test.jsonl instead of the demo corpus")
+    parser.add_argument("--max-skip-fraction", type=float)
+
+
+def add_clustering_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--clustering-algorithm", choices=["spectral", "kmeans", "hdbscan"])
+    parser.add_argument("--min-clusters", type=int)
+    parser.add_argument("--max-clusters", type=int)
+    parser.add_argument("--min-cluster-size", type=int, help="HDBSCAN's minimum cluster size")
+    parser.add_argument("--no-plot", action="store_true", help="skip the cluster scatter plot")
