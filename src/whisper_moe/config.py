@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from whisper_moe.errors import ConfigError
+
 DEFAULT_PARAMS: dict[str, Any] = {
     "seed": 42,
     "mode": "full",  # quick | full: quick shortens epochs and data for a smoke run
@@ -118,10 +120,10 @@ def load_params(path: str | Path | None = None, overrides: dict | None = None) -
         with open(path) as handle:
             from_file = yaml.safe_load(handle) or {}
         if not isinstance(from_file, dict):
-            raise ValueError(f"{path}: expected a mapping at the top level")
+            raise ConfigError(f"{path}: expected a mapping at the top level")
         unknown = set(from_file) - set(DEFAULT_PARAMS)
         if unknown:
-            raise ValueError(f"{path}: unknown top-level keys {sorted(unknown)}")
+            raise ConfigError(f"{path}: unknown top-level keys {sorted(unknown)}")
         params = deep_merge(params, from_file)
     return deep_merge(params, overrides or {})
 
@@ -132,8 +134,8 @@ def set_dotted(params: dict, dotted_key: str, value: Any) -> None:
     parts = dotted_key.split(".")
     for part in parts[:-1]:
         if part not in node or not isinstance(node[part], dict):
-            raise KeyError(f"unknown parameter {dotted_key!r}")
+            raise ConfigError(f"unknown parameter {dotted_key!r}")
         node = node[part]
     if parts[-1] not in node:
-        raise KeyError(f"unknown parameter {dotted_key!r}")
+        raise ConfigError(f"unknown parameter {dotted_key!r}")
     node[parts[-1]] = value
