@@ -28,6 +28,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def output_lock(args):
+    """The lock on the subcommand's output folder (--out); one per run, rank 0 under torchrun.
+
+    `pipeline` takes its own, once its output folder is known.
+    """
+    import contextlib
+    import os
+
+    from whisper_moe.runlock import output_folder_lock
+
+    folder = getattr(args, "out", None)
+    is_folder_output = args.command not in ("import-sap", "export-peft")
+    if folder is None or not is_folder_output or os.environ.get("RANK", "0") != "0":
+        return contextlib.nullcontext()
+    return output_folder_lock(folder)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from whisper_moe.errors import explain
@@ -35,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging(getattr(args, "log_file", None))
     try:
-        return args.handler(args) or 0
+        with output_lock(args):
+            return args.handler(args) or 0
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130

@@ -95,11 +95,13 @@ def add_subcommands(commands) -> None:
 
 
 def cmd_pipeline(args) -> int:
+    from whisper_moe.runlock import output_folder_lock
     from whisper_moe.stages import pipeline
 
     params = apply_data_source(params_from_args(args), args)
     output_dir = Path(args.output_dir or f"runs/{params['mode']}")
-    pipeline.run(params, output_dir, skip_pretraining=args.skip_pretraining, resume=args.resume)
+    with output_folder_lock(output_dir):
+        pipeline.run(params, output_dir, skip_pretraining=args.skip_pretraining, resume=args.resume)
     return 0
 
 
