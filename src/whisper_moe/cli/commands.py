@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from whisper_moe.cli.params import (
@@ -191,6 +192,16 @@ def cmd_transcribe(args) -> int:
     from whisper_moe.stages.transcribe import transcribe_files
 
     params = params_from_args(args)
-    for path, text, expert in transcribe_files(params, args.checkpoint, args.audio):
-        print(f"{path}\t[expert {expert}]\t{text}")
-    return 0
+    failed = 0
+    for result in transcribe_files(params, args.checkpoint, args.audio):
+        if result.error:
+            failed += 1
+            print(f"{result.path}\tERROR\t{result.error}", file=sys.stderr)
+            continue
+        experts = sorted(set(result.experts))
+        label = f"expert {experts[0]}" if len(experts) == 1 else f"experts {','.join(map(str, result.experts))}"
+        print(f"{result.path}\t[{label}]\t{result.text}")
+    if failed:
+        print(f"{failed} of {len(args.audio)} files could not be transcribed (see ERROR lines)",
+              file=sys.stderr)
+    return 1 if failed else 0
