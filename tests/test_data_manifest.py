@@ -149,3 +149,41 @@ def test_split_without_test_share_carves_only_dev():
     assert len({r["speaker"] for r in splits["dev"]}) == 1
     with pytest.raises(ValueError):
         speaker_disjoint_split(rows, fractions=(1.0, -0.5, 0.5), seed=0)
+
+
+def test_a_nemo_manifest_is_read_as_it_is(tmp_path, tiny_corpus, caplog):
+    """NeMo's keys only (and a line without duration): defaults fill the rest, with a warning."""
+    from whisper_moe.data.validate import validate_manifest
+
+    rows = [json.loads(line) for line in (tiny_corpus / "train.jsonl").read_text().splitlines()]
+    nemo = [{"audio_filepath": str(tiny_corpus / row["audio_filepath"]), "text": row["text"],
+             "duration": row["duration"]} for row in rows[:3]]
+    del nemo[2]["duration"]
+    path = tmp_path / "nemo.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in nemo))
+    report = validate_manifest(path, tmp_path / "out" / "train.jsonl",
+                               tmp_path / "out" / "report.json", max_skip_fraction=0.0,
+                               progress=False)
+    assert report["kept"] == 3
+    kept = read_manifest(tmp_path / "out" / "train.jsonl")
+    assert {row["group"] for row in kept} == {"all"}
+    assert [row["speaker"] for row in kept] == [row["id"] for row in kept]
+    assert kept[2]["duration"] > 0
+    assert "each utterance counts as its own speaker" in caplog.text
+
+
+def test_a_missing_key_is_named(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps({"audio_filepath": "a.wav"}) + "\n")
+    with pytest.raises(ManifestError, match=r"missing_keys: missing 'text'"):
+        read_manifest(path)
+
+
+def test_too_few_speakers_for_a_dev_split_names_the_cause():
+    from whisper_moe.data.manifest import SplitError
+
+    rows = [{"id": f"{g}{s}{u}", "speaker": f"{g}{s}", "group": g}
+            for g in "ab" for s in range(2) for u in range(2)]
+    with pytest.raises(SplitError, match=r"dev split would be empty.*at least 3 speakers.*"
+                                         r"\{'a': 2, 'b': 2\}.*speakers_per_accent"):
+        speaker_disjoint_split(rows, seed=0)

@@ -1,13 +1,18 @@
 """JSONL manifests: reading, writing, sampling and speaker-disjoint splitting.
 
 A manifest line is {"id", "audio_filepath", "text", "duration", "speaker", "group"}
-plus optional extra keys. Relative audio paths are relative to the manifest's
+plus optional extra keys. Only `audio_filepath` and `text` are required, so NeMo
+manifests (`audio_filepath`, `text`, `duration`) are read as they are: `id` defaults to
+the audio path, `duration` is measured by the validator, `group` defaults to "all" and
+`speaker` to the utterance id (with a warning: the train/dev/test split is then per
+utterance, not per speaker). Relative audio paths are relative to the manifest's
 folder, so a data folder can be moved (or versioned by DVC) as one piece.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -18,7 +23,8 @@ from pathlib import Path
 
 from whisper_moe.errors import WhisperMoeError
 
-REQUIRED_KEYS = ("id", "audio_filepath", "text", "duration", "speaker", "group")
+REQUIRED_KEYS = ("audio_filepath", "text")
+DEFAULT_GROUP = "all"
 SPLIT_NAMES = ("train", "dev", "test")
 
 
@@ -81,11 +87,33 @@ def parse_manifest_line(
         raise ManifestError(manifest_path, line_number, "malformed_json", "not a JSON object")
     missing = [key for key in REQUIRED_KEYS if key not in row]
     if missing:
-        raise ManifestError(manifest_path, line_number, "missing_keys", f"missing {missing}")
+        raise ManifestError(manifest_path, line_number, "missing_keys",
+                            f"missing {', '.join(repr(key) for key in missing)}")
+    fill_defaults(row, manifest_path)
     _check_value_types(row, manifest_path, line_number)
     row["audio_filepath"] = resolve_audio_path(
         row["audio_filepath"], manifest_path, line_number, root=root
     )
+    return row
+
+
+_WARNED_NO_SPEAKER: set[str] = set()
+
+
+def fill_defaults(row: dict, manifest_path: str | os.PathLike) -> dict:
+    """Defaults for the optional keys (module docstring); warns once per manifest without speakers."""
+    if isinstance(row.get("audio_filepath"), str):
+        row.setdefault("id", row["audio_filepath"])
+    row.setdefault("group", DEFAULT_GROUP)
+    row.setdefault("duration", None)
+    if "speaker" not in row:
+        row["speaker"] = row.get("id")
+        if str(manifest_path) not in _WARNED_NO_SPEAKER:
+            _WARNED_NO_SPEAKER.add(str(manifest_path))
+            logging.getLogger("whisper_moe.data").warning(
+                "%s: rows without 'speaker': each utterance counts as its own speaker, so "
+                "train/dev/test are split per utterance and test speakers may appear in training; "
+                "add a 'speaker' key for speaker-disjoint splits", manifest_path)
     return row
 
 
@@ -123,6 +151,8 @@ def _check_value_types(row: dict, manifest_path: str | os.PathLike, line_number:
                 manifest_path, line_number, "bad_value", f"{key!r} must be a string"
             )
     duration = row["duration"]
+    if duration is None:
+        return  # measured by the validator
     if isinstance(duration, bool) or not isinstance(duration, (int, float)):
         raise ManifestError(manifest_path, line_number, "bad_value", "'duration' must be a number")
     if not math.isfinite(duration) or duration < 0:
@@ -237,7 +267,25 @@ def speaker_disjoint_split(
     splits: dict[str, list[dict]] = {name: [] for name in SPLIT_NAMES}
     for row in rows:
         splits[split_of_speaker[str(row["speaker"])]].append(row)
+    check_no_empty_split(splits, fractions, rows, key)
     return splits
+
+
+class SplitError(WhisperMoeError, ValueError):
+    """Speaker-disjoint splitting cannot fill every split; says how many speakers are missing."""
+
+
+def check_no_empty_split(splits: dict, fractions: Sequence[float], rows: Sequence[dict],
+                         key: str) -> None:
+    """An empty dev or test split is a data problem to name now, not an empty manifest later."""
+    empty = [name for name, fraction in zip(SPLIT_NAMES, fractions) if fraction > 0 and not splits[name]]
+    if not rows or not empty:
+        return
+    speakers = {group: len(names) for group, names in sorted(_speakers_by_group(rows, key).items())}
+    raise SplitError(
+        f"the {' and '.join(empty)} split would be empty: speaker-disjoint train/dev/test splitting "
+        f"needs at least 3 speakers in a group, and the speakers per {key} are {speakers}",
+        hint="add speakers (for the demo corpus: data.demo.speakers_per_accent of 3 or more)")
 
 
 def _split_counts(num_speakers: int, fractions: Sequence[float]) -> list[int]:

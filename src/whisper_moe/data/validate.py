@@ -35,7 +35,7 @@ FIX_NAMES = ("resampled", "downmixed")
 # reason code -> meaning and fix (shown in errors; the README table lists the same)
 ROW_REASONS = {
     "malformed_json": "the line is not a JSON object; fix the line",
-    "missing_keys": "a required key is missing; add it",
+    "missing_keys": "a required key ('audio_filepath' or 'text') is missing; add it",
     "bad_value": "a value has the wrong type; fix it",
     "path_escapes_root": "audio_filepath points outside the data root; fix the path",
     "duplicate_id": "the id was used by an earlier line; make ids unique",
@@ -159,7 +159,7 @@ def _parse_lines(in_path, tally: ValidationTally, root) -> list[dict]:
         try:
             row = parse_manifest_line(text, in_path, line_number, root=root)
         except ManifestError as error:
-            tally.skip(error.reason, f"{in_path}:{line_number}")
+            tally.skip(error.reason, f"{in_path}:{line_number} ({error.detail})")
             continue
         if row["id"] in seen_ids:
             tally.skip("duplicate_id", f"{in_path}:{line_number} id={row['id']}")
