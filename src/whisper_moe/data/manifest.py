@@ -64,8 +64,21 @@ def iter_manifest(
         yield line_number, parse_manifest_line(text, path, line_number, root=root)
 
 
+def check_manifest_file(path: str | os.PathLike) -> Path:
+    """The path is a readable manifest file, or a one-line error that says what to pass."""
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.jsonl"))[:3]
+        raise WhisperMoeError(f"{path} is a folder, not a manifest",
+                              hint=f"pass a JSONL manifest file{' such as ' + str(path / found[0]) if found else ''}")
+    if not path.exists():
+        raise WhisperMoeError(f"{path}: no such manifest", hint="check the path (JSONL, one utterance a line)")
+    return path
+
+
 def iter_manifest_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
     """Yield (1-based line number, raw text) of non-blank lines, for lenient readers."""
+    check_manifest_file(path)
     with open(path, encoding="utf-8") as handle:
         for line_number, text in enumerate(handle, start=1):
             if text.strip():

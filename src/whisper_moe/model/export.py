@@ -11,6 +11,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
+from whisper_moe.errors import WhisperMoeError
 from whisper_moe.model.moe import WhisperMoE
 
 
@@ -43,6 +44,9 @@ def export_peft_adapters(checkpoint_dir: str | Path, out_dir: str | Path) -> lis
     """Write `<out>/expert_<i>/` (adapter_config.json + adapter_model.safetensors) per expert."""
     from whisper_moe.model.io import load_moe
 
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise WhisperMoeError(f"--out {out_dir} is a file",
+                              hint="give a folder for the adapters (it is created or replaced)")
     model, _ = load_moe(checkpoint_dir)
     return write_peft_adapters(model, out_dir)
 

@@ -134,13 +134,28 @@ class TrainingInterrupted(WhisperMoeError):
         self.checkpoint = checkpoint
 
 
+class CurrentStderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (it may be replaced after set-up)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def setup_logging(log_file: str | Path | None = None, level: int = logging.INFO) -> None:
     """Console plus an optional log file (--log-file), same format on both."""
     root = logging.getLogger()
     root.setLevel(level)
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not any(getattr(h, "_whisper_moe", False) for h in root.handlers):
-        console = logging.StreamHandler()
+        console = CurrentStderrHandler()
         console.setFormatter(formatter)
         console._whisper_moe = True
         root.addHandler(console)
