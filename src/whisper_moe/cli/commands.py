@@ -90,9 +90,21 @@ def add_subcommands(commands) -> None:
     p = commands.add_parser("transcribe", help="transcribe audio files with a checkpoint")
     add_common(p)
     add_compute(p)
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True,
+                   help="checkpoint folder (--backend torch) or export-ct2 folder (--backend ct2)")
+    p.add_argument("--backend", choices=["torch", "ct2"], default="torch",
+                   help="ct2: CTranslate2 (faster-whisper's engine) on an export-ct2 folder")
     p.add_argument("audio", nargs="+")
     p.set_defaults(handler=cmd_transcribe)
+
+    p = commands.add_parser("export-ct2", help="each expert merged into the base, as CTranslate2 "
+                                               "models faster-whisper loads, plus the gate")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True)
+    p.add_argument("--quantization", choices=["int8", "int8_float16", "int8_float32", "float16",
+                                              "bfloat16", "float32"],
+                   help="CTranslate2 weight type (default: the model's)")
+    p.set_defaults(handler=cmd_export_ct2)
 
 
 def cmd_pipeline(args) -> int:
@@ -193,7 +205,7 @@ def cmd_transcribe(args) -> int:
 
     params = params_from_args(args)
     failed = 0
-    for result in transcribe_files(params, args.checkpoint, args.audio):
+    for result in transcribe_files(params, args.checkpoint, args.audio, backend=args.backend):
         if result.error:
             failed += 1
             print(f"{result.path}\tERROR\t{result.error}", file=sys.stderr)
@@ -205,3 +217,12 @@ def cmd_transcribe(args) -> int:
         print(f"{failed} of {len(args.audio)} files could not be transcribed (see ERROR lines)",
               file=sys.stderr)
     return 1 if failed else 0
+
+
+def cmd_export_ct2(args) -> int:
+    from whisper_moe.model.ct2_export import export_ct2
+
+    out = export_ct2(args.checkpoint, args.out, quantization=args.quantization)
+    print(f"CTranslate2 export in {out}: base/, expert_*/ (faster-whisper loads each), gate")
+    print(f"routed transcription: whisper-moe transcribe --backend ct2 --checkpoint {out} AUDIO...")
+    return 0

@@ -72,9 +72,12 @@ def read_windows(path: str) -> tuple[list[np.ndarray], list[tuple[float, float]]
     return [samples[start:end] for start, end in bounds], times
 
 
-@torch.no_grad()
-def transcribe_files(params: dict, checkpoint_dir, paths: list[str], batch_size: int = 8):
-    """Yield a Transcript for each audio file, in the given order."""
+def torch_decoder(params: dict, checkpoint_dir, routing: str | None = None):
+    """decode(windows) -> [(text, top expert)] with our PyTorch model and greedy decoder.
+
+    routing "top1" sends each window to its gate's top expert alone (what the CT2
+    export runs); None uses the checkpoint's own routing.
+    """
     device = resolve_device(params["train"]["device"])
     model, tokenizer = load_moe(checkpoint_dir, device, dtype=params["model"]["dtype"])
     model.eval()
@@ -85,6 +88,7 @@ def transcribe_files(params: dict, checkpoint_dir, paths: list[str], batch_size:
     begin = list(getattr(whisper.generation_config, "begin_suppress_tokens", None) or [])
     max_new_tokens = int(params["evaluate"]["max_new_tokens"])
 
+    @torch.no_grad()
     def decode(windows: list[np.ndarray]) -> list[tuple[str, int]]:
         padded = torch.zeros(len(windows), max(len(w) for w in windows))
         for row, samples in enumerate(windows):
@@ -92,12 +96,41 @@ def transcribe_files(params: dict, checkpoint_dir, paths: list[str], batch_size:
         features, frames = whisper_features(padded, torch.tensor([len(w) for w in windows]),
                                             whisper.config, device, whisper.dtype)
         pooled = model.pooled_embeddings(features, frames)
-        routed = model.route(pooled, model.config.routing_mode, model.config.top_k)
+        if routing == "top1":
+            routed = model.route(pooled, "topk", 1)
+        else:
+            routed = model.route(pooled, model.config.routing_mode, model.config.top_k)
         with model.routed(routed["weights"]):
             hidden = whisper.model.encoder(features).last_hidden_state
             tokens = greedy_decode(whisper, hidden, prefix, eot, max_new_tokens, suppress, begin)
         return [(tokenizer.decode(ids, skip_special_tokens=True).strip(), int(weights.argmax()))
                 for ids, weights in zip(tokens, routed["weights"])]
+
+    return decode
+
+
+def ct2_decoder(params: dict, export_dir):
+    """decode(windows) -> [(text, expert)] with a `whisper-moe export-ct2` folder."""
+    from whisper_moe.model.ct2_routed import RoutedCT2Whisper
+
+    device = str(resolve_device(params["train"]["device"]).type)
+    routed = RoutedCT2Whisper(export_dir, device=device)
+    max_new_tokens = int(params["evaluate"]["max_new_tokens"])
+    return lambda windows: routed.transcribe(windows, max_new_tokens)
+
+
+def transcribe_files(params: dict, checkpoint_dir, paths: list[str], batch_size: int = 8,
+                     backend: str = "torch", routing: str | None = None):
+    """Yield a Transcript for each audio file, in the given order.
+
+    backend "torch" reads a checkpoint folder, "ct2" an `export-ct2` folder.
+    """
+    if backend == "ct2":
+        decode = ct2_decoder(params, checkpoint_dir)
+    elif backend == "torch":
+        decode = torch_decoder(params, checkpoint_dir, routing)
+    else:
+        raise WhisperMoeError(f"transcription backend {backend!r}", hint="use torch or ct2")
 
     for path in paths:
         transcript = Transcript(str(path))
