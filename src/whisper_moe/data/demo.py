@@ -36,9 +36,9 @@ from whisper_moe.data.audio import TARGET_SAMPLE_RATE, resample_audio
 from whisper_moe.data.manifest import (
     SPLIT_NAMES,
     speaker_disjoint_split,
-    write_json_atomic,
     write_manifest,
 )
+from whisper_moe.fsio import write_json_atomic
 
 DEFAULT_ACCENTS = ("en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-us-nyc")
 # espeak-ng voice variants; alternating male/female so every accent gets both
@@ -232,7 +232,7 @@ def make_demo_corpus(
     splits = speaker_disjoint_split(rows, fractions=fractions, seed=seed, key="group")
     paths = {name: write_manifest(out_dir / f"{name}.jsonl", splits[name]) for name in SPLIT_NAMES}
     report = _demo_report(plan, splits, accents, seed, fractions)
-    paths["report"] = write_json_atomic(out_dir / "data_report.json", report)
+    paths["report"] = write_json_atomic(out_dir / "data_report.json", report, sort_keys=True)
     return paths
 
 

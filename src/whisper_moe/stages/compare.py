@@ -20,7 +20,7 @@ import json
 import logging
 from pathlib import Path
 
-from whisper_moe.stages.common import write_json
+from whisper_moe.fsio import write_json_atomic
 
 log = logging.getLogger("whisper_moe.compare")
 
@@ -174,7 +174,7 @@ def run(params: dict, run_dirs, out_dir) -> dict:
     groups = sorted({g for r in rows for g in r["per_group"]})
     (out_dir / "comparison.md").write_text(markdown(rows, groups, notes))
     result = {"systems": rows, "groups": groups, "notes": notes}
-    write_json(out_dir / "comparison.json", result)
+    write_json_atomic(out_dir / "comparison.json", result)
     log.info("compared %d runs: %s", len(run_dirs), out_dir / "comparison.md")
     return {"markdown": str(out_dir / "comparison.md"), "json": str(out_dir / "comparison.json"),
             "systems": len(rows)}
