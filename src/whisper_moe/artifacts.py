@@ -199,6 +199,14 @@ def load_evaluation_metrics(evaluation_dir: str | Path) -> dict:
     return read_json(Path(evaluation_dir) / EVALUATION_METRICS)
 
 
+# ------------------------------------------------------------------ publish (under output_s3_uri/<run>/)
+PUBLISHED_MODEL = "model"
+PUBLISHED_METRICS = "metrics.json"
+PUBLISHED_REPORT = "report.html"
+PUBLISHED_PARAMS = "params.yaml"
+PUBLISHED_POINTER = "pointer.json"
+
+
 # ------------------------------------------------------------------ whole pipeline
 STAGE_DONE = "stage_done.json"
 RUN_PARAMS = "params.json"
