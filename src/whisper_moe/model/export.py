@@ -11,6 +11,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
+from whisper_moe.fsio import atomic_folder
 from whisper_moe.model.moe import WhisperMoE
 
 
@@ -53,10 +54,10 @@ def write_peft_adapters(model: WhisperMoE, out_dir: str | Path) -> list[Path]:
     folders = []
     for expert in range(model.config.num_experts):
         folder = out_dir / f"expert_{expert}"
-        folder.mkdir(parents=True, exist_ok=True)
-        save_file(expert_adapter_state(model, expert), folder / "adapter_model.safetensors",
-                  metadata={"format": "pt"})
-        serialisable = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
-        (folder / "adapter_config.json").write_text(json.dumps(serialisable, indent=2, default=str))
+        with atomic_folder(folder) as building:
+            save_file(expert_adapter_state(model, expert), building / "adapter_model.safetensors",
+                      metadata={"format": "pt"})
+            serialisable = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
+            (building / "adapter_config.json").write_text(json.dumps(serialisable, indent=2, default=str))
         folders.append(folder)
     return folders

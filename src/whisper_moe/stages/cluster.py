@@ -20,6 +20,7 @@ from whisper_moe.fsio import write_json_atomic
 
 log = logging.getLogger("whisper_moe.cluster")
 
+
 def run(params: dict, embeddings_dir, out_dir) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ from whisper_moe.fsio import write_json_atomic
 
 log = logging.getLogger("whisper_moe.data")
 
+
 def source_stamp(params: dict) -> dict:
     """What a built corpus folder was built from; a different stamp means rebuild."""
     data = params["data"]

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from whisper_moe import artifacts
 from whisper_moe.data.batching import UtteranceDataset, collate_utterances
 from whisper_moe.data.features import whisper_features
-from whisper_moe.fsio import write_json_atomic
+from whisper_moe.fsio import write_json_atomic, write_text_atomic
 from whisper_moe.metrics import cer, wer
 from whisper_moe.model.base import decoder_prefix_ids, load_base_model
 from whisper_moe.model.decode import greedy_decode, suppressed_token_ids
@@ -118,9 +118,8 @@ def run(params: dict, checkpoint_dir=None, test_manifest=None, out_dir=None, bas
     metrics["skipped"] = {**dataset.skipped, **skipped}
     metrics["checkpoint"] = str(checkpoint_dir) if checkpoint_dir else None
     metrics["base_model"] = str(base_model or model.config.base_model)
-    with open(out_dir / "predictions.jsonl", "w") as handle:
-        for prediction in predictions:
-            handle.write(json.dumps(prediction) + "\n")
+    write_text_atomic(out_dir / artifacts.PREDICTIONS,
+                      "".join(json.dumps(prediction) + "\n" for prediction in predictions))
     write_json_atomic(out_dir / artifacts.EVALUATION_METRICS, metrics)
     write_dvc_tables(metrics, out_dir)
     write_report(metrics, predictions, out_dir, train_dir or guess_train_dir(checkpoint_dir))
@@ -254,5 +253,5 @@ td,th{{border:1px solid #ccc;padding:3px 8px}}img{{max-width:100%}}</style></hea
 <h2>Highest-WER utterances ({headline})</h2><table><tr><th>id</th><th>group</th><th>reference</th>
 <th>hypothesis</th></tr>{worst_rows}</table></body></html>"""
     path = out_dir / artifacts.EVALUATION_REPORT
-    path.write_text(page)
+    write_text_atomic(path, page)
     return path

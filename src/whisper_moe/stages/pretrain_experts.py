@@ -40,6 +40,7 @@ from whisper_moe.training.trainer import TrainSettings, compute_pooled_cache
 
 log = logging.getLogger("whisper_moe.pretrain_experts")
 
+
 def load_pretrained_gate(model: WhisperMoE, gate_dir) -> None:
     """Put the pretrain-gate stage's weights into the model's gate, checking the shapes."""
     state, config = artifacts.load_gate_state(gate_dir)
