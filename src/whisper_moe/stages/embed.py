@@ -3,10 +3,11 @@
 Each utterance becomes the mean of the frozen base encoder's output over the
 positions that saw real audio (padding excluded): the same function the gate uses
 (`WhisperMoE.pooled_embeddings`), so clusters and the pretrained gate see exactly
-what joint training routes on. Batched, bf16 on a GPU, log-mel on the device, and
-only the `[d]` mean kept per utterance (the seed kept 1500 x d floats each).
+what joint training routes on (computed by `whisper_moe.embedding`). Batched, bf16 on
+a GPU, log-mel on the device, and only the `[d]` mean kept per utterance (the seed
+kept 1500 x d floats each).
 
-Writes `embeddings.npy` (float32 [N, d]), `index.jsonl` (id, group, speaker,
+Writes (through `whisper_moe.artifacts`) `embeddings.npy` (float32 [N, d]), `index.jsonl` (id, group, speaker,
 audio_filepath, one line per row of the array) and `embed_report.json`. Work is
 saved in chunks under `partial/`, so `--resume` after a crash or a preempted pod
 continues where it stopped and gives the same array.
