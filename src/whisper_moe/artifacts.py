@@ -185,10 +185,6 @@ def load_train_log(train_dir: str | Path) -> list[dict]:
     return read_jsonl(Path(train_dir) / TRAIN_LOG)
 
 
-def load_train_metrics(train_dir: str | Path) -> dict:
-    return read_json(Path(train_dir) / TRAIN_METRICS)
-
-
 # ------------------------------------------------------------------ evaluate
 EVALUATION_METRICS = "metrics.json"
 PREDICTIONS = "predictions.jsonl"
