@@ -1,7 +1,7 @@
 """Embedding extraction throughput, end to end: decode audio, log-mel, encoder, pooling.
 
 Measures, in the same run and on the same audio:
-  ours  - the embed stage's path (`whisper_moe.stages.embed.pooled_embedding_batches`):
+  ours  - the embed stage's path (`whisper_moe.embedding.pooled_embedding_batches`):
           batches, audio decoded in DataLoader workers, log-mel on the device, bf16 weights
           on a GPU, only the pooled [d] vector leaves the device;
   seed  - the research pipeline's way: one utterance at a time, fp32, features on the CPU
@@ -32,7 +32,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from whisper_moe.data.audio import load_audio
 from whisper_moe.data.manifest import read_manifest
-from whisper_moe.stages.embed import embedding_dtype, pooled_embedding_batches
+from whisper_moe.embedding import embedding_dtype, pooled_embedding_batches
 
 CONFIGS = {
     "small": {"device": "cpu", "utterances": 24, "seed_utterances": 24, "batch_size": 8,

@@ -35,6 +35,7 @@ def evaluate_moe(
     """
     from pathlib import Path
 
+    from whisper_moe import artifacts
     from whisper_moe.stages import evaluate
     from whisper_moe_kfp import runtime
     from whisper_moe_kfp.parameters import params_from_yaml
@@ -42,10 +43,10 @@ def evaluate_moe(
     params = params_from_yaml(params_yaml)
     out_dir = Path(evaluation.path)
     result = evaluate.run(params, checkpoint_dir=checkpoint.path,
-                          test_manifest=Path(dataset.path) / "test.jsonl", out_dir=out_dir,
+                          test_manifest=artifacts.split_manifest(dataset.path, "test"), out_dir=out_dir,
                           train_dir=training_log.path)
     runtime.log_evaluation(metrics, result)
-    runtime.write_text(report.path, (out_dir / "report.html").read_text())
-    confusion = runtime.find_gate_confusion(gate.path) if gate is not None else None
+    runtime.write_text(report.path, (out_dir / artifacts.EVALUATION_REPORT).read_text())
+    confusion = artifacts.gate_confusion(gate.path) if gate is not None else None
     if confusion is not None:
         gate_confusion.log_confusion_matrix(*confusion)

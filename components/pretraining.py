@@ -24,13 +24,12 @@ def embed_utterances(
     Returns:
         embeddings: embeddings.npy (float32 [N, d]), index.jsonl and embed_report.json.
     """
-    from pathlib import Path
-
+    from whisper_moe import artifacts
     from whisper_moe.stages import embed
     from whisper_moe_kfp.parameters import params_from_yaml
 
     params = params_from_yaml(params_yaml)
-    result = embed.run(params, Path(dataset.path) / "train.jsonl", embeddings.path)
+    result = embed.run(params, artifacts.split_manifest(dataset.path, "train"), embeddings.path)
     embeddings.metadata.update({"count": result["count"], "dim": result["dim"]})
 
 
@@ -53,9 +52,9 @@ def cluster_embeddings(
         cluster_metrics: Number of clusters, silhouette and agreement with the groups.
         cluster_plot: 2-D scatter of the embeddings by cluster and by group.
     """
-    import json
     from pathlib import Path
 
+    from whisper_moe import artifacts
     from whisper_moe.stages import cluster
     from whisper_moe_kfp import runtime
     from whisper_moe_kfp.parameters import params_from_yaml
@@ -63,13 +62,13 @@ def cluster_embeddings(
     params = params_from_yaml(params_yaml)
     out_dir = Path(clusters.path)
     cluster.run(params, embeddings.path, out_dir)
-    report = json.loads((out_dir / "cluster_report.json").read_text())
+    report = artifacts.load_cluster_report(out_dir)
     runtime.log_numbers(cluster_metrics, report)
     sizes = ", ".join(str(size) for size in report["cluster_sizes"])
     details = (f"<p>{report['algorithm']}: {report['num_clusters']} clusters ({report['k_selection']}), "
                f"sizes {sizes}</p>")
     runtime.write_text(cluster_plot.path, runtime.image_page(
-        "Clusters of the pooled embeddings", [out_dir / "scatter.png"], details))
+        "Clusters of the pooled embeddings", [out_dir / artifacts.CLUSTER_SCATTER], details))
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
@@ -91,16 +90,14 @@ def pretrain_gate(
         gate: gate.safetensors, gate_config.json, gate_metrics.json (with the confusion matrix).
         gate_metrics: Held-out accuracy against the clusters and the training figures.
     """
-    import json
-    from pathlib import Path
-
+    from whisper_moe import artifacts
     from whisper_moe.stages import pretrain_gate as stage
     from whisper_moe_kfp import runtime
     from whisper_moe_kfp.parameters import params_from_yaml
 
     params = params_from_yaml(params_yaml)
-    result = stage.run(params, embeddings.path, clusters.path, gate.path)
-    runtime.log_numbers(gate_metrics, json.loads(Path(result["metrics"]).read_text()))
+    stage.run(params, embeddings.path, clusters.path, gate.path)
+    runtime.log_numbers(gate_metrics, artifacts.load_gate_metrics(gate.path))
 
 
 @dsl.component(base_image=CUDA_IMAGE, install_kfp_package=False)
@@ -127,12 +124,14 @@ def pretrain_experts(
     import tempfile
     from pathlib import Path
 
+    from whisper_moe import artifacts
     from whisper_moe.stages import pretrain_experts as stage
     from whisper_moe_kfp import runtime
     from whisper_moe_kfp.parameters import params_from_yaml
 
     params = params_from_yaml(params_yaml)
     work_dir = Path(tempfile.mkdtemp(prefix="pretrain-experts-"))
-    result = stage.run(params, Path(dataset.path) / "train.jsonl", clusters.path, gate.path, work_dir)
+    result = stage.run(params, artifacts.split_manifest(dataset.path, "train"), clusters.path,
+                       gate.path, work_dir)
     runtime.move_folder(result["checkpoint"], experts.path)
     runtime.log_numbers(experts_metrics, result)

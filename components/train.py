@@ -33,13 +33,15 @@ def train_moe(
     """
     from pathlib import Path
 
+    from whisper_moe import artifacts
     from whisper_moe.stages import train
     from whisper_moe_kfp import runtime
     from whisper_moe_kfp.parameters import params_from_yaml
 
     params = params_from_yaml(params_yaml)
-    data_dir, train_dir = Path(dataset.path), Path(training_log.path)
-    result = train.run(params, data_dir / "train.jsonl", data_dir / "dev.jsonl", train_dir,
+    train_dir = Path(training_log.path)
+    result = train.run(params, artifacts.split_manifest(dataset.path, "train"),
+                       artifacts.split_manifest(dataset.path, "dev"), train_dir,
                        init_dir=init.path if init is not None else None)
     runtime.finish_training_folder(train_dir, checkpoint.path)
     checkpoint.metadata.update({"num_experts": result["num_experts"], "framework": "whisper-moe"})

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import make_blobs
 
-from whisper_moe import clustering
+from whisper_moe import artifacts, clustering
 from whisper_moe.stages import cluster
 
 
@@ -116,7 +116,7 @@ def test_cluster_stage_writes_labels_report_and_scatter(tmp_path):
     params = copy.deepcopy(DEFAULT_PARAMS)
     params["cluster"].update(algorithm="spectral", num_clusters=None, min_clusters=2, max_clusters=5)
     outputs = cluster.run(params, embeddings_dir, tmp_path / "cluster")
-    labels, soft, report = cluster.load_cluster_outputs(tmp_path / "cluster")
+    labels, soft, report = artifacts.load_cluster_outputs(tmp_path / "cluster")
     assert outputs["num_clusters"] == report["num_clusters"] == 3 == soft.shape[1]
     assert labels.shape == (90,) and soft.shape == (90, 3)
     assert report["adjusted_rand_index"] > 0.95

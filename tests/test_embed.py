@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from whisper_moe import artifacts, embedding
 from whisper_moe.data.audio import load_audio
 from whisper_moe.data.features import log_mel_batch, num_valid_frames
 from whisper_moe.data.manifest import read_manifest, write_manifest
@@ -24,7 +25,7 @@ def test_embeddings_are_the_gates_pooled_embedding(embed_params, tiny_corpus, tm
     from whisper_moe.model.io import build_moe, moe_config_from_params
 
     outputs = embed.run(embed_params, tiny_corpus / "train.jsonl", tmp_path / "embed")
-    embeddings, index = embed.load_embeddings(tmp_path / "embed")
+    embeddings, index = artifacts.load_embeddings(tmp_path / "embed")
     rows = read_manifest(tiny_corpus / "train.jsonl")
     assert embeddings.dtype == np.float32 and embeddings.shape == (len(rows), 64)
     assert outputs["count"] == len(rows) and outputs["dim"] == 64
@@ -34,18 +35,18 @@ def test_embeddings_are_the_gates_pooled_embedding(embed_params, tiny_corpus, tm
 
     model, _ = build_moe(moe_config_from_params(embed_params, 3))
     model.eval()
-    for row, embedding in zip(rows, embeddings):
+    for row, stage_embedding in zip(rows, embeddings):
         audio = torch.from_numpy(load_audio(row["audio_filepath"]))[None]
         features = log_mel_batch(audio, 80, model.total_frames)
         frames = num_valid_frames(torch.tensor([audio.shape[1]]), model.total_frames)
         expected = model.pooled_embeddings(features, frames)[0].numpy()
-        np.testing.assert_allclose(embedding, expected, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(stage_embedding, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_sample_is_stratified_by_group(embed_params, tiny_corpus, tmp_path):
     embed_params["embed"]["embedding_percent"] = 50.0
     embed.run(embed_params, tiny_corpus / "train.jsonl", tmp_path / "embed")
-    _, index = embed.load_embeddings(tmp_path / "embed")
+    _, index = artifacts.load_embeddings(tmp_path / "embed")
     groups = sorted(r["group"] for r in index)
     assert groups == sorted({r["group"] for r in read_manifest(tiny_corpus / "train.jsonl")})
 
@@ -55,7 +56,7 @@ def test_unreadable_audio_is_skipped_and_counted(embed_params, tiny_corpus, tmp_
     rows[1]["audio_filepath"] = str(tmp_path / "gone.wav")
     write_manifest(tmp_path / "train.jsonl", rows)
     embed.run(embed_params, tmp_path / "train.jsonl", tmp_path / "embed")
-    embeddings, index = embed.load_embeddings(tmp_path / "embed")
+    embeddings, index = artifacts.load_embeddings(tmp_path / "embed")
     report = json.loads((tmp_path / "embed" / "embed_report.json").read_text())
     assert len(embeddings) == len(rows) - 1 and rows[1]["id"] not in [r["id"] for r in index]
     assert report["skipped"] == {"missing_file": 1} and report["skipped_ids"] == [rows[1]["id"]]
@@ -65,7 +66,7 @@ def test_interrupted_embedding_resumes_to_identical_output(embed_params, tiny_co
                                                            monkeypatch):
     manifest = tiny_corpus / "train.jsonl"
     embed.run(embed_params, manifest, tmp_path / "clean", chunk_utterances=2)
-    clean, clean_index = embed.load_embeddings(tmp_path / "clean")
+    clean, clean_index = artifacts.load_embeddings(tmp_path / "clean")
 
     real_write_chunk = embed.write_chunk
     written = []
@@ -84,11 +85,11 @@ def test_interrupted_embedding_resumes_to_identical_output(embed_params, tiny_co
         "chunk_000000000_000000002.npz"]
 
     embedded = []
-    real_pooled = embed.encoder_pooled
-    monkeypatch.setattr(embed, "encoder_pooled",
+    real_pooled = embedding.encoder_pooled
+    monkeypatch.setattr(embedding, "encoder_pooled",
                         lambda w, f, n: embedded.append(len(f)) or real_pooled(w, f, n))
     embed.run(embed_params, manifest, tmp_path / "out", resume=True, chunk_utterances=2)
-    resumed, resumed_index = embed.load_embeddings(tmp_path / "out")
+    resumed, resumed_index = artifacts.load_embeddings(tmp_path / "out")
     assert sum(embedded) == len(clean) - 2  # only the utterances after the first chunk
     assert np.array_equal(resumed, clean) and resumed_index == clean_index
 
@@ -125,5 +126,5 @@ def test_sigterm_saves_the_batches_done_and_resume_finishes(embed_params, tiny_c
     monkeypatch.setattr(embed, "StopRequest", StopRequest)
     embed.run(embed_params, manifest, tmp_path / "out", resume=True)
     embed.run(embed_params, manifest, tmp_path / "clean")
-    assert np.array_equal(embed.load_embeddings(tmp_path / "out")[0],
-                          embed.load_embeddings(tmp_path / "clean")[0])
+    assert np.array_equal(artifacts.load_embeddings(tmp_path / "out")[0],
+                          artifacts.load_embeddings(tmp_path / "clean")[0])

@@ -11,8 +11,10 @@ import torch
 from safetensors.torch import load_file
 from sklearn.datasets import make_blobs
 
+from whisper_moe import artifacts
+from whisper_moe.model.gate import Gate
 from whisper_moe.model.io import build_moe, load_moe, moe_config_from_params
-from whisper_moe.stages import cluster, pretrain_experts, pretrain_gate
+from whisper_moe.stages import cluster, common, pretrain_experts, pretrain_gate
 
 
 def write_embeddings(folder, points, groups):
@@ -50,7 +52,7 @@ def test_gate_learns_separable_clusters(tiny_params, tmp_path):
     losses = [h["heldout_loss"] for h in metrics["history"]]
     assert min(losses) < losses[0] and metrics["best_epoch"] == 1 + losses.index(min(losses))
     assert (tmp_path / "gate" / "confusion.png").stat().st_size > 1000
-    state, config = pretrain_gate.load_gate_state(tmp_path / "gate")
+    state, config = artifacts.load_gate_state(tmp_path / "gate")
     assert config == {"input_dim": 64, "num_experts": 3, "hidden_dim": 16}
     assert state["net.0.weight"].shape == (16, 64)
 
@@ -63,13 +65,13 @@ def fake_cluster_and_gate(tmp_path, num_experts, chosen_expert, d_model=64, hidd
     np.save(cluster_dir / "soft_labels.npy", np.full((4, num_experts), 1 / num_experts, np.float32))
     table = {"en-us": 0, "en-gb-scotland": 1, "en-029": 2}
     (cluster_dir / "cluster_report.json").write_text(json.dumps({"group_to_expert": table}))
-    gate = pretrain_gate.Gate(d_model, num_experts, hidden)
+    gate = Gate(d_model, num_experts, hidden)
     torch.nn.init.zeros_(gate.net[2].weight)
     with torch.no_grad():
         gate.net[2].bias.copy_(torch.nn.functional.one_hot(torch.tensor(chosen_expert), num_experts) * 5.0)
     gate_dir = tmp_path / "gate"
     gate_dir.mkdir()
-    pretrain_gate.save_gate(gate, gate_dir, d_model, num_experts, hidden)
+    artifacts.save_gate_state(gate_dir, gate.state_dict(), d_model, num_experts, hidden)
     return cluster_dir, gate_dir, table
 
 
@@ -123,11 +125,11 @@ def test_pretrain_experts_resumes_to_the_same_weights(tiny_params, tiny_corpus, 
             self.signal_name = "SIGTERM"
             return True
 
-    monkeypatch.setattr(pretrain_experts, "StopRequest", StopAtFirstStep)
+    monkeypatch.setattr(common, "StopRequest", StopAtFirstStep)
     with pytest.raises(TrainingInterrupted):
         pretrain_experts.run(params, tiny_corpus / "train.jsonl", cluster_dir, gate_dir,
                              tmp_path / "resumed")
-    monkeypatch.setattr(pretrain_experts, "StopRequest", StopRequest)
+    monkeypatch.setattr(common, "StopRequest", StopRequest)
     resumed = pretrain_experts.run(params, tiny_corpus / "train.jsonl", cluster_dir, gate_dir,
                                    tmp_path / "resumed", resume=True)
     assert resumed["optimizer_steps"] == straight["optimizer_steps"] == 2
@@ -167,4 +169,5 @@ def test_pretrained_pipeline_trains_jointly_from_pretraining_and_evaluates_oracl
     metrics = json.loads((out / "evaluate" / "metrics.json").read_text())
     assert {"moe", "base", "oracle"} <= set(metrics)
     assert set(metrics["oracle"]["per_group"]) == set(report["group_to_expert"])
-    assert all((out / stage / "stage_done.json").exists() for stage in pipeline.PRETRAINING_STAGES)
+    assert all((out / stage / "stage_done.json").exists() for stage in (
+        "embed", "cluster", "pretrain_gate", "pretrain_experts"))

@@ -12,6 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from whisper_moe.fsio import atomic_file  # noqa: E402
+
 
 def save_figure(fig, path: str | Path | None) -> bytes:
     """PNG bytes of the figure, also written to `path` when given."""
@@ -21,7 +23,8 @@ def save_figure(fig, path: str | Path | None) -> bytes:
     data = buffer.getvalue()
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_bytes(data)
+        with atomic_file(path, "wb") as stream:
+            stream.write(data)
     return data
 
 

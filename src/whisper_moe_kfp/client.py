@@ -209,10 +209,11 @@ def write_run_metrics(path: Path, run_id: str, state: str, output_s3_uri: str) -
         log.warning("--metrics-out: the run published nothing (no --output-s3-uri), so there are no "
                     "metrics to fetch; see the evaluate-moe task's metrics in the Kubeflow UI")
         return False
-    from whisper_moe import storage
+    from whisper_moe import artifacts, storage
     from whisper_moe_kfp.runtime import run_folder_name
 
-    pointer_uri = storage.join_uri(output_s3_uri, run_folder_name(run_id, ""), "pointer.json")
+    pointer_uri = storage.join_uri(output_s3_uri, run_folder_name(run_id, ""),
+                                   artifacts.PUBLISHED_POINTER)
     try:
         pointer = storage.read_json(pointer_uri)
     except storage.StorageError as error:

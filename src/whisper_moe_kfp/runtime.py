@@ -11,7 +11,6 @@ module needs no kfp import. DVC is imported only inside `fetch_from_dvc`.
 from __future__ import annotations
 
 import html
-import json
 import logging
 import math
 import re
@@ -19,10 +18,13 @@ import shutil
 import time
 from pathlib import Path
 
+from whisper_moe import artifacts
+from whisper_moe.data.manifest import SPLIT_NAMES
+from whisper_moe.fsio import write_text_atomic
+
 log = logging.getLogger("whisper_moe_kfp")
 
 SOURCE_FOLDER = "source"  # inside the dataset artifact: the fetched or synthesised corpus
-SPLIT_FILES = ("train.jsonl", "dev.jsonl", "test.jsonl")
 
 
 # ------------------------------------------------------------------ data in
@@ -92,7 +94,7 @@ def point_data_stage_at(params: dict, source: dict, dataset_dir: str | Path) -> 
     data = params["data"]
     fetched = dataset_dir / SOURCE_FOLDER
     if source["kind"] != "params":
-        if all((fetched / name).exists() for name in SPLIT_FILES):
+        if all(artifacts.split_manifest(fetched, split).exists() for split in SPLIT_NAMES):
             data["source"], data["manifest_dir"] = "manifest", str(fetched)
         elif data["source"] == "sap":
             data["sap_root"], data["dir"] = str(fetched), str(dataset_dir / "imported")
@@ -117,7 +119,7 @@ def describe_source(source: dict) -> str:
 
 def data_report_markdown(dataset_dir: str | Path, source: dict) -> str:
     """Kept and skipped utterances per split, with the reasons, as Markdown for the UI."""
-    report = json.loads((Path(dataset_dir) / "data_report.json").read_text())
+    report = artifacts.load_data_report(dataset_dir)
     origin = describe_source(source) if source["kind"] != "params" else report.get("source", "")
     lines = ["# Training data", "", f"Source: `{origin}`", "",
              "| split | kept | skipped | reasons |", "| --- | --- | --- | --- |"]
@@ -144,8 +146,8 @@ def move_folder(source: str | Path, dest: str | Path) -> Path:
 def finish_training_folder(train_dir: str | Path, checkpoint_dir: str | Path) -> None:
     """checkpoint/ becomes the Model artifact; resumable state is dropped (the run is done)."""
     train_dir = Path(train_dir)
-    move_folder(train_dir / "checkpoint", checkpoint_dir)
-    shutil.rmtree(train_dir / "checkpoints", ignore_errors=True)
+    move_folder(train_dir / artifacts.MODEL_CHECKPOINT, checkpoint_dir)
+    shutil.rmtree(train_dir / artifacts.RESUMABLE_CHECKPOINTS, ignore_errors=True)
 
 
 def image_page(title: str, png_paths: list[str | Path], details: str = "") -> str:
@@ -161,10 +163,10 @@ def image_page(title: str, png_paths: list[str | Path], details: str = "") -> st
 
 
 def write_text(path: str | Path, text: str) -> Path:
+    """An artifact file written atomically, its folder created when missing."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
+    return write_text_atomic(path, text)
 
 
 # ------------------------------------------------------------------ numbers for the UI
@@ -188,39 +190,6 @@ def log_evaluation(metrics_artifact, evaluation: dict) -> None:
         for group, values in sorted(result.get("per_group", {}).items()):
             log_numbers(metrics_artifact, {f"wer_{group}": values["wer"]}, f"{system}_")
     log_numbers(metrics_artifact, {"test_utterances": evaluation.get("utterances")})
-
-
-def find_gate_confusion(gate_dir: str | Path) -> tuple[list[str], list[list[float]]] | None:
-    """(labels, matrix) of the pretrained gate's confusion matrix, if its stage wrote one.
-
-    The pretrain-gate stage writes gate_metrics.json with a square "confusion_matrix"
-    (rows: cluster, columns: the gate's expert) and its "categories"; None when the
-    folder holds no such file.
-    """
-    for path in sorted(Path(gate_dir).glob("*.json")):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        found = confusion_in(data)
-        if found is not None:
-            return found
-    return None
-
-
-def confusion_in(data) -> tuple[list[str], list[list[float]]] | None:
-    if not isinstance(data, dict):
-        return None
-    matrix = data.get("confusion_matrix")
-    if isinstance(matrix, dict):  # {"labels": [...], "matrix": [[...]]}
-        data, matrix = matrix, matrix.get("matrix")
-    if not (isinstance(matrix, list) and matrix and all(isinstance(r, list) for r in matrix)):
-        return None
-    if any(len(row) != len(matrix) for row in matrix):
-        return None
-    labels = data.get("categories") or data.get("labels") or [f"expert {i}" for i in
-                                                               range(len(matrix))]
-    return [str(label) for label in labels], [[float(v) for v in row] for row in matrix]
 
 
 # ------------------------------------------------------------------ data out
@@ -253,7 +222,7 @@ def publish(output_s3_uri: str, run_id: str, run_name: str, checkpoint_dir: str 
     so `dvc import-url s3://.../<run>/pointer.json` (or .../model) versions the result.
     With no output_s3_uri nothing is uploaded and the pointer names Kubeflow's own copy.
     """
-    evaluation = json.loads((Path(evaluation_dir) / "metrics.json").read_text())
+    evaluation = artifacts.load_evaluation_metrics(evaluation_dir)
     folder = run_folder_name(run_id, run_name)
     pointer = {"uri": checkpoint_uri, "metrics": headline_metrics(evaluation), "run": folder,
                "run_name": run_name if "{{" not in run_name else None, "published": False}
@@ -264,16 +233,16 @@ def publish(output_s3_uri: str, run_id: str, run_name: str, checkpoint_dir: str 
 
     base = storage.join_uri(output_s3_uri, folder)
     client = storage.s3_client()
-    storage.upload_folder(checkpoint_dir, storage.join_uri(base, "model"), client=client)
-    storage.upload_file(Path(evaluation_dir) / "metrics.json", storage.join_uri(base, "metrics.json"),
-                        client=client)
-    storage.upload_file(report_path, storage.join_uri(base, "report.html"), client=client)
-    storage.upload_bytes(params_yaml.encode(), storage.join_uri(base, "params.yaml"),
+    storage.upload_folder(checkpoint_dir, storage.join_uri(base, artifacts.PUBLISHED_MODEL), client=client)
+    storage.upload_file(Path(evaluation_dir) / artifacts.EVALUATION_METRICS,
+                        storage.join_uri(base, artifacts.PUBLISHED_METRICS), client=client)
+    storage.upload_file(report_path, storage.join_uri(base, artifacts.PUBLISHED_REPORT), client=client)
+    storage.upload_bytes(params_yaml.encode(), storage.join_uri(base, artifacts.PUBLISHED_PARAMS),
                          content_type="application/yaml", client=client)
-    pointer.update(uri=storage.join_uri(base, "model"), published=True,
-                   metrics_uri=storage.join_uri(base, "metrics.json"),
-                   report_uri=storage.join_uri(base, "report.html"),
-                   params_uri=storage.join_uri(base, "params.yaml"))
-    storage.upload_json(pointer, storage.join_uri(base, "pointer.json"), client=client)
+    pointer.update(uri=storage.join_uri(base, artifacts.PUBLISHED_MODEL), published=True,
+                   metrics_uri=storage.join_uri(base, artifacts.PUBLISHED_METRICS),
+                   report_uri=storage.join_uri(base, artifacts.PUBLISHED_REPORT),
+                   params_uri=storage.join_uri(base, artifacts.PUBLISHED_PARAMS))
+    storage.upload_json(pointer, storage.join_uri(base, artifacts.PUBLISHED_POINTER), client=client)
     log.info("published the model, metrics and report under %s", base)
     return pointer

@@ -16,12 +16,12 @@ import logging
 import math
 import os
 import random
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from whisper_moe.errors import WhisperMoeError
+from whisper_moe.fsio import write_text_atomic
 
 REQUIRED_KEYS = ("audio_filepath", "text")
 DEFAULT_GROUP = "all"
@@ -183,30 +183,6 @@ def write_manifest(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
     manifest_dir = path.resolve().parent
     lines = [json.dumps(_portable_row(row, manifest_dir), ensure_ascii=False) for row in rows]
     write_text_atomic(path, "".join(line + "\n" for line in lines))
-    return path
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Replace path with text in one rename, after the bytes are on disk."""
-    path = Path(path)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        if os.path.exists(temp_name):
-            os.unlink(temp_name)
-        raise
-
-
-def write_json_atomic(path: str | os.PathLike, payload: dict) -> Path:
-    """Reports are written the same atomic way as manifests."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
     return path
 
 

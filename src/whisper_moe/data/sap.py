@@ -27,7 +27,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from whisper_moe.data.audio import AudioError, audio_duration_s
-from whisper_moe.data.manifest import speaker_disjoint_split, write_json_atomic, write_manifest
+from whisper_moe.data.manifest import speaker_disjoint_split, write_manifest
+from whisper_moe.fsio import write_json_atomic
 from whisper_moe.text import clean_sap_transcript
 
 SPEAKER_KEYS = ("Contributor ID", "Etiology", "Files")
@@ -69,7 +70,7 @@ def import_sap(
         name: write_manifest(out_dir / f"{name}.jsonl", rows) for name, rows in outputs.items()
     }
     report = _sap_report(root, splits, outputs, skips, dev_fraction, seed)
-    paths["report"] = write_json_atomic(out_dir / "data_report.json", report)
+    paths["report"] = write_json_atomic(out_dir / "data_report.json", report, sort_keys=True)
     return paths
 
 

@@ -24,10 +24,10 @@ from whisper_moe.data.manifest import (
     ManifestError,
     iter_manifest_lines,
     parse_manifest_line,
-    write_json_atomic,
     write_manifest,
 )
 from whisper_moe.errors import WhisperMoeError
+from whisper_moe.fsio import write_json_atomic
 
 MAX_EXAMPLES = 5
 FIX_NAMES = ("resampled", "downmixed")
@@ -124,7 +124,7 @@ def validate_manifest(
     tally = ValidationTally()
     kept_rows = _check_all_lines(in_path, tally, rules, num_workers, progress)
     report = tally.report(in_path, max_skip_fraction)
-    write_json_atomic(report_path, report)
+    write_json_atomic(report_path, report, sort_keys=True)
     _stop_if_too_much_skipped(in_path, tally, max_skip_fraction, report_path)
     write_manifest(out_path, kept_rows)
     return report

@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import save_file
 
 from whisper_moe.errors import WhisperMoeError
+from whisper_moe.fsio import atomic_folder
 
 EXPORT_INFO = "ct2_export.json"
 GATE_FILE = "gate.safetensors"
@@ -80,10 +81,9 @@ def export_ct2(checkpoint_dir: str | Path, out_dir: str | Path,
     model, tokenizer = load_moe(checkpoint_dir)
     plain, _ = load_base_model(model.config.base_model)
     plain.eval()
-    staging = Path(tempfile.mkdtemp(prefix=".ct2-export-", dir=out_dir.parent if out_dir.parent.exists() else None))
-    try:
-        build = staging / "build"
-        hf_dir = staging / "hf"
+    with tempfile.TemporaryDirectory(prefix="whisper-moe-ct2-") as scratch, \
+            atomic_folder(out_dir) as build:
+        hf_dir = Path(scratch) / "hf"
         for index, name in enumerate(["base"] + [f"expert_{e}" for e in range(model.config.num_experts)]):
             originals = merge_into(plain, expert_deltas(model, index - 1)) if index else {}
             plain.save_pretrained(hf_dir, safe_serialization=True)
@@ -105,9 +105,4 @@ def export_ct2(checkpoint_dir: str | Path, out_dir: str | Path,
                 "quantization": quantization, "gate_input": "mean of the base encoder output over "
                 "valid positions", "routing": "top-1 of the gate"}
         (build / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        build.rename(out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out_dir

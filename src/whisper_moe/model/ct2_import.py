@@ -20,9 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +31,7 @@ from tokenizers import AddedToken
 from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperTokenizer
 
 from whisper_moe.errors import WhisperMoeError
+from whisper_moe.fsio import atomic_folder
 
 # English-only Whisper checkpoints have 51864 tokens; multilingual 51865 (large-v3: 51866).
 ENGLISH_ONLY_VOCAB_SIZE = 51864
@@ -532,10 +531,7 @@ def import_ct2_whisper(
     )
     state_dict = whisper_state_dict(ct2, dims)
 
-    dst_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{dst_dir.name}.import-", dir=dst_dir.parent))
-    try:
-        tmp_dir.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary directory
+    with atomic_folder(dst_dir, overwrite=overwrite) as tmp_dir:
         write_transformers_whisper(
             tmp_dir, state_dict, whisper_model_config(dims, tokenizer), generation_config, tokenizer
         )
@@ -552,24 +548,4 @@ def import_ct2_whisper(
         (tmp_dir / IMPORT_RECORD).write_text(json.dumps(provenance, indent=2) + "\n")
         for written in tmp_dir.iterdir():
             written.chmod(0o644)  # safetensors writes owner-only files; caches may be shared
-        _move_into_place(tmp_dir, dst_dir, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     return dst_dir
-
-
-def _move_into_place(tmp_dir: Path, dst_dir: Path, overwrite: bool) -> None:
-    """Rename the finished import to `dst_dir`. A replaced directory is first renamed aside,
-    so readers never find `dst_dir` half deleted."""
-    old_dir = None
-    if overwrite and dst_dir.exists():
-        old_dir = Path(tempfile.mkdtemp(prefix=f".{dst_dir.name}.old-", dir=dst_dir.parent))
-        os.replace(dst_dir, old_dir)
-    try:
-        os.replace(tmp_dir, dst_dir)  # atomic; fails if dst_dir appeared meanwhile
-    except OSError as error:
-        raise FileExistsError(f"{dst_dir}: was created while importing ({error})") from error
-    finally:
-        if old_dir is not None:
-            shutil.rmtree(old_dir, ignore_errors=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from whisper_moe.errors import WhisperMoeError
+from whisper_moe.fsio import atomic_folder
 from whisper_moe.model.moe import WhisperMoE
 
 
@@ -52,15 +53,16 @@ def export_peft_adapters(checkpoint_dir: str | Path, out_dir: str | Path) -> lis
 
 
 def write_peft_adapters(model: WhisperMoE, out_dir: str | Path) -> list[Path]:
+    """All adapters, swapped in as one folder: no expert_N of an earlier export survives."""
     out_dir = Path(out_dir)
     config = adapter_config(model)
-    folders = []
-    for expert in range(model.config.num_experts):
-        folder = out_dir / f"expert_{expert}"
-        folder.mkdir(parents=True, exist_ok=True)
-        save_file(expert_adapter_state(model, expert), folder / "adapter_model.safetensors",
-                  metadata={"format": "pt"})
-        serialisable = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
-        (folder / "adapter_config.json").write_text(json.dumps(serialisable, indent=2, default=str))
-        folders.append(folder)
-    return folders
+    serialisable = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
+    names = [f"expert_{expert}" for expert in range(model.config.num_experts)]
+    with atomic_folder(out_dir) as building:
+        for expert, name in enumerate(names):
+            folder = building / name
+            folder.mkdir()
+            save_file(expert_adapter_state(model, expert), folder / "adapter_model.safetensors",
+                      metadata={"format": "pt"})
+            (folder / "adapter_config.json").write_text(json.dumps(serialisable, indent=2, default=str))
+    return [out_dir / name for name in names]

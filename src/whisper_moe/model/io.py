@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from whisper_moe.fsio import atomic_folder
 from whisper_moe.model.base import load_base_model
 from whisper_moe.model.moe import MOE_CONFIG_NAME, WEIGHTS_NAME, MoEConfig, WhisperMoE
-from whisper_moe.training.checkpointing import replace_folder
 
 
 def moe_config_from_params(params: dict, num_experts: int) -> MoEConfig:
@@ -58,13 +56,10 @@ def build_moe(config: MoEConfig, device: torch.device | str = "cpu", seed: int |
 def save_moe(model: WhisperMoE, directory: str | Path) -> Path:
     """Write the checkpoint folder atomically: a reader never sees half of it."""
     directory = Path(directory)
-    temporary = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
-    shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir(parents=True)
-    model.config.save(temporary)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.trainable_state_dict().items()}
-    save_file(state, temporary / WEIGHTS_NAME, metadata={"format": "pt"})
-    replace_folder(temporary, directory)
+    with atomic_folder(directory) as temporary:
+        model.config.save(temporary)
+        state = {k: v.detach().contiguous().cpu() for k, v in model.trainable_state_dict().items()}
+        save_file(state, temporary / WEIGHTS_NAME, metadata={"format": "pt"})
     return directory
 
 

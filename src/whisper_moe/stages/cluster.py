@@ -10,22 +10,15 @@ for oracle routing) and `scatter.png` (PCA 2-D, by cluster and by group).
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
-from whisper_moe import clustering
-from whisper_moe.stages.common import write_json
-from whisper_moe.stages.embed import load_embeddings
+from whisper_moe import artifacts, clustering
+from whisper_moe.fsio import write_json_atomic
 
 log = logging.getLogger("whisper_moe.cluster")
-
-LABELS_NAME = "labels.npy"
-SOFT_LABELS_NAME = "soft_labels.npy"
-REPORT_NAME = "cluster_report.json"
-SCATTER_NAME = "scatter.png"
 
 
 def run(params: dict, embeddings_dir, out_dir) -> dict:
@@ -33,25 +26,25 @@ def run(params: dict, embeddings_dir, out_dir) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = params["cluster"]
     seed = int(params["seed"])
-    embeddings, index = load_embeddings(embeddings_dir)
+    embeddings, index = artifacts.load_embeddings(embeddings_dir)
     features, pca_info = clustering.reduce_embeddings(embeddings, int(settings["pca_components"]), seed)
     result = clustering.cluster_embeddings(
         features, str(settings["algorithm"]), settings["num_clusters"],
         int(settings["min_clusters"]), int(settings["max_clusters"]),
         int(settings["min_cluster_size"]), seed,
     )
-    np.save(out_dir / LABELS_NAME, result.labels)
-    np.save(out_dir / SOFT_LABELS_NAME, result.soft_labels)
+    artifacts.save_cluster_labels(out_dir, result.labels, result.soft_labels)
     groups = [row.get("group", "") for row in index]
     report = build_report(result, groups, pca_info, len(embeddings))
-    outputs = {"labels": str(out_dir / LABELS_NAME), "soft_labels": str(out_dir / SOFT_LABELS_NAME),
-               "report": str(out_dir / REPORT_NAME), "num_clusters": result.num_clusters}
+    outputs = {"labels": str(out_dir / artifacts.CLUSTER_LABELS),
+               "soft_labels": str(out_dir / artifacts.CLUSTER_SOFT_LABELS),
+               "report": str(out_dir / artifacts.CLUSTER_REPORT), "num_clusters": result.num_clusters}
     if settings.get("plot", True):
         with_groups = groups if clustering.has_group_labels(groups) else None
         clustering.plot_clusters(clustering.points_2d(features), result.labels, with_groups,
-                                 out_dir / SCATTER_NAME)
-        outputs["scatter"] = str(out_dir / SCATTER_NAME)
-    write_json(out_dir / REPORT_NAME, report)
+                                 out_dir / artifacts.CLUSTER_SCATTER)
+        outputs["scatter"] = str(out_dir / artifacts.CLUSTER_SCATTER)
+    write_json_atomic(out_dir / artifacts.CLUSTER_REPORT, report)
     log.info("%s: %d clusters (%s), sizes %s, silhouette %s, ARI with groups %s",
              result.algorithm, result.num_clusters, result.k_selection, report["cluster_sizes"],
              _fmt(result.silhouette), _fmt(report.get("adjusted_rand_index")))
@@ -80,19 +73,6 @@ def build_report(result: clustering.Clustering, groups: list[str], pca_info: dic
         report["group_cluster_table"] = table
         report["group_to_expert"] = clustering.majority_cluster(table)
     return report
-
-
-def load_cluster_outputs(cluster_dir) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(hard labels [N], soft labels [N, k], report) of a cluster stage folder."""
-    cluster_dir = Path(cluster_dir)
-    paths = [cluster_dir / name for name in (LABELS_NAME, SOFT_LABELS_NAME, REPORT_NAME)]
-    for path in paths:
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: missing; run `whisper-moe cluster --out {cluster_dir}` first")
-    labels = np.load(paths[0], allow_pickle=False)
-    soft = np.load(paths[1], allow_pickle=False)
-    report = json.loads(paths[2].read_text())
-    return labels, soft, report
 
 
 def _finite(value):

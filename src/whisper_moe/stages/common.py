@@ -1,11 +1,27 @@
-"""What several stages share: selecting the rows a mode trains on, tokens, JSON output."""
+"""What several stages share: the rows a mode uses, tokens, and the set-up and end of MoE training.
+
+Joint training (`stages.train`) and expert pretraining (`stages.pretrain_experts`)
+build the model, its training utterances and the Trainer, run it and save the
+result the same way; both call the functions here.
+"""
 
 from __future__ import annotations
 
-import json
+import logging
+import time
 from pathlib import Path
 
-from whisper_moe.data.manifest import read_manifest, stratified_sample, write_text_atomic
+from whisper_moe import artifacts
+from whisper_moe.data.batching import UtteranceDataset
+from whisper_moe.data.manifest import read_manifest, stratified_sample
+from whisper_moe.model.base import decoder_prefix_ids
+from whisper_moe.model.io import build_moe, moe_config_from_params, save_moe
+from whisper_moe.model.moe import WhisperMoE
+from whisper_moe.training import checkpointing
+from whisper_moe.training.runtime import StopRequest
+from whisper_moe.training.trainer import Trainer, TrainSettings
+
+log = logging.getLogger("whisper_moe.stages")
 
 
 def mode_rows(params: dict, manifest: str | Path, split: str) -> list[dict]:
@@ -31,9 +47,72 @@ def special_ids(tokenizer) -> dict[str, int]:
     return {"eot": eot, "pad": pad}
 
 
-def write_json(path: str | Path, data) -> Path:
-    """Stage outputs are written atomically, like manifests (keys in the order given)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
-    return path
+# ----------------------------------------------------------------------------- MoE training
+def build_training_model(params: dict, num_experts: int, device,
+                         group_to_expert: dict | None = None) -> tuple[WhisperMoE, object]:
+    """(WhisperMoE, tokenizer) with fresh experts and gate, seeded by `params["seed"]`."""
+    config = moe_config_from_params(params, num_experts)
+    config.group_to_expert = group_to_expert
+    return build_moe(config, device, seed=int(params["seed"]), dtype=params["model"]["dtype"])
+
+
+def utterance_set(params: dict, manifest, split: str, tokenizer, model: WhisperMoE) -> UtteranceDataset:
+    """The mode's rows of one split as decoder targets: the forced prefix, the text, end-of-text."""
+    prefix = decoder_prefix_ids(tokenizer, model.base.config)
+    max_labels = min(int(params["train"]["max_label_tokens"]), model.base.config.max_target_positions)
+    return UtteranceDataset(mode_rows(params, manifest, split), tokenizer, prefix,
+                            special_ids(tokenizer)["eot"], max_labels)
+
+
+def training_set(params: dict, manifest, tokenizer, model: WhisperMoE) -> UtteranceDataset:
+    """The training utterances; none at all is an error naming the manifest."""
+    dataset = utterance_set(params, manifest, "train", tokenizer, model)
+    if len(dataset) == 0:
+        raise ValueError(f"{manifest}: no usable training utterances")
+    return dataset
+
+
+def start_trainer(model: WhisperMoE, tokenizer, train_set: UtteranceDataset, settings: TrainSettings,
+                  out_dir: Path, device, resume: bool, **options) -> Trainer:
+    """A Trainer continued from its newest valid checkpoint (`resume`), else started fresh.
+
+    `options` go to Trainer (dev_set, forced_expert, rank, world_size, ddp_model).
+    """
+    prefix = decoder_prefix_ids(tokenizer, model.base.config)
+    trainer = Trainer(model, train_set, settings, out_dir, device, special_ids(tokenizer)["pad"],
+                      len(prefix), **options)
+    if resume:
+        trainer.resume()
+    else:
+        remove_earlier_checkpoints(trainer.checkpoint_root)
+    return trainer
+
+
+def remove_earlier_checkpoints(root: Path) -> None:
+    """A fresh run must not resume later from another run's training state."""
+    earlier = checkpointing.list_checkpoints(root)
+    if earlier:
+        log.warning("%s holds checkpoints of an earlier run; starting fresh (use --resume to continue)",
+                    root)
+    for folder in earlier:
+        checkpointing.remove_checkpoint(folder)
+
+
+def fit(trainer: Trainer) -> tuple[list[dict], float]:
+    """(history, seconds) of a full run; SIGTERM/SIGINT save a checkpoint and stop it."""
+    started = time.perf_counter()
+    with StopRequest() as stop:
+        history = trainer.fit(stop)
+    return history, time.perf_counter() - started
+
+
+def save_trained(model: WhisperMoE, history: list[dict], out_dir: Path) -> Path:
+    """The model checkpoint and the training log of a finished run; returns the checkpoint."""
+    checkpoint_dir = save_moe(model, out_dir / artifacts.MODEL_CHECKPOINT)
+    artifacts.save_train_log(out_dir, history)
+    return checkpoint_dir
+
+
+def step_records(history: list[dict]) -> list[dict]:
+    """The per-optimizer-step records of a training history."""
+    return [record for record in history if "ce_loss" in record]

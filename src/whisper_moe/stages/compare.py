@@ -16,11 +16,12 @@ trainable parameters, rank E*r, which is simply a regular MoE with one expert:
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
-from whisper_moe.stages.common import write_json
+from whisper_moe import artifacts
+from whisper_moe.artifacts import read_json
+from whisper_moe.fsio import write_json_atomic, write_text_atomic
 
 log = logging.getLogger("whisper_moe.compare")
 
@@ -37,10 +38,6 @@ def find_file(run_dir: Path, candidates: tuple[str, ...]) -> Path:
     )
 
 
-def read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
-
-
 def system_name(num_experts: int, rank: int, pretrained: bool) -> str:
     if num_experts == 1:
         return f"single LoRA (rank {rank})"
@@ -52,7 +49,7 @@ def pretraining_seconds(run_dir: Path) -> float | None:
     """Seconds the pretraining stages took, from the pipeline's stage markers."""
     total, found = 0.0, False
     for stage in PRETRAINING_STAGES:
-        marker = run_dir / stage / "stage_done.json"
+        marker = run_dir / stage / artifacts.STAGE_DONE
         if marker.exists():
             total += float(read_json(marker).get("seconds", 0.0))
             found = True
@@ -61,16 +58,18 @@ def pretraining_seconds(run_dir: Path) -> float | None:
 
 def checkpoint_rank(run_dir: Path) -> int | None:
     """LoRA rank from the trained checkpoint, for runs made stage by stage (dvc repro)."""
-    config = run_dir / "train" / "checkpoint" / "moe_config.json"
+    config = run_dir / "train" / artifacts.MODEL_CHECKPOINT / "moe_config.json"
     return int(read_json(config)["rank"]) if config.exists() else None
 
 
 def read_run(run_dir) -> tuple[dict, dict | None]:
     """(the run's system row, its base-model row or None)."""
     run_dir = Path(run_dir)
-    metrics = read_json(find_file(run_dir, ("evaluate/metrics.json", "metrics.json")))
-    train = read_json(find_file(run_dir, ("train/train_metrics.json", "train_metrics.json")))
-    params = read_json(run_dir / "params.json") if (run_dir / "params.json").exists() else {}
+    metrics = read_json(find_file(run_dir, (f"evaluate/{artifacts.EVALUATION_METRICS}",
+                                            artifacts.EVALUATION_METRICS)))
+    train = read_json(find_file(run_dir, (f"train/{artifacts.TRAIN_METRICS}", artifacts.TRAIN_METRICS)))
+    run_params = run_dir / artifacts.RUN_PARAMS
+    params = read_json(run_params) if run_params.exists() else {}
     rank = int(params.get("model", {}).get("lora", {}).get("rank", 0)) or checkpoint_rank(run_dir)
     num_experts = int(train.get("num_experts", 0))
     pretrained = (run_dir / "pretrain_experts").is_dir()
@@ -172,9 +171,9 @@ def run(params: dict, run_dirs, out_dir) -> dict:
     if hint:
         notes.append(hint)
     groups = sorted({g for r in rows for g in r["per_group"]})
-    (out_dir / "comparison.md").write_text(markdown(rows, groups, notes))
+    write_text_atomic(out_dir / "comparison.md", markdown(rows, groups, notes))
     result = {"systems": rows, "groups": groups, "notes": notes}
-    write_json(out_dir / "comparison.json", result)
+    write_json_atomic(out_dir / "comparison.json", result)
     log.info("compared %d runs: %s", len(run_dirs), out_dir / "comparison.md")
     return {"markdown": str(out_dir / "comparison.md"), "json": str(out_dir / "comparison.json"),
             "systems": len(rows)}

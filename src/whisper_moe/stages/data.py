@@ -7,17 +7,15 @@ split's skipped share passes `data.max_skip_fraction`.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
+from whisper_moe import artifacts
 from whisper_moe.data.manifest import SPLIT_NAMES
 from whisper_moe.data.validate import validate_manifest
-from whisper_moe.stages.common import write_json
+from whisper_moe.fsio import write_json_atomic
 
 log = logging.getLogger("whisper_moe.data")
-
-STAMP_NAME = "source_stamp.json"
 
 
 def source_stamp(params: dict) -> dict:
@@ -29,10 +27,10 @@ def source_stamp(params: dict) -> dict:
 
 
 def is_built_from(folder: Path, stamp: dict) -> bool:
-    stamp_path = folder / STAMP_NAME
-    if not all((folder / f"{split}.jsonl").exists() for split in SPLIT_NAMES[:2]):
+    stamp_path = folder / artifacts.SOURCE_STAMP
+    if not all(artifacts.split_manifest(folder, split).exists() for split in SPLIT_NAMES[:2]):
         return False
-    return stamp_path.exists() and json.loads(stamp_path.read_text()) == stamp
+    return stamp_path.exists() and artifacts.read_json(stamp_path) == stamp
 
 
 def source_manifests(params: dict) -> Path:
@@ -69,7 +67,7 @@ def source_manifests(params: dict) -> Path:
 
         log.info("importing the SAP release %s into %s", data["sap_root"], folder)
         import_sap(data["sap_root"], folder)
-    write_json(folder / STAMP_NAME, stamp)
+    write_json_atomic(folder / artifacts.SOURCE_STAMP, stamp)
     return folder
 
 
@@ -95,7 +93,7 @@ def validate_one(params: dict, manifest, out_dir: Path, root=None, split: str | 
     out_dir.mkdir(parents=True, exist_ok=True)
     split = split or Path(manifest).stem
     return validate_manifest(
-        manifest, out_dir / f"{split}.jsonl", out_dir / f"{split}_report.json",
+        manifest, artifacts.split_manifest(out_dir, split), artifacts.split_report(out_dir, split),
         max_skip_fraction=float(params["data"]["max_skip_fraction"]),
         max_duration_s=float(params["data"]["max_duration_s"]),
         max_label_tokens=int(params["train"]["max_label_tokens"]), root=root,
@@ -109,11 +107,11 @@ def run(params: dict, out_dir) -> dict:
     reports = {}
     tokenizer = base_tokenizer(params)
     for split in SPLIT_NAMES:
-        manifest = source / f"{split}.jsonl"
+        manifest = artifacts.split_manifest(source, split)
         if not manifest.exists():
             raise FileNotFoundError(f"{manifest}: missing; a data folder needs train/dev/test.jsonl")
         reports[split] = validate_one(params, manifest, out_dir, split=split, tokenizer=tokenizer)
         log.info("%s: kept %d, skipped %s", split, reports[split]["kept"], reports[split]["skipped"])
-    write_json(out_dir / "data_report.json", {"source": str(source), "splits": reports})
-    return {split: str(out_dir / f"{split}.jsonl") for split in SPLIT_NAMES} | {
-        "report": str(out_dir / "data_report.json")}
+    write_json_atomic(out_dir / artifacts.DATA_REPORT, {"source": str(source), "splits": reports})
+    return {split: str(artifacts.split_manifest(out_dir, split)) for split in SPLIT_NAMES} | {
+        "report": str(out_dir / artifacts.DATA_REPORT)}

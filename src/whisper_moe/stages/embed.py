@@ -3,10 +3,11 @@
 Each utterance becomes the mean of the frozen base encoder's output over the
 positions that saw real audio (padding excluded): the same function the gate uses
 (`WhisperMoE.pooled_embeddings`), so clusters and the pretrained gate see exactly
-what joint training routes on. Batched, bf16 on a GPU, log-mel on the device, and
-only the `[d]` mean kept per utterance (the seed kept 1500 x d floats each).
+what joint training routes on (computed by `whisper_moe.embedding`). Batched, bf16 on
+a GPU, log-mel on the device, and only the `[d]` mean kept per utterance (the seed
+kept 1500 x d floats each).
 
-Writes `embeddings.npy` (float32 [N, d]), `index.jsonl` (id, group, speaker,
+Writes (through `whisper_moe.artifacts`) `embeddings.npy` (float32 [N, d]), `index.jsonl` (id, group, speaker,
 audio_filepath, one line per row of the array) and `embed_report.json`. Work is
 saved in chunks under `partial/`, so `--resume` after a crash or a preempted pod
 continues where it stopped and gives the same array.
@@ -17,108 +18,28 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from whisper_moe.data.audio import AudioError, load_audio
-from whisper_moe.data.features import whisper_features
-from whisper_moe.data.manifest import stratified_sample, write_text_atomic
+from whisper_moe import artifacts
+from whisper_moe.data.manifest import stratified_sample
+from whisper_moe.embedding import embedding_dtype, pooled_embedding_batches
+from whisper_moe.fsio import atomic_file, write_json_atomic
 from whisper_moe.model.base import load_base_model
-from whisper_moe.model.moe import pool_encoder_output
-from whisper_moe.stages.common import mode_rows, write_json
+from whisper_moe.stages.common import mode_rows
 from whisper_moe.training.runtime import StopRequest, TrainingInterrupted, resolve_device
 
 log = logging.getLogger("whisper_moe.embed")
 
-EMBEDDINGS_NAME = "embeddings.npy"
-INDEX_NAME = "index.jsonl"
-REPORT_NAME = "embed_report.json"
 PARTIAL_DIR = "partial"
 PLAN_NAME = "plan.json"
 UTTERANCES_PER_CHUNK = 1024
-INDEX_KEYS = ("id", "group", "speaker", "audio_filepath")
-
-
-# ----------------------------------------------------------------------------- compute
-
-
-class AudioRows(Dataset):
-    """Manifest rows -> decoded audio; an unusable file becomes a counted reason."""
-
-    def __init__(self, rows: list[dict]):
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, position: int) -> dict:
-        try:
-            return {"position": position, "audio": load_audio(self.rows[position]["audio_filepath"])}
-        except AudioError as error:
-            return {"position": position, "error": error.reason}
-
-
-def collate_audio(items: list[dict]) -> dict:
-    """Zero-pad the decoded audio of a batch; failed items travel as (position, reason)."""
-    good = [item for item in items if "audio" in item]
-    num_samples = [len(item["audio"]) for item in good]
-    audio = np.zeros((len(good), max(num_samples, default=0)), dtype=np.float32)
-    for row, item in enumerate(good):
-        audio[row, : len(item["audio"])] = item["audio"]
-    return {
-        "positions": [item["position"] for item in good],
-        "audio": torch.from_numpy(audio),
-        "num_samples": torch.tensor(num_samples, dtype=torch.long),
-        "errors": [(item["position"], item["error"]) for item in items if "error" in item],
-    }
-
-
-def encoder_pooled(whisper, features: torch.Tensor, num_frames: torch.Tensor) -> torch.Tensor:
-    """Frozen-base encoder output averaged over valid positions, float32 `[B, d]`.
-
-    The same computation as `WhisperMoE.pooled_embeddings` (experts off), on a plain
-    Whisper so this stage needs no MoE around the base.
-    """
-    hidden = whisper.model.encoder(features).last_hidden_state
-    return pool_encoder_output(hidden, num_frames, 2 * whisper.config.max_source_positions)
-
-
-def embedding_dtype(device: torch.device) -> torch.dtype:
-    """bf16 weights on a GPU that has it (the encoder is frozen: no master copy needed)."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
-
-
-def pooled_embedding_batches(whisper, rows: list[dict], device: torch.device, batch_size: int,
-                             num_workers: int = 0) -> Iterator[dict]:
-    """Yield per batch {"positions", "embeddings" float32 [b, d] numpy, "errors"}.
-
-    Audio is decoded in DataLoader workers; log-mel, encoder and pooling run on `device`.
-    """
-    loader = DataLoader(AudioRows(rows), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, collate_fn=collate_audio,
-                        pin_memory=device.type == "cuda",
-                        persistent_workers=False, prefetch_factor=4 if num_workers else None)
-    dtype = next(whisper.parameters()).dtype
-    for batch in loader:
-        embeddings = np.zeros((0, whisper.config.d_model), dtype=np.float32)
-        if batch["positions"]:
-            with torch.inference_mode():  # not held across the yield: the caller's mode is its own
-                features, frames = whisper_features(batch["audio"], batch["num_samples"],
-                                                    whisper.config, device, dtype)
-                embeddings = encoder_pooled(whisper, features, frames).cpu().numpy()
-        yield {"positions": batch["positions"], "embeddings": embeddings, "errors": batch["errors"]}
 
 
 # ----------------------------------------------------------------------------- chunks
@@ -147,15 +68,11 @@ def write_chunk(partial: Path, start: int, end: int, positions: list[int], embed
     """One finished range of the sample, written atomically (a reader never sees half)."""
     path = chunk_path(partial, start, end)
     array = np.concatenate(embeddings) if embeddings else np.zeros((0, d_model), np.float32)
-    handle, temporary = tempfile.mkstemp(dir=partial, prefix=".chunk-", suffix=".npz")
-    with os.fdopen(handle, "wb") as stream:
+    with atomic_file(path, "wb") as stream:
         np.savez(stream, embeddings=array.astype(np.float32),
                  positions=np.asarray(positions, dtype=np.int64),
                  error_positions=np.asarray([p for p, _ in errors], dtype=np.int64),
                  error_reasons=np.asarray([r for _, r in errors], dtype=str))
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(temporary, path)
     return path
 
 
@@ -196,7 +113,7 @@ def prepare_partial(out_dir: Path, plan: dict, resume: bool) -> Path:
                      partial)
         shutil.rmtree(partial)
     partial.mkdir(parents=True)
-    write_json(plan_path, plan)
+    write_json_atomic(plan_path, plan)
     return partial
 
 
@@ -269,9 +186,7 @@ def assemble(out_dir: Path, partial: Path, rows: list[dict], plan: dict, elapsed
     skipped_ids = [rows[int(p)]["id"] for c in chunks for p in c["error_positions"]]
     if len(embeddings) == 0:
         raise ValueError(f"none of the {len(rows)} sampled utterances could be read: {dict(reasons)}")
-    save_array_atomic(out_dir / EMBEDDINGS_NAME, embeddings)
-    index_lines = [json.dumps({key: rows[int(p)].get(key, "") for key in INDEX_KEYS}) for p in positions]
-    write_text_atomic(out_dir / INDEX_NAME, "".join(line + "\n" for line in index_lines))
+    artifacts.save_embeddings(out_dir, embeddings, [rows[int(p)] for p in positions])
     report = {
         "plan": plan,
         "embeddings": len(embeddings),
@@ -283,7 +198,7 @@ def assemble(out_dir: Path, partial: Path, rows: list[dict], plan: dict, elapsed
         "utterances_per_s": embedded_now / max(elapsed_s, 1e-9),
         "device": str(device),
     }
-    write_json(out_dir / REPORT_NAME, report)
+    write_json_atomic(out_dir / artifacts.EMBED_REPORT, report)
     shutil.rmtree(partial)
     log.info("embedded %d utterances (d=%d, %d skipped) in %.1f s", len(embeddings),
              embeddings.shape[1], sum(reasons.values()), elapsed_s)
@@ -291,37 +206,14 @@ def assemble(out_dir: Path, partial: Path, rows: list[dict], plan: dict, elapsed
 
 
 def outputs_of(out_dir: Path, report: dict) -> dict:
-    return {"embeddings": str(out_dir / EMBEDDINGS_NAME), "index": str(out_dir / INDEX_NAME),
-            "report": str(out_dir / REPORT_NAME), "count": report["embeddings"], "dim": report["dim"]}
+    return {"embeddings": str(out_dir / artifacts.EMBEDDINGS), "index": str(out_dir / artifacts.EMBEDDING_INDEX),
+            "report": str(out_dir / artifacts.EMBED_REPORT), "count": report["embeddings"],
+            "dim": report["dim"]}
 
 
 def finished_outputs(out_dir: Path, plan: dict) -> dict | None:
     """The outputs of an earlier run with the same plan, when complete."""
-    report_path = out_dir / REPORT_NAME
-    if not (report_path.exists() and (out_dir / EMBEDDINGS_NAME).exists()
-            and (out_dir / INDEX_NAME).exists()):
+    if not artifacts.has_embeddings(out_dir):
         return None
-    report = json.loads(report_path.read_text())
+    report = artifacts.read_json(out_dir / artifacts.EMBED_REPORT)
     return outputs_of(out_dir, report) if report.get("plan") == plan else None
-
-
-def save_array_atomic(path: Path, array: np.ndarray) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".npy")
-    with os.fdopen(handle, "wb") as stream:
-        np.save(stream, array)
-    os.replace(temporary, path)
-
-
-def load_embeddings(embeddings_dir) -> tuple[np.ndarray, list[dict]]:
-    """(embeddings [N, d] float32, index rows) of an embed stage output folder."""
-    embeddings_dir = Path(embeddings_dir)
-    array_path, index_path = embeddings_dir / EMBEDDINGS_NAME, embeddings_dir / INDEX_NAME
-    for path in (array_path, index_path):
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: missing; run `whisper-moe embed --out {embeddings_dir}` first")
-    embeddings = np.load(array_path, allow_pickle=False)
-    index = [json.loads(line) for line in index_path.read_text().splitlines() if line.strip()]
-    if len(index) != len(embeddings):
-        raise ValueError(f"{index_path}: {len(index)} lines but {array_path} has {len(embeddings)} "
-                         "rows; rerun the embed stage")
-    return embeddings.astype(np.float32, copy=False), index

@@ -17,8 +17,10 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from whisper_moe import artifacts
 from whisper_moe.data.batching import UtteranceDataset, collate_utterances
 from whisper_moe.data.features import whisper_features
+from whisper_moe.fsio import write_json_atomic, write_text_atomic
 from whisper_moe.metrics import cer, wer
 from whisper_moe.model.base import decoder_prefix_ids, load_base_model
 from whisper_moe.model.decode import greedy_decode, suppressed_token_ids
@@ -30,7 +32,7 @@ from whisper_moe.plots import (
     plot_wer_per_group,
     png_data_uri,
 )
-from whisper_moe.stages.common import mode_rows, special_ids, write_json
+from whisper_moe.stages.common import mode_rows, special_ids
 from whisper_moe.training.runtime import autocast, mixed_precision, resolve_device
 
 log = logging.getLogger("whisper_moe.evaluate")
@@ -116,16 +118,15 @@ def run(params: dict, checkpoint_dir=None, test_manifest=None, out_dir=None, bas
     metrics["skipped"] = {**dataset.skipped, **skipped}
     metrics["checkpoint"] = str(checkpoint_dir) if checkpoint_dir else None
     metrics["base_model"] = str(base_model or model.config.base_model)
-    with open(out_dir / "predictions.jsonl", "w") as handle:
-        for prediction in predictions:
-            handle.write(json.dumps(prediction) + "\n")
-    write_json(out_dir / "metrics.json", metrics)
+    write_text_atomic(out_dir / artifacts.PREDICTIONS,
+                      "".join(json.dumps(prediction) + "\n" for prediction in predictions))
+    write_json_atomic(out_dir / artifacts.EVALUATION_METRICS, metrics)
     write_dvc_tables(metrics, out_dir)
     write_report(metrics, predictions, out_dir, train_dir or guess_train_dir(checkpoint_dir))
     headline = metrics.get("moe", metrics.get("base"))
     log.info("test WER %.4f (base %.4f) on %d utterances; report: %s", headline["wer"],
              metrics["base"]["wer"] if "base" in metrics else float("nan"),
-             len(predictions), out_dir / "report.html")
+             len(predictions), out_dir / artifacts.EVALUATION_REPORT)
     return metrics
 
 
@@ -194,19 +195,19 @@ def write_dvc_tables(metrics: dict, out_dir: Path) -> None:
     for system in ("base", "moe", "oracle"):
         for group, values in metrics.get(system, {}).get("per_group", {}).items():
             rows.append({"system": system, "group": group, "wer": round(values["wer"], 4)})
-    write_json(out_dir / "wer_per_group.json", rows)
+    write_json_atomic(out_dir / "wer_per_group.json", rows)
     usage_rows = []
     for group, usage in metrics.get("routing", {}).get("expert_usage_per_group", {}).items():
         for expert, weight in enumerate(usage):
             usage_rows.append({"group": group, "expert": expert, "weight": weight})
-    write_json(out_dir / "expert_usage.json", usage_rows)
+    write_json_atomic(out_dir / "expert_usage.json", usage_rows)
 
 
 def guess_train_dir(checkpoint_dir) -> Path | None:
     if checkpoint_dir is None:
         return None
     parent = Path(checkpoint_dir).parent
-    return parent if (parent / "train_log.jsonl").exists() else None
+    return parent if artifacts.has_train_log(parent) else None
 
 
 def write_report(metrics: dict, predictions: list[dict], out_dir: Path, train_dir) -> Path:
@@ -220,8 +221,8 @@ def write_report(metrics: dict, predictions: list[dict], out_dir: Path, train_di
         figures.append(("Expert usage per group",
                         plot_expert_usage(metrics["routing"]["expert_usage_per_group"],
                                           out_dir / "expert_usage.png")))
-    if train_dir is not None and (Path(train_dir) / "train_log.jsonl").exists():
-        history = [json.loads(line) for line in open(Path(train_dir) / "train_log.jsonl")]
+    if train_dir is not None and artifacts.has_train_log(train_dir):
+        history = artifacts.load_train_log(train_dir)
         figures.append(("Training curves", plot_training_curves(history, None)))
     summary_rows = "".join(
         f"<tr><td>{s}</td><td>{metrics[s]['wer']:.4f}</td><td>{metrics[s]['cer']:.4f}</td></tr>"
@@ -251,6 +252,6 @@ td,th{{border:1px solid #ccc;padding:3px 8px}}img{{max-width:100%}}</style></hea
 {group_rows}</table>{images}
 <h2>Highest-WER utterances ({headline})</h2><table><tr><th>id</th><th>group</th><th>reference</th>
 <th>hypothesis</th></tr>{worst_rows}</table></body></html>"""
-    path = out_dir / "report.html"
-    path.write_text(page)
+    path = out_dir / artifacts.EVALUATION_REPORT
+    write_text_atomic(path, page)
     return path

@@ -8,37 +8,30 @@ continues training from its last checkpoint.
 
 from __future__ import annotations
 
-import importlib
+import copy
 import json
 import logging
 import time
 from pathlib import Path
 
-from whisper_moe.stages.common import write_json
-from whisper_moe.stages.train import resolve_num_experts
+from whisper_moe import artifacts
+from whisper_moe.fsio import write_json_atomic
+from whisper_moe.stages import (
+    cluster,
+    data,
+    embed,
+    evaluate,
+    pretrain_experts,
+    pretrain_gate,
+    train,
+)
 
 log = logging.getLogger("whisper_moe.pipeline")
-
-DONE_MARKER = "stage_done.json"
-PRETRAINING_STAGES = ("embed", "cluster", "pretrain_gate", "pretrain_experts")
-
-
-class StageUnavailable(RuntimeError):
-    pass
-
-
-def pretraining_available() -> bool:
-    for name in PRETRAINING_STAGES:
-        try:
-            importlib.import_module(f"whisper_moe.stages.{name}")
-        except ModuleNotFoundError:
-            return False
-    return True
 
 
 def run_stage(name: str, folder: Path, resume: bool, work) -> dict:
     """Run `work()` unless a resumed run finds the stage finished; record it as done."""
-    marker = folder / DONE_MARKER
+    marker = folder / artifacts.STAGE_DONE
     if resume and marker.exists():
         log.info("stage %s: finished earlier, skipped (--resume)", name)
         return json.loads(marker.read_text())["outputs"]
@@ -46,7 +39,7 @@ def run_stage(name: str, folder: Path, resume: bool, work) -> dict:
     started = time.perf_counter()
     folder.mkdir(parents=True, exist_ok=True)
     outputs = work()
-    write_json(marker, {"stage": name, "seconds": time.perf_counter() - started,
+    write_json_atomic(marker, {"stage": name, "seconds": time.perf_counter() - started,
                         "outputs": json.loads(json.dumps(outputs, default=str))})
     return outputs
 
@@ -55,15 +48,8 @@ def run(params: dict, output_dir: Path, skip_pretraining: bool, resume: bool = F
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if skip_pretraining:
-        resolve_num_experts(params, None)  # fail at once, before any work
-    elif not pretraining_available():
-        raise StageUnavailable(
-            "the pretraining stages (embed, cluster, pretrain-gate, pretrain-experts) are not "
-            "available in this version; run the regular MoE with --skip-pretraining --num-experts N"
-        )
-    write_json(output_dir / "params.json", params)
-    from whisper_moe.stages import data, evaluate, train
-
+        train.resolve_num_experts(params, None)  # fail at once, before any work
+    write_json_atomic(output_dir / artifacts.RUN_PARAMS, params)
     data_out = run_stage("data", output_dir / "data", resume,
                          lambda: data.run(params, output_dir / "data"))
     init_dir = None
@@ -80,9 +66,9 @@ def run(params: dict, output_dir: Path, skip_pretraining: bool, resume: bool = F
         "checkpoint": train_out["checkpoint"],
         "test_wer": eval_out.get("moe", {}).get("wer"),
         "base_test_wer": eval_out.get("base", {}).get("wer"),
-        "report": str(output_dir / "evaluate" / "report.html"),
+        "report": str(output_dir / "evaluate" / artifacts.EVALUATION_REPORT),
     }
-    write_json(output_dir / "summary.json", summary)
+    write_json_atomic(output_dir / artifacts.RUN_SUMMARY, summary)
     log.info("done: test WER %s (base %s); report %s", summary["test_wer"], summary["base_test_wer"],
              summary["report"])
     return summary
@@ -94,10 +80,6 @@ def run_pretraining(params: dict, output_dir: Path, data_out: dict, resume: bool
     With --num-experts the clustering makes exactly that many clusters (one per
     expert); without it the clustering chooses k (cluster.num_clusters or silhouette).
     """
-    import copy
-
-    from whisper_moe.stages import cluster, embed, pretrain_experts, pretrain_gate
-
     if params["model"]["num_experts"] is not None:
         params = copy.deepcopy(params)
         params["cluster"]["num_clusters"] = int(params["model"]["num_experts"])

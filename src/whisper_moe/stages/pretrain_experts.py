@@ -18,40 +18,32 @@ Writes `checkpoint/` (a full MoE checkpoint: pretrained gate and experts, with
 from __future__ import annotations
 
 import copy
-import json
 import logging
-import shutil
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from whisper_moe.data.batching import UtteranceDataset
-from whisper_moe.model.base import decoder_prefix_ids
-from whisper_moe.model.io import build_moe, moe_config_from_params, save_moe
+from whisper_moe import artifacts
+from whisper_moe.fsio import write_json_atomic
 from whisper_moe.model.moe import WhisperMoE
-from whisper_moe.stages.cluster import load_cluster_outputs
-from whisper_moe.stages.common import mode_rows, special_ids, write_json
-from whisper_moe.stages.pretrain_gate import load_gate_state
-from whisper_moe.training import checkpointing
-from whisper_moe.training.runtime import (
-    StopRequest,
-    mixed_precision,
-    resolve_device,
-    seed_everything,
+from whisper_moe.stages.common import (
+    build_training_model,
+    fit,
+    save_trained,
+    start_trainer,
+    step_records,
+    training_set,
 )
-from whisper_moe.training.trainer import Trainer, TrainSettings, compute_pooled_cache, write_history
+from whisper_moe.training.runtime import mixed_precision, resolve_device, seed_everything
+from whisper_moe.training.trainer import TrainSettings, compute_pooled_cache
 
 log = logging.getLogger("whisper_moe.pretrain_experts")
-
-ASSIGNMENTS_NAME = "assignments.jsonl"
-METRICS_NAME = "pretrain_experts_metrics.json"
 
 
 def load_pretrained_gate(model: WhisperMoE, gate_dir) -> None:
     """Put the pretrain-gate stage's weights into the model's gate, checking the shapes."""
-    state, config = load_gate_state(gate_dir)
+    state, config = artifacts.load_gate_state(gate_dir)
     d_model, experts = model.base.config.d_model, model.config.num_experts
     if config["input_dim"] != d_model or config["num_experts"] != experts:
         raise ValueError(
@@ -76,19 +68,14 @@ def gate_assignments(model: WhisperMoE, pooled: torch.Tensor) -> torch.Tensor:
 def routed_assignments(model, dataset, device, batch_size, amp_dtype, out_dir: Path,
                        resume: bool) -> torch.Tensor:
     """Expert per training utterance; a resumed run reuses `assignments.jsonl` (same data)."""
-    path = out_dir / ASSIGNMENTS_NAME
-    ids = [row["id"] for row in dataset.rows]
-    if resume and path.exists():
-        saved = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        if [s["id"] for s in saved] == ids:
-            log.info("expert assignments reused from %s", path)
-            return torch.tensor([s["expert"] for s in saved], dtype=torch.long)
+    saved = artifacts.load_assignments(out_dir) if resume else None
+    if saved is not None and [s["id"] for s in saved] == [row["id"] for row in dataset.rows]:
+        log.info("expert assignments reused from %s", out_dir / artifacts.EXPERT_ASSIGNMENTS)
+        return torch.tensor([s["expert"] for s in saved], dtype=torch.long)
     pooled = compute_pooled_cache(model, dataset, device, batch_size, amp_dtype,
                                   desc="routing embeddings")
     experts = gate_assignments(model, pooled)
-    lines = [json.dumps({"id": row["id"], "group": row.get("group", ""), "expert": int(e)})
-             for row, e in zip(dataset.rows, experts.tolist())]
-    path.write_text("".join(line + "\n" for line in lines))
+    artifacts.save_assignments(out_dir, dataset.rows, experts.tolist())
     return experts
 
 
@@ -104,20 +91,13 @@ def run(params: dict, train_manifest, cluster_dir, gate_dir, out_dir, resume: bo
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(params["train"]["device"])
     seed_everything(int(params["seed"]))
-    _, soft_labels, cluster_report = load_cluster_outputs(cluster_dir)
+    _, soft_labels, cluster_report = artifacts.load_cluster_outputs(cluster_dir)
     num_experts = int(soft_labels.shape[1])
-    config = moe_config_from_params(params, num_experts)
-    config.group_to_expert = cluster_report.get("group_to_expert")
-    model, tokenizer = build_moe(config, device, seed=int(params["seed"]), dtype=params["model"]["dtype"])
+    model, tokenizer = build_training_model(params, num_experts, device,
+                                            cluster_report.get("group_to_expert"))
     load_pretrained_gate(model, gate_dir)
 
-    prefix = decoder_prefix_ids(tokenizer, model.base.config)
-    ids = special_ids(tokenizer)
-    max_labels = min(int(params["train"]["max_label_tokens"]), model.base.config.max_target_positions)
-    train_set = UtteranceDataset(mode_rows(params, train_manifest, "train"), tokenizer, prefix,
-                                 ids["eot"], max_labels)
-    if len(train_set) == 0:
-        raise ValueError(f"{train_manifest}: no usable training utterances")
+    train_set = training_set(params, train_manifest, tokenizer, model)
     run_params = copy.deepcopy(params)
     run_params["train"]["weight_decay"] = 0.0  # see the module docstring
     settings = TrainSettings.from_params(run_params, section="pretrain_experts")
@@ -130,28 +110,19 @@ def run(params: dict, train_manifest, cluster_dir, gate_dir, out_dir, resume: bo
         log.warning("experts %s receive no utterances and stay at their initialisation", idle)
     log.info("utterances per expert: %s", per_expert)
 
-    trainer = Trainer(model, train_set, settings, out_dir, device, ids["pad"], len(prefix),
-                      forced_expert=experts)
-    if resume:
-        trainer.resume()
-    else:
-        for folder in checkpointing.list_checkpoints(trainer.checkpoint_root):
-            shutil.rmtree(folder)
-    started = time.perf_counter()
-    with StopRequest() as stop:
-        history = trainer.fit(stop)
-    elapsed_s = time.perf_counter() - started
+    trainer = start_trainer(model, tokenizer, train_set, settings, out_dir, device, resume,
+                            forced_expert=experts)
+    history, elapsed_s = fit(trainer)
 
-    checkpoint_dir = save_moe(model, out_dir / "checkpoint")
-    write_history(history, out_dir / "train_log.jsonl")
-    steps = [h for h in history if "ce_loss" in h]
+    checkpoint_dir = save_trained(model, history, out_dir)
+    steps = step_records(history)
     metrics = {
         "num_experts": num_experts,
         "train_utterances": len(train_set),
         "utterances_per_expert": per_expert,
         "experts_without_utterances": idle,
         "group_expert_table": group_expert_table(train_set.rows, experts, num_experts),
-        "group_to_expert": config.group_to_expert,
+        "group_to_expert": model.config.group_to_expert,
         "epochs": settings.epochs,
         "optimizer_steps": trainer.step,
         "first_train_loss": steps[0]["ce_loss"] if steps else None,
@@ -160,5 +131,5 @@ def run(params: dict, train_manifest, cluster_dir, gate_dir, out_dir, resume: bo
         "train_time_s": elapsed_s,
         "checkpoint": str(checkpoint_dir),
     }
-    write_json(out_dir / METRICS_NAME, metrics)
+    write_json_atomic(out_dir / artifacts.PRETRAIN_EXPERTS_METRICS, metrics)
     return metrics

@@ -12,26 +12,19 @@ for Kubeflow's ClassificationMetrics, the learning curve) and `confusion.png`.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch.nn import functional as F
 
+from whisper_moe import artifacts
+from whisper_moe.fsio import write_json_atomic
 from whisper_moe.model.gate import Gate
-from whisper_moe.stages.cluster import load_cluster_outputs
-from whisper_moe.stages.common import write_json
-from whisper_moe.stages.embed import load_embeddings
 
 log = logging.getLogger("whisper_moe.pretrain_gate")
 
-GATE_WEIGHTS_NAME = "gate.safetensors"
-GATE_CONFIG_NAME = "gate_config.json"
-METRICS_NAME = "gate_metrics.json"
-CONFUSION_NAME = "confusion.png"
 HELDOUT_FRACTION = 0.2
 
 
@@ -132,8 +125,8 @@ def run(params: dict, embeddings_dir, cluster_dir, out_dir) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = params["pretrain_gate"]
     seed = int(params["seed"])
-    embeddings, _ = load_embeddings(embeddings_dir)
-    labels, soft_labels, _ = load_cluster_outputs(cluster_dir)
+    embeddings, _ = artifacts.load_embeddings(embeddings_dir)
+    labels, soft_labels, _ = artifacts.load_cluster_outputs(cluster_dir)
     if len(labels) != len(embeddings):
         raise ValueError(f"{cluster_dir}: {len(labels)} labels for {len(embeddings)} embeddings in "
                          f"{embeddings_dir}; rerun the cluster stage on these embeddings")
@@ -167,28 +160,11 @@ def run(params: dict, embeddings_dir, cluster_dir, out_dir) -> dict:
         "confusion_matrix_all": confusion_matrix(labels, predicted, num_experts),
         "history": history,
     }
-    save_gate(gate, out_dir, embeddings.shape[1], num_experts, hidden)
-    write_json(out_dir / METRICS_NAME, metrics)
-    plot_confusion(metrics["confusion_matrix"], out_dir / CONFUSION_NAME)
+    artifacts.save_gate_state(out_dir, gate.state_dict(), embeddings.shape[1], num_experts, hidden)
+    write_json_atomic(out_dir / artifacts.GATE_METRICS, metrics)
+    plot_confusion(metrics["confusion_matrix"], out_dir / artifacts.GATE_CONFUSION_PLOT)
     log.info("gate: %s accuracy %.3f after %d epochs (best %d)", metrics["accuracy_on"],
              metrics["accuracy"], len(history), best_epoch)
-    return {"gate": str(out_dir / GATE_WEIGHTS_NAME), "metrics": str(out_dir / METRICS_NAME),
-            "confusion": str(out_dir / CONFUSION_NAME), "accuracy": metrics["accuracy"],
+    return {"gate": str(out_dir / artifacts.GATE_WEIGHTS), "metrics": str(out_dir / artifacts.GATE_METRICS),
+            "confusion": str(out_dir / artifacts.GATE_CONFUSION_PLOT), "accuracy": metrics["accuracy"],
             "num_experts": int(num_experts)}
-
-
-def save_gate(gate: Gate, out_dir: Path, input_dim: int, num_experts: int, hidden: int) -> None:
-    state = {k: v.detach().contiguous() for k, v in gate.state_dict().items()}
-    save_file(state, out_dir / GATE_WEIGHTS_NAME, metadata={"format": "pt"})
-    write_json(out_dir / GATE_CONFIG_NAME,
-               {"input_dim": int(input_dim), "num_experts": int(num_experts), "hidden_dim": int(hidden)})
-
-
-def load_gate_state(gate_dir) -> tuple[dict[str, torch.Tensor], dict]:
-    """(Gate state dict, its config) of a pretrain-gate folder."""
-    gate_dir = Path(gate_dir)
-    weights, config = gate_dir / GATE_WEIGHTS_NAME, gate_dir / GATE_CONFIG_NAME
-    for path in (weights, config):
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: missing; run `whisper-moe pretrain-gate --out {gate_dir}` first")
-    return load_file(weights), json.loads(config.read_text())

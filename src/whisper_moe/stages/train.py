@@ -9,21 +9,28 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
 from pathlib import Path
 
 import torch
 
-from whisper_moe.data.batching import UtteranceDataset
+from whisper_moe import artifacts
 from whisper_moe.errors import WhisperMoeError
-from whisper_moe.model.base import decoder_prefix_ids
-from whisper_moe.model.io import build_moe, load_moe_weights, moe_config_from_params, save_moe
+from whisper_moe.fsio import write_json_atomic
+from whisper_moe.model.io import load_moe_weights
 from whisper_moe.model.moe import MoEConfig
 from whisper_moe.plots import plot_training_curves
-from whisper_moe.stages.common import effective_epochs, mode_rows, special_ids, write_json
-from whisper_moe.training import checkpointing
-from whisper_moe.training.runtime import StopRequest, resolve_device, seed_everything
-from whisper_moe.training.trainer import Trainer, TrainSettings, write_history
+from whisper_moe.stages.common import (
+    build_training_model,
+    effective_epochs,
+    fit,
+    save_trained,
+    start_trainer,
+    step_records,
+    training_set,
+    utterance_set,
+)
+from whisper_moe.training.runtime import resolve_device, seed_everything
+from whisper_moe.training.trainer import TrainSettings
 
 log = logging.getLogger("whisper_moe.train")
 
@@ -61,53 +68,33 @@ def run(params: dict, train_manifest, dev_manifest, out_dir, init_dir=None, resu
     device = resolve_device(params["train"]["device"])
     seed_everything(params["seed"])
     num_experts = resolve_num_experts(params, init_dir)
-    config = moe_config_from_params(params, num_experts)
-    if init_dir is not None:
-        config.group_to_expert = MoEConfig.load(init_dir).group_to_expert
-    model, tokenizer = build_moe(config, device, seed=params["seed"], dtype=params["model"]["dtype"])
+    group_to_expert = MoEConfig.load(init_dir).group_to_expert if init_dir is not None else None
+    model, tokenizer = build_training_model(params, num_experts, device, group_to_expert)
     if init_dir is not None:
         load_moe_weights(model, init_dir)
         log.info("joint training starts from the pretrained gate and experts in %s", init_dir)
 
-    prefix = decoder_prefix_ids(tokenizer, model.base.config)
-    ids = special_ids(tokenizer)
-    max_labels = min(int(params["train"]["max_label_tokens"]), model.base.config.max_target_positions)
-    train_set = UtteranceDataset(mode_rows(params, train_manifest, "train"), tokenizer, prefix,
-                                 ids["eot"], max_labels)
-    dev_set = UtteranceDataset(mode_rows(params, dev_manifest, "dev"), tokenizer, prefix,
-                               ids["eot"], max_labels)
-    if len(train_set) == 0:
-        raise ValueError(f"{train_manifest}: no usable training utterances")
+    train_set = training_set(params, train_manifest, tokenizer, model)
+    dev_set = utterance_set(params, dev_manifest, "dev", tokenizer, model)
     run_params = copy.deepcopy(params)
     run_params["train"]["epochs"] = effective_epochs(params)
     settings = TrainSettings.from_params(run_params)
 
     ddp_model = wrap_distributed(model, device, world_size)
-    trainer = Trainer(model, train_set, settings, out_dir, device, ids["pad"], len(prefix),
-                      dev_set=dev_set, rank=rank, world_size=world_size, ddp_model=ddp_model)
-    if resume:
-        trainer.resume()
-    elif checkpointing.list_checkpoints(trainer.checkpoint_root):
-        log.warning("%s holds checkpoints of an earlier run; starting fresh (use --resume to continue)",
-                    trainer.checkpoint_root)
-        for folder in checkpointing.list_checkpoints(trainer.checkpoint_root):
-            checkpointing.remove_checkpoint(folder)
+    trainer = start_trainer(model, tokenizer, train_set, settings, out_dir, device, resume,
+                            dev_set=dev_set, rank=rank, world_size=world_size, ddp_model=ddp_model)
     log.info("training %d experts on %d utterances (%d dev) for %d epochs, %d optimizer steps on %s",
              num_experts, len(train_set), len(dev_set), settings.epochs, trainer.total_steps, device)
-    started = time.perf_counter()
-    with StopRequest() as stop:
-        history = trainer.fit(stop)
-    elapsed_s = time.perf_counter() - started
+    history, elapsed_s = fit(trainer)
 
     if rank != 0:
         return {}
     _, last_mode = final_routing(params)
     model.config.routing_mode, model.config.top_k = last_mode
-    checkpoint_dir = save_moe(model, out_dir / "checkpoint")
-    write_history(history, out_dir / "train_log.jsonl")
-    write_json(out_dir / "loss_curve.json", [h for h in history if "ce_loss" in h])  # for `dvc plots`
-    plot_training_curves(history, out_dir / "training_curves.png")
-    steps = [h for h in history if "ce_loss" in h]
+    checkpoint_dir = save_trained(model, history, out_dir)
+    steps = step_records(history)
+    write_json_atomic(out_dir / artifacts.LOSS_CURVE, steps)  # for `dvc plots`
+    plot_training_curves(history, out_dir / artifacts.TRAINING_CURVES)
     metrics = {
         "num_experts": num_experts,
         "train_utterances": len(train_set),
@@ -122,7 +109,7 @@ def run(params: dict, train_manifest, dev_manifest, out_dir, init_dir=None, resu
         "trainable_parameters": sum(v.numel() for v in model.trainable_state_dict().values()),
         "checkpoint": str(checkpoint_dir),
     }
-    write_json(out_dir / "train_metrics.json", metrics)
+    write_json_atomic(out_dir / artifacts.TRAIN_METRICS, metrics)
     return metrics
 
 

@@ -1,9 +1,9 @@
 """Atomic, verified training checkpoints that a preempted run resumes from exactly.
 
-A checkpoint is a folder `step-00000123/` written under a temporary name, every file
-fsynced, a manifest of sizes and SHA-256 hashes written last, then renamed into
-place. A resume only trusts a folder whose manifest matches its files; a damaged
-newest checkpoint falls back to the previous one with a warning.
+A checkpoint is a folder `step-00000123/` with a manifest of its files' sizes and
+SHA-256 hashes, built and swapped into place by `whisper_moe.fsio.atomic_folder`. A
+resume only trusts a folder whose manifest matches its files; a damaged newest
+checkpoint falls back to the previous one with a warning.
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from whisper_moe import fsio
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +32,6 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fsync_path(path: Path) -> None:
-    """Flush a file or folder entry to disk so a crash cannot leave it half-written."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_checkpoint(
     root: Path,
     step: int,
@@ -51,25 +42,16 @@ def write_checkpoint(
 ) -> Path:
     """Write one checkpoint atomically and prune all but the newest `keep`."""
     root.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(root)
+    fsio.remove_leftovers(root)
     final = root / f"{PREFIX}{step:08d}"
-    temporary = root / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir()
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
-              temporary / "trainable.safetensors")
-    torch.save(torch_state, temporary / "training_state.pt")
-    (temporary / "trainer_state.json").write_text(json.dumps(json_state, indent=2))
-    files = {}
-    for path in sorted(temporary.iterdir()):
-        fsync_path(path)
-        files[path.name] = {"bytes": path.stat().st_size, "sha256": sha256_of(path)}
-    manifest = temporary / MANIFEST_NAME
-    manifest.write_text(json.dumps({"step": step, "files": files}, indent=2))
-    fsync_path(manifest)
-    fsync_path(temporary)
-    replace_folder(temporary, final)
-    fsync_path(root)
+    with fsio.atomic_folder(final) as temporary:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+                  temporary / "trainable.safetensors")
+        torch.save(torch_state, temporary / "training_state.pt")
+        (temporary / "trainer_state.json").write_text(json.dumps(json_state, indent=2))
+        files = {path.name: {"bytes": path.stat().st_size, "sha256": sha256_of(path)}
+                 for path in sorted(temporary.iterdir())}
+        (temporary / MANIFEST_NAME).write_text(json.dumps({"step": step, "files": files}, indent=2))
     prune_checkpoints(root, keep)
     return final
 
@@ -79,29 +61,10 @@ def prune_checkpoints(root: Path, keep: int) -> None:
         remove_checkpoint(old)
 
 
-def replace_folder(temporary: Path, final: Path) -> None:
-    """Move a finished folder into place. An existing one is renamed aside first and
-    deleted last, so a kill at any moment leaves either the old or the new one whole."""
-    previous = final.with_name(f".deleting-{final.name}-{os.getpid()}")
-    if final.exists():
-        os.replace(final, previous)
-    os.replace(temporary, final)
-    shutil.rmtree(previous, ignore_errors=True)
-
-
 def remove_checkpoint(folder: Path) -> None:
-    """Rename out of the `step-` namespace first, so a kill mid-delete leaves no
+    """Renamed out of the `step-` namespace before deletion: a kill mid-delete leaves no
     half-deleted folder that looks like a checkpoint."""
-    doomed = folder.with_name(f".deleting-{folder.name}-{os.getpid()}")
-    os.replace(folder, doomed)
-    shutil.rmtree(doomed, ignore_errors=True)
-
-
-def remove_leftovers(root: Path) -> None:
-    """Temporary or half-deleted folders a killed writer left behind (one writer per root)."""
-    for path in root.iterdir():
-        if path.name.startswith((".tmp-", ".deleting-")):
-            shutil.rmtree(path, ignore_errors=True)
+    fsio.remove_folder(folder)
 
 
 def list_checkpoints(root: Path) -> list[Path]:

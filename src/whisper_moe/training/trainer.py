@@ -6,7 +6,6 @@ expert (its cluster), so every expert trains on its own cluster in one pass over
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -18,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
+from whisper_moe import artifacts
 from whisper_moe.data.batching import UtteranceDataset, collate_utterances
 from whisper_moe.data.features import whisper_features
 from whisper_moe.errors import WhisperMoeError
@@ -219,7 +219,7 @@ class Trainer:
     # -- state -------------------------------------------------------------------------------
     @property
     def checkpoint_root(self) -> Path:
-        return self.out_dir / "checkpoints"
+        return self.out_dir / artifacts.RESUMABLE_CHECKPOINTS
 
     def save(self, rank_rng: list | None = None) -> Path:
         json_state = {
@@ -491,7 +491,3 @@ class _Collate:
 
     def __call__(self, items):
         return collate_utterances(items, self.pad_token_id, self.prefix_length)
-
-
-def write_history(history: list[dict], path: Path) -> None:
-    path.write_text("".join(json.dumps(record) + "\n" for record in history))

@@ -22,12 +22,8 @@ from tqdm import tqdm
 
 from whisper_moe.data.audio import TARGET_SAMPLE_RATE
 from whisper_moe.data.demo.plan import DEFAULT_ACCENTS, check_voices, plan_demo_corpus
-from whisper_moe.data.manifest import (
-    SPLIT_NAMES,
-    speaker_disjoint_split,
-    write_json_atomic,
-    write_manifest,
-)
+from whisper_moe.data.manifest import SPLIT_NAMES, speaker_disjoint_split, write_manifest
+from whisper_moe.fsio import write_json_atomic
 
 
 def make_demo_corpus(
@@ -54,7 +50,7 @@ def make_demo_corpus(
     splits = speaker_disjoint_split(rows, fractions=fractions, seed=seed, key="group")
     paths = {name: write_manifest(out_dir / f"{name}.jsonl", splits[name]) for name in SPLIT_NAMES}
     report = _demo_report(plan, splits, accents, seed, fractions)
-    paths["report"] = write_json_atomic(out_dir / "data_report.json", report)
+    paths["report"] = write_json_atomic(out_dir / "data_report.json", report, sort_keys=True)
     return paths
 
 
