@@ -46,3 +46,25 @@ def test_export_peft_into_a_file(tmp_path, caplog, capsys):
     message = one_line_error(caplog, capsys)
     assert f"--out {target} is a file" in message and "give a folder" in message
     assert target.read_text() == "precious"
+
+
+def test_disk_full_while_checkpointing(tmp_path, params_file, tiny_corpus, monkeypatch, caplog,
+                                       capsys):
+    """ENOSPC in the checkpoint writer: one line with the fix, no temporary folder left behind."""
+    import errno
+
+    from whisper_moe.training import checkpointing
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpointing.torch, "save", full_disk)
+    out = tmp_path / "train"
+    code = main(["train", "--params", str(params_file), "--train-manifest",
+                 str(tiny_corpus / "train.jsonl"), "--dev-manifest", str(tiny_corpus / "dev.jsonl"),
+                 "--out", str(out), "--num-experts", "2", "--epochs", "1"])
+    assert code == 2
+    message = one_line_error(caplog, capsys)
+    assert "disk full" in message and "--resume" in message
+    leftovers = [p for p in out.rglob("*") if p.name.startswith((".tmp-", ".deleting-"))]
+    assert leftovers == []
