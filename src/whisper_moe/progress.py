@@ -114,3 +114,14 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def track(iterable, desc: str, total: int | None = None, unit: str = "item",
+          enabled: bool = True):
+    """Yield from iterable while counting it with a Progress (bar or log lines)."""
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)
+    with Progress(desc, total=total, unit=unit, enabled=enabled) as progress:
+        for item in iterable:
+            yield item
+            progress.update(1)

@@ -24,11 +24,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
-
 from whisper_moe.data.audio import AudioError, audio_duration_s
 from whisper_moe.data.manifest import speaker_disjoint_split, write_manifest
 from whisper_moe.fsio import write_json_atomic
+from whisper_moe.progress import track
 from whisper_moe.text import clean_sap_transcript
 
 SPEAKER_KEYS = ("Contributor ID", "Etiology", "Files")
@@ -90,7 +89,7 @@ def read_sap_split(split_dir: Path, skips: SkipLog, progress: bool = True) -> li
     """Rows of every usable utterance in one SAP split folder, speakers in sorted order."""
     rows: list[dict] = []
     speaker_dirs = sorted(path for path in split_dir.iterdir() if path.is_dir())
-    for speaker_dir in tqdm(speaker_dirs, desc=f"SAP {split_dir.name}", disable=not progress):
+    for speaker_dir in track(speaker_dirs, f"SAP {split_dir.name}", unit="speaker", enabled=progress):
         rows.extend(read_sap_speaker(speaker_dir, skips, split_dir.name))
     return rows
 

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import soundfile as sf
-from tqdm import tqdm
 
 from whisper_moe.data.audio import AUDIO_REASONS, TARGET_SAMPLE_RATE, AudioError, decode_audio
 from whisper_moe.data.manifest import (
@@ -28,6 +27,7 @@ from whisper_moe.data.manifest import (
 )
 from whisper_moe.errors import WhisperMoeError
 from whisper_moe.fsio import write_json_atomic
+from whisper_moe.progress import track
 
 MAX_EXAMPLES = 5
 FIX_NAMES = ("resampled", "downmixed")
@@ -145,7 +145,7 @@ def _check_all_lines(
 
     with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
         results = list(
-            tqdm(pool.map(check, rows), total=len(rows), desc="validate", disable=not progress)
+            track(pool.map(check, rows), "validate", total=len(rows), unit="utt", enabled=progress)
         )
     kept = [row for row in results if row is not None]
     tally.kept = len(kept)

@@ -25,13 +25,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from whisper_moe import artifacts
 from whisper_moe.data.manifest import stratified_sample
 from whisper_moe.embedding import embedding_dtype, pooled_embedding_batches
 from whisper_moe.fsio import atomic_file, write_json_atomic
 from whisper_moe.model.base import load_base_model
+from whisper_moe.progress import Progress
 from whisper_moe.stages.common import mode_rows
 from whisper_moe.training.runtime import StopRequest, TrainingInterrupted, resolve_device
 
@@ -155,7 +155,7 @@ def embed_remaining(whisper, rows: list[dict], start: int, partial: Path, device
                     batch_size: int, num_workers: int, chunk_utterances: int) -> None:
     """Embed rows[start:], writing a chunk every `chunk_utterances`; SIGTERM saves and stops."""
     d_model = whisper.config.d_model
-    progress = tqdm(total=len(rows), initial=start, unit="utt", desc="embed", disable=None)
+    progress = Progress("embed", total=len(rows), initial=start, unit="utt")
     chunk_start, positions, arrays, errors = start, [], [], []
     with StopRequest() as stop:
         batches = pooled_embedding_batches(whisper, rows[start:], device, batch_size, num_workers)

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from whisper_moe import artifacts
 from whisper_moe.data.batching import UtteranceDataset, collate_utterances
@@ -32,6 +31,7 @@ from whisper_moe.plots import (
     plot_wer_per_group,
     png_data_uri,
 )
+from whisper_moe.progress import track
 from whisper_moe.stages.common import mode_rows, special_ids
 from whisper_moe.training.runtime import autocast, mixed_precision, resolve_device
 
@@ -76,7 +76,7 @@ def run(params: dict, checkpoint_dir=None, test_manifest=None, out_dir=None, bas
                         collate_fn=lambda items: collate_utterances(items, ids["pad"], len(prefix)))
     predictions, skipped = [], {}
     total_frames = 2 * whisper.config.max_source_positions
-    for batch in tqdm(loader, desc="evaluate", disable=None):
+    for batch in track(loader, "evaluate", unit="batch"):
         for reason in batch["errors"]:
             skipped[reason] = skipped.get(reason, 0) + 1
         if not batch["size"]:

@@ -18,12 +18,11 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tqdm import tqdm
-
 from whisper_moe.data.audio import TARGET_SAMPLE_RATE
 from whisper_moe.data.demo.plan import DEFAULT_ACCENTS, check_voices, plan_demo_corpus
 from whisper_moe.data.manifest import SPLIT_NAMES, speaker_disjoint_split, write_manifest
 from whisper_moe.fsio import write_json_atomic
+from whisper_moe.progress import Progress
 
 
 def make_demo_corpus(
@@ -64,7 +63,7 @@ def synthesize_plan(
     workers = workers or max(1, min(len(by_group), os.cpu_count() or 1, 4))
     num_samples: dict[str, int] = {}
     lock = threading.Lock()
-    with tqdm(total=len(plan), desc="demo corpus", unit="utt", disable=not progress) as bar:
+    with Progress("demo corpus", total=len(plan), unit="utt", enabled=progress) as bar:
 
         def run_group(jobs: list[dict]) -> None:
             for utt_id, samples in _run_worker(jobs, out_dir):
