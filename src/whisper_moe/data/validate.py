@@ -9,6 +9,7 @@ path or export rather than a few bad recordings.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 from collections import Counter
@@ -26,7 +27,7 @@ from whisper_moe.data.manifest import (
     write_manifest,
 )
 from whisper_moe.errors import WhisperMoeError
-from whisper_moe.fsio import write_json_atomic
+from whisper_moe.fsio import sha256_of, write_json_atomic
 from whisper_moe.progress import track
 
 MAX_EXAMPLES = 5
@@ -127,7 +128,20 @@ def validate_manifest(
     write_json_atomic(report_path, report, sort_keys=True)
     _stop_if_too_much_skipped(in_path, tally, max_skip_fraction, report_path)
     write_manifest(out_path, kept_rows)
+    report["manifest_sha256"] = sha256_of(out_path)  # marks the cleaned manifest as validated
+    write_json_atomic(report_path, report, sort_keys=True)
     return report
+
+
+def is_validated(manifest: str | os.PathLike) -> bool:
+    """The manifest is one validate_manifest wrote, unchanged since (its report says so)."""
+    manifest = Path(manifest)
+    report_path = manifest.with_name(f"{manifest.stem}_report.json")
+    try:
+        recorded = json.loads(report_path.read_text()).get("manifest_sha256")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return recorded is not None and recorded == sha256_of(manifest)
 
 
 def _check_all_lines(

@@ -7,13 +7,16 @@ result the same way; both call the functions here.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import tempfile
 import time
 from pathlib import Path
 
 from whisper_moe import artifacts
 from whisper_moe.data.batching import UtteranceDataset
 from whisper_moe.data.manifest import read_manifest, stratified_sample
+from whisper_moe.data.validate import is_validated, validate_manifest
 from whisper_moe.model.base import decoder_prefix_ids
 from whisper_moe.model.io import build_moe, moe_config_from_params, save_moe
 from whisper_moe.model.moe import WhisperMoE
@@ -24,9 +27,44 @@ from whisper_moe.training.trainer import Trainer, TrainSettings
 log = logging.getLogger("whisper_moe.stages")
 
 
-def mode_rows(params: dict, manifest: str | Path, split: str) -> list[dict]:
-    """Rows of a manifest for this run: --data-percent on train, quick-mode caps on all."""
-    rows = read_manifest(manifest)
+def validation_report_path(manifest: str | Path) -> Path:
+    """Where the report of a stage's own validation of `manifest` is kept (named in errors)."""
+    key = hashlib.sha256(str(Path(manifest).resolve()).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / "whisper-moe-validation" / f"{Path(manifest).stem}-{key}_report.json"
+
+
+def checked_rows(params: dict, manifest: str | Path) -> tuple[list[dict], dict | None]:
+    """(usable rows, validation report) of a manifest a stage is given.
+
+    A manifest the data stage wrote (its report records the manifest's hash) is read as
+    it is, with report None. Any other goes through the same validator with the same
+    `data.max_skip_fraction` first, so a stage never trains or scores on empty
+    transcripts, duplicate ids or unreadable audio; the skipped rows are logged by reason.
+    """
+    if is_validated(manifest):
+        return read_manifest(manifest), None
+    report_path = validation_report_path(manifest)
+    with tempfile.TemporaryDirectory(prefix="whisper-moe-validate-") as scratch:
+        cleaned = Path(scratch) / Path(manifest).name
+        report = validate_manifest(
+            manifest, cleaned, report_path,
+            max_skip_fraction=float(params["data"]["max_skip_fraction"]),
+            max_duration_s=float(params["data"]["max_duration_s"]), progress=False)
+        rows = read_manifest(cleaned)
+    log.info("%s (not from the data stage) validated: kept %d of %d, skipped %s", manifest,
+             report["kept"], report["total"], report["skipped"] or "none")
+    return rows, report
+
+
+def mode_rows(params: dict, manifest: str | Path, split: str,
+              validation: dict | None = None) -> list[dict]:
+    """Rows of a manifest for this run: --data-percent on train, quick-mode caps on all.
+
+    `validation`, when given, receives {manifest: report} for manifests validated here.
+    """
+    rows, report = checked_rows(params, manifest)
+    if report is not None and validation is not None:
+        validation[str(manifest)] = report
     if split == "train" and float(params["data"]["data_percent"]) < 100:
         rows = stratified_sample(rows, float(params["data"]["data_percent"]), params["seed"])
     if params["mode"] == "quick":

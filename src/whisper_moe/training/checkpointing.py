@@ -8,7 +8,6 @@ checkpoint falls back to the previous one with a warning.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -17,19 +16,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from whisper_moe import fsio
+from whisper_moe.fsio import sha256_of
 
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "checkpoint_manifest.json"
 PREFIX = "step-"
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_checkpoint(
