@@ -138,18 +138,23 @@ def test_each_format_goes_through_data_with_every_utterance_and_text(tmp_path, t
         assert str(tmp_path / f"{name}-converted") in row["audio_filepath"]
 
 
-def test_a_converted_dataset_and_a_nemo_folder_train(tmp_path, tiny_params, corpus_rows):
-    """One short training run each on a converted datasets folder and on NeMo manifests."""
+def test_one_training_run_reads_every_format(tmp_path, tiny_params, corpus_rows):
+    """One short training run on the training splits of all four formats together."""
+    from whisper_moe.data.manifest import write_manifest
+
     params = {**tiny_params, "train": {**tiny_params["train"], "epochs": 1}}
-    (tmp_path / "train.yaml").write_text(yaml.safe_dump(params))
-    for name in ("save_to_disk", "nemo"):
-        data = run_data(tmp_path, params, name, corpus_rows)
-        out = tmp_path / f"{name}-train"
-        assert main(["train", "--params", str(tmp_path / "train.yaml"), "--train-manifest",
-                     str(data / "train.jsonl"), "--dev-manifest", str(data / "dev.jsonl"),
-                     "--out", str(out)]) == 0
-        metrics = json.loads((out / "train_metrics.json").read_text())
-        assert metrics["optimizer_steps"] > 0, name
+    train_rows = []
+    for name in FORMATS:
+        rows = read_manifest(run_data(tmp_path, params, name, corpus_rows) / "train.jsonl")
+        train_rows += [{**row, "id": f"{name}/{row['id']}"} for row in rows]
+    write_manifest(tmp_path / "all-train.jsonl", train_rows)
+    out = tmp_path / "train"
+    assert main(["train", "--params", str(tmp_path / "params.yaml"), "--train-manifest",
+                 str(tmp_path / "all-train.jsonl"), "--dev-manifest",
+                 str(tmp_path / "nemo-data" / "dev.jsonl"), "--out", str(out)]) == 0
+    metrics = json.loads((out / "train_metrics.json").read_text())
+    assert metrics["optimizer_steps"] > 0
+    assert metrics["train_utterances"] == len(train_rows) >= 4 * len(corpus_rows["train"])
 
 
 def test_a_single_nemo_manifest_is_split_by_speaker(tmp_path, corpus_rows):
