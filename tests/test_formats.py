@@ -233,3 +233,16 @@ def test_an_unknown_folder_and_a_nemo_folder_without_train_say_what_to_pass(tmp_
     (tmp_path / "nemo" / "dev_manifest.json").write_text("")
     with pytest.raises(DatasetFormatError, match="no training manifest.*dev_manifest.json"):
         nemo_manifests(tmp_path / "nemo")
+
+
+def test_kubeflow_converts_a_fetched_dataset_inside_the_artifact(tmp_path):
+    """With data.source hf (or nemo), a fetched folder is the dataset, converted into the artifact."""
+    from whisper_moe.config import load_params
+    from whisper_moe_kfp.runtime import point_data_stage_at
+
+    for source, key in (("hf", "hf_dataset"), ("nemo", "nemo_manifest")):
+        params = load_params(None)
+        params["data"]["source"] = source
+        pointed = point_data_stage_at(params, {"kind": "folder", "path": "/mnt/x"}, tmp_path / "dataset")
+        assert pointed["data"][key] == str(tmp_path / "dataset" / "source")
+        assert pointed["data"]["dir"] == str(tmp_path / "dataset" / "imported")
