@@ -36,6 +36,7 @@ from whisper_moe.data.manifest import (
 )
 from whisper_moe.errors import WhisperMoeError
 from whisper_moe.fsio import atomic_folder
+from whisper_moe.progress import Progress
 
 log = logging.getLogger("whisper_moe.data")
 
@@ -239,11 +240,18 @@ def decode_hf_audio(value, base_dir: Path) -> tuple[np.ndarray, int]:
     if value.get("bytes") is not None:
         source = io.BytesIO(value["bytes"])
     elif value.get("path"):
-        source = str(Path(value["path"]) if Path(value["path"]).is_absolute() else base_dir / value["path"])
+        source = str(stored_path(value["path"], base_dir))
     else:
         raise ValueError("neither bytes nor a path")
     samples, rate = sf.read(source, dtype="float32", always_2d=True)
     return samples.mean(axis=1, dtype=np.float32), int(rate)
+
+
+def stored_path(path: str, base_dir: Path) -> Path:
+    """A stored audio path: relative ones inside the dataset folder when there, else as given
+    (datasets keeps a relative path as written, relative to where the dataset was made)."""
+    candidate = base_dir / path
+    return candidate if not Path(path).is_absolute() and candidate.exists() else Path(path)
 
 
 def write_wav(value, base_dir: Path, out: Path) -> tuple[Path, float | None]:
@@ -281,6 +289,21 @@ def manifest_rows(dataset, plan: list[tuple[str, int]], split_of_source: str, co
                "group": str(row[columns.group]) if columns.group else DEFAULT_GROUP}
 
 
+def convert_split(named: dict, plan: list[tuple[str, int]], columns: HfColumns, audio_dir: Path,
+                  base_dir: Path, split: str) -> list[dict]:
+    """Manifest rows of one of our splits, its audio written to audio_dir, with progress."""
+    audio_dir.mkdir(parents=True)
+    rows = []
+    with Progress(f"converting {split}", total=len(plan), unit="utterance", rate_unit="utt") as progress:
+        for name, dataset in named.items():
+            if our_split_name(name):
+                for row in manifest_rows(without_decoding(dataset, columns.audio), plan, name, columns,
+                                         audio_dir, base_dir):
+                    rows.append(row)
+                    progress.update()
+    return rows
+
+
 def convert_hf_dataset(folder: str | os.PathLike, out_dir: str | os.PathLike,
                        columns: HfColumns = HfColumns(), seed: int = 42) -> dict[str, Path]:
     """Write audio/ (16 kHz mono WAV) and train/dev/test.jsonl for a datasets folder.
@@ -294,11 +317,7 @@ def convert_hf_dataset(folder: str | os.PathLike, out_dir: str | os.PathLike,
             check_columns(dataset, columns, f"{folder} (split {name})")
         plan = split_plan(named, columns, seed)
         for split in SPLIT_NAMES:
-            audio_dir = building / "audio" / split
-            audio_dir.mkdir(parents=True)
-            rows = [row for name, dataset in named.items() if our_split_name(name)
-                    for row in manifest_rows(without_decoding(dataset, columns.audio), plan[split],
-                                             name, columns, audio_dir, folder)]
+            rows = convert_split(named, plan[split], columns, building / "audio" / split, folder, split)
             write_manifest(building / f"{split}.jsonl", rows)
             log.info("%s: %d utterances from %s", split, len(rows), folder)
         shutil.rmtree(building / ".hf-cache", ignore_errors=True)
