@@ -246,3 +246,21 @@ def test_kubeflow_converts_a_fetched_dataset_inside_the_artifact(tmp_path):
         pointed = point_data_stage_at(params, {"kind": "folder", "path": "/mnt/x"}, tmp_path / "dataset")
         assert pointed["data"][key] == str(tmp_path / "dataset" / "source")
         assert pointed["data"]["dir"] == str(tmp_path / "dataset" / "imported")
+
+
+def test_audio_that_cannot_be_decoded_is_counted_by_the_validator(tmp_path, tiny_params, corpus_rows):
+    import datasets
+
+    train = audio_dataset(corpus_rows["train"]).cast_column("audio", datasets.Audio(decode=False))
+    broken = train.map(lambda row, index: {"audio": {"bytes": b"not audio" if index == 0 else row["audio"]["bytes"],
+                                                     "path": row["audio"]["path"]}}, with_indices=True)
+    datasets.DatasetDict({"train": broken.cast_column("audio", datasets.Audio()),
+                          "validation": audio_dataset(corpus_rows["dev"]),
+                          "test": audio_dataset(corpus_rows["test"])}).save_to_disk(str(tmp_path / "ds"))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params))
+    assert main(["data", "--params", str(tmp_path / "params.yaml"), "--hf-dataset", str(tmp_path / "ds"),
+                 "--hf-speaker-column", "speaker", "--max-skip-fraction", "0.5", "--out", str(tmp_path / "out"),
+                 "-S", f"data.dir={tmp_path / 'converted'}"]) == 0
+    report = json.loads((tmp_path / "out" / "train_report.json").read_text())
+    assert report["skipped"] == {"corrupt_audio": 1}
+    assert report["kept"] == len(corpus_rows["train"]) - 1
