@@ -264,3 +264,24 @@ def test_audio_that_cannot_be_decoded_is_counted_by_the_validator(tmp_path, tiny
     report = json.loads((tmp_path / "out" / "train_report.json").read_text())
     assert report["skipped"] == {"corrupt_audio": 1}
     assert report["kept"] == len(corpus_rows["train"]) - 1
+
+
+def test_a_nemo_segment_and_a_non_audio_column_are_refused_with_the_fix(tmp_path, corpus_rows):
+    import datasets
+
+    from whisper_moe.data.formats import (
+        DatasetFormatError,
+        HfColumns,
+        convert_hf_dataset,
+        convert_nemo,
+    )
+
+    row = corpus_rows["train"][0]
+    (tmp_path / "segments.json").write_text(json.dumps(
+        {"audio_filepath": row["audio_filepath"], "text": "x", "duration": 0.5, "offset": 1.0}) + "\n")
+    with pytest.raises(DatasetFormatError, match="segment.*cut the segments"):
+        convert_nemo(tmp_path / "segments.json", tmp_path / "nemo-out")
+    datasets.Dataset.from_dict({"audio": [1, 2], "text": ["a", "b"]}).save_to_disk(str(tmp_path / "ds"))
+    with pytest.raises(DatasetFormatError, match="column 'audio' holds .*data.hf_audio_column"):
+        convert_hf_dataset(tmp_path / "ds", tmp_path / "hf-out", HfColumns())
+    assert not (tmp_path / "hf-out").exists()

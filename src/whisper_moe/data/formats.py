@@ -116,6 +116,16 @@ def fingerprint(path: str | os.PathLike) -> str:
 # ------------------------------------------------------------------ Hugging Face datasets
 
 
+def import_datasets():
+    """The `datasets` package, or an error saying to install it (only source hf needs it)."""
+    try:
+        import datasets
+    except ImportError as error:
+        raise DatasetFormatError("data.source hf needs the Hugging Face datasets package",
+                                 hint="pip install datasets") from error
+    return datasets
+
+
 def hf_layout(folder: str | os.PathLike) -> str:
     """save_to_disk, parquet or audiofolder, from the files in the folder."""
     folder = Path(folder)
@@ -136,7 +146,7 @@ def hf_layout(folder: str | os.PathLike) -> str:
 
 def load_hf_splits(folder: str | os.PathLike, cache_dir: str | os.PathLike) -> dict:
     """The dataset's splits by their own names ({"train": ds} for a single Dataset)."""
-    import datasets
+    datasets = import_datasets()
 
     folder = Path(folder)
     layout = hf_layout(folder)
@@ -158,9 +168,9 @@ def load_audiofolder(folder: Path) -> dict:
     needs torchcodec to list the files. A metadata file's split is the nearest folder
     above it named like a split (train, validation, test, ...); otherwise train.
     """
-    import datasets
     import pandas as pd
 
+    datasets = import_datasets()
     tables: dict[str, list] = {}
     for metadata in sorted(p for name in AUDIOFOLDER_METADATA for p in folder.rglob(name)):
         table = (pd.read_csv(metadata, dtype=str, keep_default_na=False) if metadata.suffix == ".csv"
@@ -192,9 +202,24 @@ def check_columns(dataset, columns: HfColumns, where: str) -> None:
                                      hint=f"set {setting} to one of them")
 
 
+def check_audio_feature(dataset, column: str, where: str) -> None:
+    """The audio column holds audio: an Audio feature, file paths, or {bytes, path} /
+    {array, sampling_rate} structs."""
+    datasets = import_datasets()
+    feature = dataset.features[column]
+    if isinstance(feature, datasets.Audio):
+        return
+    if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
+        return
+    if isinstance(feature, dict) and ({"bytes", "path"} & set(feature) or {"array", "sampling_rate"} <= set(feature)):
+        return
+    raise DatasetFormatError(f"{where}: column {column!r} holds {feature}, not audio",
+                             hint="set data.hf_audio_column to the Audio column (or a column of file paths)")
+
+
 def without_decoding(dataset, audio_column: str):
     """The dataset with its Audio column giving {bytes, path} instead of decoded audio."""
-    import datasets
+    datasets = import_datasets()
 
     if isinstance(dataset.features[audio_column], datasets.Audio):
         return dataset.cast_column(audio_column, datasets.Audio(decode=False))
@@ -216,11 +241,11 @@ def split_plan(named: dict, columns: HfColumns, seed: int) -> dict[str, list[tup
         if ours in keys:
             raise DatasetFormatError(f"two splits map to {ours}: {sorted(named)}",
                                      hint="keep one split per train, validation/dev and test")
-        speakers = dataset[columns.speaker] if columns.speaker else None
-        groups = dataset[columns.group] if columns.group else None
+        speakers = list(dataset[columns.speaker]) if columns.speaker else None
+        groups = list(dataset[columns.group]) if columns.group else None
         keys[ours] = [{"split": name, "index": index,
-                       "speaker": str(speakers[index]) if speakers else f"{name}-{index}",
-                       "group": str(groups[index]) if groups else DEFAULT_GROUP}
+                       "speaker": str(speakers[index]) if speakers is not None else f"{name}-{index}",
+                       "group": str(groups[index]) if groups is not None else DEFAULT_GROUP}
                       for index in range(len(dataset))]
     if not columns.speaker and any(name not in keys for name in SPLIT_NAMES):
         log.warning("no data.hf_speaker_column: dev/test are carved from train per utterance, "
@@ -315,6 +340,7 @@ def convert_hf_dataset(folder: str | os.PathLike, out_dir: str | os.PathLike,
         named = load_hf_splits(folder, cache_dir=building / ".hf-cache")
         for name, dataset in named.items():
             check_columns(dataset, columns, f"{folder} (split {name})")
+            check_audio_feature(dataset, columns.audio, f"{folder} (split {name})")
         plan = split_plan(named, columns, seed)
         for split in SPLIT_NAMES:
             rows = convert_split(named, plan[split], columns, building / "audio" / split, folder, split)
@@ -357,10 +383,23 @@ def nemo_manifests(path: str | os.PathLike) -> dict[str, Path]:
     return found
 
 
+def check_no_offsets(rows: list[dict], manifest: Path) -> None:
+    """NeMo rows may name a segment of a longer file (`offset`); we train on whole files,
+    so a segment would silently become its whole recording."""
+    segment = next((row for row in rows if row.get("offset")), None)
+    if segment is not None:
+        raise DatasetFormatError(
+            f"{manifest}: {segment['id']} is a segment (offset {segment['offset']}) of a longer recording",
+            hint="cut the segments into their own audio files (one utterance a file) and list those")
+
+
 def convert_nemo(path: str | os.PathLike, out_dir: str | os.PathLike, seed: int = 42) -> dict[str, Path]:
     """Write train/dev/test.jsonl for NeMo manifests; the audio stays where it is."""
     out_dir = Path(out_dir)
-    splits = {split: read_manifest(manifest) for split, manifest in nemo_manifests(path).items()}
+    manifests = nemo_manifests(path)
+    splits = {split: read_manifest(manifest) for split, manifest in manifests.items()}
+    for split, rows in splits.items():
+        check_no_offsets(rows, manifests[split])
     splits = carve_missing_splits(splits, seed)
     with atomic_folder(out_dir) as building:
         for split in SPLIT_NAMES:

@@ -44,7 +44,7 @@ def source_stamp(params: dict) -> dict:
     if source in ("hf", "nemo"):
         stamp |= {"fingerprint": fingerprint(data[key]), "seed": params["seed"]}
     if source == "hf":
-        stamp |= {key: data[key] for key in HF_COLUMN_KEYS}
+        stamp |= {name: data[name] for name in HF_COLUMN_KEYS}
     return stamp
 
 
