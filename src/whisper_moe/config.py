@@ -18,10 +18,16 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "seed": 42,
     "mode": "full",  # quick | full: quick shortens epochs and data for a smoke run
     "data": {
-        "source": "demo",  # demo | manifest | sap
-        "dir": "data/demo",  # demo corpus or imported data lives here
+        "source": "demo",  # demo | manifest | sap | hf | nemo
+        "dir": "data/demo",  # demo corpus or imported data lives here (data/<source> for others)
         "manifest_dir": None,  # for source=manifest: a folder with train/dev/test.jsonl
         "sap_root": None,  # for source=sap: the SAP release root
+        "hf_dataset": None,  # for source=hf: save_to_disk, parquet or audiofolder folder
+        "hf_audio_column": "audio",  # its Audio column (or audio paths)
+        "hf_text_column": "text",  # its transcript column
+        "hf_speaker_column": None,  # None: each utterance its own speaker
+        "hf_group_column": None,  # None: one group "all"
+        "nemo_manifest": None,  # for source=nemo: a NeMo manifest, or a folder of train/dev/test ones
         "data_percent": 100.0,  # stratified share of the training manifest used
         "max_skip_fraction": 0.05,  # stop when more input than this is unusable
         "max_duration_s": 30.0,

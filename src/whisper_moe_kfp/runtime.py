@@ -21,6 +21,7 @@ from pathlib import Path
 from whisper_moe import artifacts
 from whisper_moe.data.manifest import SPLIT_NAMES
 from whisper_moe.fsio import write_text_atomic
+from whisper_moe.stages.data import SOURCE_INPUTS
 
 log = logging.getLogger("whisper_moe_kfp")
 
@@ -86,9 +87,10 @@ def point_data_stage_at(params: dict, source: dict, dataset_dir: str | Path) -> 
     """Params for the data stage so that the dataset artifact holds manifests and audio.
 
     A fetched folder with train/dev/test.jsonl is a manifest source; with data.source
-    'sap' it is a SAP release. The demo corpus is synthesised inside the artifact.
-    Validated manifests land at the artifact's top with audio paths relative to it,
-    so the folder works wherever Kubeflow copies it.
+    'sap', 'hf' or 'nemo' it is a SAP release, a Hugging Face datasets folder or NeMo
+    manifests, imported or converted inside the artifact. The demo corpus is
+    synthesised inside the artifact. Validated manifests land at the artifact's top
+    with audio paths relative to it, so the folder works wherever Kubeflow copies it.
     """
     dataset_dir = Path(dataset_dir)
     data = params["data"]
@@ -96,17 +98,18 @@ def point_data_stage_at(params: dict, source: dict, dataset_dir: str | Path) -> 
     if source["kind"] != "params":
         if all(artifacts.split_manifest(fetched, split).exists() for split in SPLIT_NAMES):
             data["source"], data["manifest_dir"] = "manifest", str(fetched)
-        elif data["source"] == "sap":
-            data["sap_root"], data["dir"] = str(fetched), str(dataset_dir / "imported")
+        elif data["source"] in SOURCE_INPUTS:
+            data[SOURCE_INPUTS[data["source"]][0]], data["dir"] = str(fetched), str(dataset_dir / "imported")
         else:
             present = sorted(p.name for p in fetched.iterdir()) if fetched.is_dir() else []
             raise FileNotFoundError(
                 f"{describe_source(source)}: holds no train.jsonl, dev.jsonl and test.jsonl "
                 f"(found {present[:10]}); point it at a data folder written by `whisper-moe data`, "
-                "or set data.source: sap in params_yaml for a Speech Accessibility Project release")
+                "or set data.source in params_yaml to sap (a Speech Accessibility Project release), "
+                "hf (a Hugging Face datasets folder) or nemo (NeMo manifests)")
     elif data["source"] == "demo":
         data["dir"] = str(fetched)
-    elif data["source"] == "sap":
+    elif data["source"] in SOURCE_INPUTS:
         data["dir"] = str(dataset_dir / "imported")
     return params
 

@@ -75,13 +75,21 @@ def params_from_args(args: argparse.Namespace) -> dict:
 
 
 def apply_data_source(params: dict, args) -> dict:
-    """--dataset-root (SAP) or --manifest-dir replace the demo corpus as the data source."""
+    """--dataset-root (SAP), --manifest-dir, --hf-dataset or --nemo-manifest replace the demo
+    corpus as the data source."""
     if getattr(args, "dataset_root", None):
         params["data"]["source"], params["data"]["sap_root"] = "sap", args.dataset_root
         if params["data"]["dir"] == DEFAULT_PARAMS["data"]["dir"]:
             params["data"]["dir"] = "data/sap"  # never the demo corpus's folder
     if getattr(args, "manifest_dir", None):
         params["data"]["source"], params["data"]["manifest_dir"] = "manifest", args.manifest_dir
+    if getattr(args, "hf_dataset", None):
+        params["data"]["source"], params["data"]["hf_dataset"] = "hf", args.hf_dataset
+    if getattr(args, "nemo_manifest", None):
+        params["data"]["source"], params["data"]["nemo_manifest"] = "nemo", args.nemo_manifest
+    for flag in ("hf_audio_column", "hf_text_column", "hf_speaker_column", "hf_group_column"):
+        if getattr(args, flag, None):
+            params["data"][flag] = getattr(args, flag)
     return params
 
 
@@ -127,6 +135,14 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
 def add_data_source(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset-root", help="SAP release root (imported) instead of the demo corpus")
     parser.add_argument("--manifest-dir", help="folder with train/dev/test.jsonl instead of the demo corpus")
+    parser.add_argument("--hf-dataset", metavar="DIR",
+                        help="Hugging Face datasets folder (save_to_disk, parquet or audiofolder)")
+    parser.add_argument("--hf-audio-column", help="its Audio column (default: data.hf_audio_column)")
+    parser.add_argument("--hf-text-column", help="its transcript column (default: data.hf_text_column)")
+    parser.add_argument("--hf-speaker-column", help="its speaker column, for speaker-disjoint splits")
+    parser.add_argument("--hf-group-column", help="its group column (accent, etiology...)")
+    parser.add_argument("--nemo-manifest", metavar="PATH",
+                        help="NeMo manifest, or folder of train/dev/test manifests")
     parser.add_argument("--max-skip-fraction", type=float)
 
 

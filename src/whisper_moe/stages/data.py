@@ -1,4 +1,5 @@
-"""Data stage: bring in the corpus (demo, SAP or manifests) and validate every split.
+"""Data stage: bring in the corpus (demo, SAP, manifests, a Hugging Face dataset or NeMo
+manifests) and validate every split.
 
 Writes validated `train/dev/test.jsonl` and one `data_report.json` (kept, skipped
 with reasons, fixed) to the stage folder; stops with an error naming files when a
@@ -11,19 +12,40 @@ import logging
 from pathlib import Path
 
 from whisper_moe import artifacts
+from whisper_moe.config import DEFAULT_PARAMS
 from whisper_moe.data.manifest import SPLIT_NAMES
 from whisper_moe.data.validate import validate_manifest
+from whisper_moe.errors import ConfigError
 from whisper_moe.fsio import write_json_atomic
 
 log = logging.getLogger("whisper_moe.data")
 
 
+# source -> (the setting naming its input, the flag that sets it)
+SOURCE_INPUTS = {"sap": ("sap_root", "--dataset-root"), "hf": ("hf_dataset", "--hf-dataset"),
+                 "nemo": ("nemo_manifest", "--nemo-manifest")}
+HF_COLUMN_KEYS = ("hf_audio_column", "hf_text_column", "hf_speaker_column", "hf_group_column")
+
+
 def source_stamp(params: dict) -> dict:
-    """What a built corpus folder was built from; a different stamp means rebuild."""
+    """What a built corpus folder was built from; a different stamp means rebuild.
+
+    Datasets and NeMo manifests are stamped with a fingerprint of their files too, so
+    a dataset rewritten at the same path is converted again.
+    """
+    from whisper_moe.data.formats import fingerprint
+
     data = params["data"]
-    if data["source"] == "demo":
+    source = data["source"]
+    if source == "demo":
         return {"source": "demo", "demo": data["demo"], "seed": params["seed"]}
-    return {"source": "sap", "sap_root": str(Path(data["sap_root"]).resolve())}
+    key = SOURCE_INPUTS[source][0]
+    stamp = {"source": source, key: str(Path(data[key]).resolve())}
+    if source in ("hf", "nemo"):
+        stamp |= {"fingerprint": fingerprint(data[key]), "seed": params["seed"]}
+    if source == "hf":
+        stamp |= {name: data[name] for name in HF_COLUMN_KEYS}
+    return stamp
 
 
 def is_built_from(folder: Path, stamp: dict) -> bool:
@@ -33,26 +55,32 @@ def is_built_from(folder: Path, stamp: dict) -> bool:
     return stamp_path.exists() and artifacts.read_json(stamp_path) == stamp
 
 
-def source_manifests(params: dict) -> Path:
-    """Folder with raw train/dev/test.jsonl for the configured source (built if needed).
+def check_source(data: dict) -> None:
+    """A known source whose input is set; the error names the flag that sets it."""
+    source = data["source"]
+    if source not in ("demo", "manifest", *SOURCE_INPUTS):
+        raise ConfigError(f"data.source {source!r}: expected demo, manifest, sap, hf or nemo")
+    if source == "manifest" and not data["manifest_dir"]:
+        raise ConfigError("data.source is 'manifest' but data.manifest_dir is empty",
+                          hint="pass --manifest-dir")
+    if source in SOURCE_INPUTS and not data[SOURCE_INPUTS[source][0]]:
+        key, flag = SOURCE_INPUTS[source]
+        raise ConfigError(f"data.source is {source!r} but data.{key} is empty", hint=f"pass {flag}")
 
-    A demo corpus or SAP import is reused only when its stamp matches the current source
-    and settings, so a folder built for one source never silently serves another.
-    """
+
+def corpus_folder(params: dict) -> Path:
+    """Where a source is built or converted: data.dir, but never the demo corpus's default
+    folder for another source (data/<source> instead)."""
+    data = params["data"]
+    if data["source"] != "demo" and data["dir"] == DEFAULT_PARAMS["data"]["dir"]:
+        return Path("data") / data["source"]
+    return Path(data["dir"])
+
+
+def build_corpus(params: dict, folder: Path) -> None:
+    """Write train/dev/test.jsonl (and audio where the source needs it) into folder."""
     data = params["data"]
     source = data["source"]
-    if source == "manifest":
-        if not data["manifest_dir"]:
-            raise ValueError("data.source is 'manifest' but data.manifest_dir is empty: pass --manifest-dir")
-        return Path(data["manifest_dir"])
-    if source not in ("demo", "sap"):
-        raise ValueError(f"data.source {source!r}: expected demo, sap or manifest")
-    if source == "sap" and not data["sap_root"]:
-        raise ValueError("data.source is 'sap' but data.sap_root is empty: pass --dataset-root")
-    folder = Path(data["dir"])
-    stamp = source_stamp(params)
-    if is_built_from(folder, stamp):
-        return folder
     if source == "demo":
         from whisper_moe.data.demo import make_demo_corpus
 
@@ -62,11 +90,39 @@ def source_manifests(params: dict) -> Path:
                          speakers_per_accent=demo["speakers_per_accent"],
                          utterances_per_speaker=demo["utterances_per_speaker"],
                          seed=params["seed"])
-    else:
+    elif source == "sap":
         from whisper_moe.data.sap import import_sap
 
         log.info("importing the SAP release %s into %s", data["sap_root"], folder)
         import_sap(data["sap_root"], folder)
+    elif source == "hf":
+        from whisper_moe.data.formats import HfColumns, convert_hf_dataset
+
+        log.info("converting the Hugging Face dataset %s into %s", data["hf_dataset"], folder)
+        convert_hf_dataset(data["hf_dataset"], folder, HfColumns.from_params(data), seed=params["seed"])
+    else:
+        from whisper_moe.data.formats import convert_nemo
+
+        log.info("reading the NeMo manifests %s into %s", data["nemo_manifest"], folder)
+        convert_nemo(data["nemo_manifest"], folder, seed=params["seed"])
+
+
+def source_manifests(params: dict) -> Path:
+    """Folder with raw train/dev/test.jsonl for the configured source (built if needed).
+
+    A built corpus (demo, SAP import, converted dataset) is reused only when its stamp
+    matches the current source and settings, so a folder built for one source never
+    silently serves another.
+    """
+    data = params["data"]
+    check_source(data)
+    if data["source"] == "manifest":
+        return Path(data["manifest_dir"])
+    folder = corpus_folder(params)
+    stamp = source_stamp(params)
+    if is_built_from(folder, stamp):
+        return folder
+    build_corpus(params, folder)
     write_json_atomic(folder / artifacts.SOURCE_STAMP, stamp)
     return folder
 
