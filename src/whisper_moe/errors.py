@@ -17,7 +17,7 @@ def explain(error: BaseException) -> tuple[str, int | None]:
         return ("out of GPU memory: reduce --asr-batch-size and increase "
                 "--gradient-accumulation-steps to keep the effective batch size "
                 f"(e.g. --asr-batch-size 1 --gradient-accumulation-steps 16). ({text.splitlines()[0]})"), 3
-    known = {"GPUUnavailable", "BaseModelNotFound", "MissingNumExperts", "DataQualityError",
+    known = {"GPUUnavailable", "BaseModelNotFound", "ConfigError", "DataQualityError",
              "ManifestError", "NonFiniteLoss", "StorageError", "StageUnavailable", "FileNotFoundError",
              "AudioError", "ClusteringError", "TrainingInterrupted", "KfpCommandError"}
     if name in known:

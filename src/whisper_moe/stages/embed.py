@@ -3,8 +3,9 @@
 Each utterance becomes the mean of the frozen base encoder's output over the
 positions that saw real audio (padding excluded): the same function the gate uses
 (`WhisperMoE.pooled_embeddings`), so clusters and the pretrained gate see exactly
-what joint training routes on. Batched, bf16 on a GPU, log-mel on the device, and
-only the `[d]` mean kept per utterance (the seed kept 1500 x d floats each).
+what joint training routes on. Batched, in `runtime.precision` (mixed: bf16 on a GPU),
+log-mel on the device, and only the `[d]` mean kept per utterance (the seed kept 1500 x d
+floats each).
 
 Writes `embeddings.npy` (float32 [N, d]), `index.jsonl` (id, group, speaker,
 audio_filepath, one line per row of the array) and `embed_report.json`. Work is
@@ -36,7 +37,12 @@ from whisper_moe.data.manifest import stratified_sample, write_text_atomic
 from whisper_moe.model.base import load_base_model
 from whisper_moe.model.moe import pool_encoder_output
 from whisper_moe.stages.common import mode_rows, write_json
-from whisper_moe.training.runtime import StopRequest, TrainingInterrupted, resolve_device
+from whisper_moe.training.runtime import (
+    StopRequest,
+    TrainingInterrupted,
+    mixed_precision,
+    resolve_device,
+)
 
 log = logging.getLogger("whisper_moe.embed")
 
@@ -93,11 +99,11 @@ def encoder_pooled(whisper, features: torch.Tensor, num_frames: torch.Tensor) ->
     return pool_encoder_output(hidden, num_frames, 2 * whisper.config.max_source_positions)
 
 
-def embedding_dtype(device: torch.device) -> torch.dtype:
-    """bf16 weights on a GPU that has it (the encoder is frozen: no master copy needed)."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+def embedding_dtype(device: torch.device, precision: str) -> torch.dtype:
+    """The encoder's weights in `runtime.precision`'s compute type: the encoder is frozen,
+    so no float32 master copy is needed."""
+    compute_dtype, _ = mixed_precision(device, precision)
+    return compute_dtype or torch.float32
 
 
 def pooled_embedding_batches(whisper, rows: list[dict], device: torch.device, batch_size: int,
@@ -222,14 +228,15 @@ def run(params: dict, manifest, out_dir, resume: bool = False,
     if start:
         log.info("resuming embeddings at utterance %d of %d", start, len(rows))
 
-    device = resolve_device(params["train"]["device"])
-    whisper, _ = load_base_model(params["model"]["base_model"], dtype=embedding_dtype(device))
+    device = resolve_device(params["runtime"]["device"])
+    dtype = embedding_dtype(device, params["runtime"]["precision"])
+    whisper, _ = load_base_model(params["model"]["base_model"], dtype=dtype)
     whisper.to(device).eval()
     batch_size = int(params["embed"]["batch_size"])
     chunk_utterances = max(batch_size, (int(chunk_utterances) // batch_size) * batch_size)
     started = time.perf_counter()
     embed_remaining(whisper, rows, start, partial, device, batch_size,
-                    int(params["train"]["num_workers"]), chunk_utterances)
+                    int(params["runtime"]["num_workers"]), chunk_utterances)
     elapsed_s = time.perf_counter() - started
     return assemble(out_dir, partial, rows, plan, elapsed_s, len(rows) - start, device)
 

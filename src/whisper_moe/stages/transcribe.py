@@ -12,13 +12,14 @@ from whisper_moe.model.base import decoder_prefix_ids
 from whisper_moe.model.decode import greedy_decode, suppressed_token_ids
 from whisper_moe.model.io import load_moe
 from whisper_moe.stages.common import special_ids
-from whisper_moe.training.runtime import resolve_device
+from whisper_moe.training.runtime import autocast, mixed_precision, resolve_device
 
 
 @torch.no_grad()
 def transcribe_files(params: dict, checkpoint_dir, paths: list[str], batch_size: int = 8):
     """Yield (path, text, top expert) for each audio file, in the given order."""
-    device = resolve_device(params["train"]["device"])
+    device = resolve_device(params["runtime"]["device"])
+    amp_dtype, _ = mixed_precision(device, params["runtime"]["precision"])
     model, tokenizer = load_moe(checkpoint_dir, device, dtype=params["model"]["dtype"])
     model.eval()
     whisper = model.base
@@ -35,11 +36,12 @@ def transcribe_files(params: dict, checkpoint_dir, paths: list[str], batch_size:
             padded[row, : len(samples)] = torch.from_numpy(samples)
         features, frames = whisper_features(padded, torch.tensor([len(a) for a in audio]),
                                             whisper.config, device, whisper.dtype)
-        pooled = model.pooled_embeddings(features, frames)
-        routed = model.route(pooled, model.config.routing_mode, model.config.top_k)
-        with model.routed(routed["weights"]):
-            hidden = whisper.model.encoder(features).last_hidden_state
-            tokens = greedy_decode(whisper, hidden, prefix, eot,
-                                   int(params["evaluate"]["max_new_tokens"]), suppress, begin)
+        with autocast(device, amp_dtype):
+            pooled = model.pooled_embeddings(features, frames)
+            routed = model.route(pooled, model.config.routing_mode, model.config.top_k)
+            with model.routed(routed["weights"]):
+                hidden = whisper.model.encoder(features).last_hidden_state
+                tokens = greedy_decode(whisper, hidden, prefix, eot,
+                                       int(params["evaluate"]["max_new_tokens"]), suppress, begin)
         for path, ids, weights in zip(chunk, tokens, routed["weights"]):
             yield path, tokenizer.decode(ids, skip_special_tokens=True).strip(), int(weights.argmax())

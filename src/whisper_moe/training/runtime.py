@@ -16,7 +16,7 @@ log = logging.getLogger("whisper_moe")
 
 
 class GPUUnavailable(RuntimeError):
-    """A GPU was requested and there is none."""
+    """A GPU (or a GPU feature such as bf16) was requested and is not there."""
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -33,19 +33,26 @@ def resolve_device(requested: str) -> torch.device:
     return device
 
 
-def mixed_precision(device: torch.device, enabled: bool) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None, whether fp16 loss scaling is needed).
+def mixed_precision(device: torch.device, precision: str) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, whether fp16 loss scaling is needed) for `runtime.precision`.
 
-    `--fp16` means mixed precision: bf16 where the device supports it, fp16 with a
-    gradient scaler on older GPUs.
+    fp32: no autocast. mixed (the seed's `--fp16`): bf16 where the device supports it,
+    fp16 with a gradient scaler on older GPUs. bf16 / fp16: that type; fp16 always
+    with a scaler, because its gradients underflow without one.
     """
-    if not enabled:
+    if precision == "fp32":
         return None, False
-    if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return torch.bfloat16, False
+    bf16_ok = device.type != "cuda" or torch.cuda.is_bf16_supported()
+    if precision == "mixed":
+        return (torch.bfloat16, False) if bf16_ok else (torch.float16, True)
+    if precision == "bf16":
+        if not bf16_ok:
+            raise GPUUnavailable(f"runtime.precision='bf16' but {torch.cuda.get_device_name(device)} "
+                                 "has no bf16; use runtime.precision=mixed or fp16")
+        return torch.bfloat16, False
+    if precision == "fp16":
         return torch.float16, True
-    return torch.bfloat16, False
+    raise ValueError(f"runtime.precision={precision!r}: expected fp32 | mixed | bf16 | fp16")
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
