@@ -2,7 +2,8 @@
 
 Every subcommand reads `--params` (params.yaml, the one configuration) and applies
 `-S key=value` overrides; flags named after the seed's (`--asr-batch-size`, ...) map
-onto the same keys, so no flag is ever silently ignored.
+onto the same keys, and a subcommand offers only the flags that act in it, so no flag
+is ever silently ignored. Every value is checked before any work starts.
 """
 
 from __future__ import annotations
@@ -14,7 +15,14 @@ from pathlib import Path
 
 import yaml
 
-from whisper_moe.config import DEFAULT_PARAMS, load_params, set_dotted
+from whisper_moe.config import (
+    DEFAULT_PARAMS,
+    PRECISIONS,
+    ConfigError,
+    check_consistency,
+    load_params,
+    set_dotted,
+)
 
 log = logging.getLogger("whisper_moe")
 
@@ -25,12 +33,12 @@ SEED_FLAGS = {
     "num_experts": "model.num_experts",
     "asr_batch_size": "train.batch_size",
     "gradient_accumulation_steps": "train.gradient_accumulation_steps",
-    "fp16": "train.fp16",
-    "num_workers": "train.num_workers",
+    "precision": "runtime.precision",
+    "num_workers": "runtime.num_workers",
     "eval_every_n_epochs": "train.eval_every_n_epochs",
     "save_every_n_epochs": "train.save_every_n_epochs",
     "data_percent": "data.data_percent",
-    "device": "train.device",
+    "device": "runtime.device",
     "epochs": "train.epochs",
     "learning_rate": "train.lr",
     "base_model": "model.base_model",
@@ -51,11 +59,15 @@ def parse_override(text: str) -> tuple[str, object]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"-S expects key=value, got {text!r}")
     key, value = text.split("=", 1)
-    return key, yaml.safe_load(value)
+    try:
+        return key, yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise argparse.ArgumentTypeError(f"-S {text}: the value is not valid YAML") from None
 
 
 def params_from_args(args: argparse.Namespace) -> dict:
-    """params.yaml, then `-S` overrides, then the explicit flags that were given."""
+    """params.yaml, then `-S` overrides, then the explicit flags that were given; each
+    layer checked as it is applied, the rules between keys checked at the end."""
     path = args.params
     if path is None:
         path = "params.yaml" if Path("params.yaml").exists() else None
@@ -63,16 +75,32 @@ def params_from_args(args: argparse.Namespace) -> dict:
             log.warning("no params.yaml in %s: using the built-in defaults", Path.cwd())
     params = load_params(path)
     for key, value in getattr(args, "set", None) or []:
-        set_dotted(params, key, value)
+        set_dotted(params, key, value, source="-S")
+    set_precision_alias(args)
     for flag, key in SEED_FLAGS.items():
         value = getattr(args, flag, None)
         if value is not None:
-            set_dotted(params, key, value)
+            set_dotted(params, key, value, source="--" + flag.replace("_", "-"))
     if getattr(args, "epochs", None) is not None:
         params["quick"]["epochs"] = args.epochs  # --epochs wins in quick mode too
     if getattr(args, "no_plot", False):
         params["cluster"]["plot"] = False
-    return params
+    if getattr(args, "num_clusters", None) is not None:
+        set_dotted(params, "cluster.num_clusters", args.num_clusters, source="--num-clusters")
+    apply_data_source(params, args)
+    return check_consistency(params, "the configuration")
+
+
+def set_precision_alias(args: argparse.Namespace) -> None:
+    """The seed's --fp16 / --no-fp16 are runtime.precision mixed / fp32."""
+    fp16 = getattr(args, "fp16", None)
+    if fp16 is None:
+        return
+    alias = "mixed" if fp16 else "fp32"
+    if args.precision not in (None, alias):
+        raise ConfigError(f"--{'' if fp16 else 'no-'}fp16 means --precision {alias}, "
+                          f"but --precision {args.precision} was given too; keep one")
+    args.precision = alias
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
@@ -81,18 +109,28 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-S", "--set", action="append", type=parse_override, metavar="KEY=VALUE",
                         help="override one parameter, e.g. -S train.lr=3e-4 (repeatable)")
     parser.add_argument("--log-file", help="also write the log to this file")
-    parser.add_argument("--device", help="cuda, cuda:1, cpu or auto (default: auto)")
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=None,
-                        help="mixed precision: bf16 where supported, fp16 with loss scaling otherwise")
 
+
+def add_runtime_flags(parser: argparse.ArgumentParser, precision: bool = True,
+                      workers: bool = True) -> None:
+    """The runtime section's flags, on the subcommands where they act."""
+    parser.add_argument("--device", help="runtime.device: auto, cpu, cuda, cuda:N or mps")
+    if precision:
+        parser.add_argument("--precision", choices=PRECISIONS,
+                            help="runtime.precision: fp32; mixed (bf16 where supported, else fp16 "
+                                 "with loss scaling); bf16; fp16")
+        parser.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=None,
+                            help="the seed's flag: --fp16 is --precision mixed, --no-fp16 is fp32")
+    if workers:
+        parser.add_argument("--num-workers", type=int,
+                            help="runtime.num_workers: DataLoader processes decoding audio")
 
 def add_training_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=["quick", "full"])
     parser.add_argument("--num-experts", type=int)
     parser.add_argument("--asr-batch-size", type=int)
     parser.add_argument("--gradient-accumulation-steps", type=int)
-    parser.add_argument("--num-workers", type=int)
     parser.add_argument("--eval-every-n-epochs", type=int)
     parser.add_argument("--save-every-n-epochs", type=int)
     parser.add_argument("--data-percent", type=float)
@@ -124,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("pipeline", help="the whole pipeline (seed-compatible flags)")
     add_common(p)
+    add_runtime_flags(p)
     add_training_flags(p)
     add_pretraining_flags(p)
     p.add_argument("--output-dir", help="default: runs/<mode>")
@@ -161,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("train", help="joint training of gate and experts")
     add_common(p)
+    add_runtime_flags(p)
     add_training_flags(p)
     p.add_argument("--train-manifest", required=True)
     p.add_argument("--dev-manifest", required=True)
@@ -169,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("evaluate", help="WER/CER overall and per group, HTML report")
     add_common(p)
+    add_runtime_flags(p)
     p.add_argument("--checkpoint")
     p.add_argument("--base-model")
     p.add_argument("--manifest", required=True)
@@ -189,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("transcribe", help="transcribe audio files with a checkpoint")
     add_common(p)
+    add_runtime_flags(p, workers=False)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("audio", nargs="+")
     return parser
@@ -233,11 +275,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def apply_data_source(params: dict, args) -> dict:
     """--dataset-root (SAP) or --manifest-dir replace the demo corpus as the data source."""
-    if args.dataset_root:
+    if getattr(args, "dataset_root", None):
         params["data"]["source"], params["data"]["sap_root"] = "sap", args.dataset_root
         if params["data"]["dir"] == DEFAULT_PARAMS["data"]["dir"]:
             params["data"]["dir"] = "data/sap"  # never the demo corpus's folder
-    if args.manifest_dir:
+    if getattr(args, "manifest_dir", None):
         params["data"]["source"], params["data"]["manifest_dir"] = "manifest", args.manifest_dir
     return params
 
@@ -245,7 +287,7 @@ def apply_data_source(params: dict, args) -> dict:
 def cmd_pipeline(args) -> int:
     from whisper_moe.stages import pipeline
 
-    params = apply_data_source(params_from_args(args), args)
+    params = params_from_args(args)
     output_dir = Path(args.output_dir or f"runs/{params['mode']}")
     pipeline.run(params, output_dir, skip_pretraining=args.skip_pretraining, resume=args.resume)
     return 0
@@ -254,7 +296,7 @@ def cmd_pipeline(args) -> int:
 def cmd_data(args) -> int:
     from whisper_moe.stages import data as data_stage
 
-    params = apply_data_source(params_from_args(args), args)
+    params = params_from_args(args)
     outputs = data_stage.run(params, args.out)
     print(f"validated manifests and data report in {args.out}: {outputs}")
     return 0
@@ -322,13 +364,13 @@ def init_distributed(params: dict) -> tuple[int, int]:
     import torch.distributed as dist
 
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and params["train"]["device"] != "cpu"
+    use_cuda = torch.cuda.is_available() and params["runtime"]["device"] != "cpu"
     dist.init_process_group("nccl" if use_cuda else "gloo")
     if use_cuda:
         torch.cuda.set_device(local_rank)
-        params["train"]["device"] = f"cuda:{local_rank}"
+        params["runtime"]["device"] = f"cuda:{local_rank}"
     else:
-        params["train"]["device"] = "cpu"
+        params["runtime"]["device"] = "cpu"
     return dist.get_rank(), world_size
 
 

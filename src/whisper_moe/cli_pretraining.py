@@ -12,8 +12,11 @@ import argparse
 
 
 def add_subcommands(subparsers, add_common) -> None:
+    from whisper_moe.cli import add_runtime_flags
+
     p = subparsers.add_parser("embed", help="pooled encoder embeddings of a stratified sample")
     add_common(p)
+    add_runtime_flags(p)
     p.add_argument("--manifest", required=True, help="training manifest (JSONL)")
     p.add_argument("--out", required=True)
     p.add_argument("--embedding-percent", type=float, help="stratified share of the manifest to embed")
@@ -35,6 +38,7 @@ def add_subcommands(subparsers, add_common) -> None:
 
     p = subparsers.add_parser("pretrain-gate", help="train the gate on the soft cluster labels")
     add_common(p)
+    add_runtime_flags(p, precision=False, workers=False)
     p.add_argument("--embeddings", required=True, help="output folder of `embed`")
     p.add_argument("--clusters", required=True, help="output folder of `cluster`")
     p.add_argument("--out", required=True)
@@ -43,6 +47,7 @@ def add_subcommands(subparsers, add_common) -> None:
     p = subparsers.add_parser("pretrain-experts",
                               help="train each expert on the utterances the pretrained gate routes to it")
     add_common(p)
+    add_runtime_flags(p)
     p.add_argument("--train-manifest", required=True)
     p.add_argument("--clusters", required=True, help="output folder of `cluster`")
     p.add_argument("--gate", required=True, help="output folder of `pretrain-gate`")
@@ -62,10 +67,7 @@ def add_subcommands(subparsers, add_common) -> None:
 def _params(args: argparse.Namespace) -> dict:
     from whisper_moe.cli import params_from_args
 
-    params = params_from_args(args)
-    if getattr(args, "num_clusters", None) is not None:
-        params["cluster"]["num_clusters"] = args.num_clusters
-    return params
+    return params_from_args(args)
 
 
 def cmd_embed(args) -> int:
