@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from whisper_moe import clustering
+from whisper_moe.config import check_params
 from whisper_moe.stages.common import write_json
 from whisper_moe.stages.embed import load_embeddings
 
@@ -29,6 +30,7 @@ SCATTER_NAME = "scatter.png"
 
 
 def run(params: dict, embeddings_dir, out_dir) -> dict:
+    params = check_params(params)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = params["cluster"]

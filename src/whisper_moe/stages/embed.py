@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from whisper_moe.config import check_params
 from whisper_moe.data.audio import AudioError, load_audio
 from whisper_moe.data.features import whisper_features
 from whisper_moe.data.manifest import stratified_sample, write_text_atomic
@@ -212,6 +213,7 @@ def prepare_partial(out_dir: Path, plan: dict, resume: bool) -> Path:
 def run(params: dict, manifest, out_dir, resume: bool = False,
         chunk_utterances: int = UTTERANCES_PER_CHUNK) -> dict:
     """Embed a stratified sample of `manifest`; resumable chunk by chunk."""
+    params = check_params(params)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = sample_rows(params, manifest)

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from whisper_moe.config import check_params
 from whisper_moe.data.batching import UtteranceDataset, collate_utterances
 from whisper_moe.data.features import whisper_features
 from whisper_moe.metrics import cer, wer
@@ -40,6 +41,7 @@ log = logging.getLogger("whisper_moe.evaluate")
 def run(params: dict, checkpoint_dir=None, test_manifest=None, out_dir=None, base_model=None,
         train_dir=None) -> dict:
     """Evaluate a checkpoint (or, with `base_model`, a plain Whisper) on a test manifest."""
+    params = check_params(params)
     if (checkpoint_dir is None) == (base_model is None):
         raise ValueError("evaluate needs exactly one of --checkpoint and --base-model")
     out_dir = Path(out_dir)

@@ -14,6 +14,7 @@ import logging
 import time
 from pathlib import Path
 
+from whisper_moe.config import check_params
 from whisper_moe.stages.common import write_json
 from whisper_moe.stages.train import resolve_num_experts
 
@@ -52,6 +53,7 @@ def run_stage(name: str, folder: Path, resume: bool, work) -> dict:
 
 
 def run(params: dict, output_dir: Path, skip_pretraining: bool, resume: bool = False) -> dict:
+    params = check_params(params)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if skip_pretraining:

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from whisper_moe.config import check_params
 from whisper_moe.data.batching import UtteranceDataset
 from whisper_moe.model.base import decoder_prefix_ids
 from whisper_moe.model.io import build_moe, moe_config_from_params, save_moe
@@ -100,6 +101,7 @@ def group_expert_table(rows: list[dict], experts: torch.Tensor, num_experts: int
 
 
 def run(params: dict, train_manifest, cluster_dir, gate_dir, out_dir, resume: bool = False) -> dict:
+    params = check_params(params)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(params["runtime"]["device"])

@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.nn import functional as F
 
+from whisper_moe.config import check_params
 from whisper_moe.model.gate import Gate
 from whisper_moe.stages.cluster import load_cluster_outputs
 from whisper_moe.stages.common import write_json
@@ -131,6 +132,7 @@ def plot_confusion(matrix: list[list[int]], path) -> bytes:
 
 
 def run(params: dict, embeddings_dir, cluster_dir, out_dir) -> dict:
+    params = check_params(params)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = params["pretrain_gate"]

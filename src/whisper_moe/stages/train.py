@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from whisper_moe.config import require
+from whisper_moe.config import check_params, require
 from whisper_moe.data.batching import UtteranceDataset
 from whisper_moe.model.base import decoder_prefix_ids
 from whisper_moe.model.io import build_moe, load_moe_weights, moe_config_from_params, save_moe
@@ -47,6 +47,7 @@ def resolve_num_experts(params: dict, init_dir: str | Path | None) -> int:
 
 def run(params: dict, train_manifest, dev_manifest, out_dir, init_dir=None, resume: bool = False,
         rank: int = 0, world_size: int = 1) -> dict:
+    params = check_params(params)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(params["runtime"]["device"])

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from whisper_moe.config import check_params
 from whisper_moe.data.audio import load_audio
 from whisper_moe.data.features import whisper_features
 from whisper_moe.model.base import decoder_prefix_ids
@@ -18,6 +19,7 @@ from whisper_moe.training.runtime import autocast, mixed_precision, resolve_devi
 @torch.no_grad()
 def transcribe_files(params: dict, checkpoint_dir, paths: list[str], batch_size: int = 8):
     """Yield (path, text, top expert) for each audio file, in the given order."""
+    params = check_params(params)
     device = resolve_device(params["runtime"]["device"])
     amp_dtype, _ = mixed_precision(device, params["runtime"]["precision"])
     model, tokenizer = load_moe(checkpoint_dir, device, dtype=params["model"]["dtype"])
