@@ -126,6 +126,7 @@ def add_runtime_flags(parser: argparse.ArgumentParser, precision: bool = True,
         parser.add_argument("--num-workers", type=int,
                             help="runtime.num_workers: DataLoader processes decoding audio")
 
+
 def add_training_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=["quick", "full"])
     parser.add_argument("--num-experts", type=int)
@@ -306,13 +307,15 @@ def cmd_make_demo_data(args) -> int:
     from whisper_moe.data.demo import make_demo_corpus
 
     params = params_from_args(args)
+    for flag in ("speakers_per_accent", "utterances_per_speaker"):
+        if getattr(args, flag) is not None:
+            set_dotted(params, f"data.demo.{flag}", getattr(args, flag),
+                       source="--" + flag.replace("_", "-"))
     demo = params["data"]["demo"]
     out = Path(args.out or params["data"]["dir"])
     paths = make_demo_corpus(
-        out, accents=demo["accents"],
-        speakers_per_accent=args.speakers_per_accent or demo["speakers_per_accent"],
-        utterances_per_speaker=args.utterances_per_speaker or demo["utterances_per_speaker"],
-        seed=params["seed"],
+        out, accents=demo["accents"], speakers_per_accent=demo["speakers_per_accent"],
+        utterances_per_speaker=demo["utterances_per_speaker"], seed=params["seed"],
     )
     print(f"demo corpus written to {out}: {paths}")
     return 0
