@@ -135,3 +135,16 @@ def test_one_key_per_quantity():
 @pytest.mark.parametrize("mode, final", [("soft", "soft"), ("topk", "topk"), ("curriculum", "topk")])
 def test_the_trained_models_routing_is_decided_by_the_mode(mode, final):
     assert inference_routing({"mode": mode, "top_k": 2}) == final
+
+
+@pytest.mark.parametrize("precision, expected", [
+    ("fp32", (None, False)), ("mixed", ("bfloat16", False)), ("bf16", ("bfloat16", False)),
+    ("fp16", ("float16", True)),
+])
+def test_each_precision_names_its_autocast_type_and_loss_scaling_on_cpu(precision, expected):
+    import torch
+
+    from whisper_moe.training.runtime import mixed_precision
+
+    dtype, scaling = mixed_precision(torch.device("cpu"), precision)
+    assert (dtype and str(dtype).removeprefix("torch."), scaling) == expected
