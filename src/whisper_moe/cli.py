@@ -86,7 +86,7 @@ def params_from_args(args: argparse.Namespace) -> dict:
     if getattr(args, "no_plot", False):
         params["cluster"]["plot"] = False
     if getattr(args, "num_clusters", None) is not None:
-        set_dotted(params, "cluster.num_clusters", args.num_clusters, source="--num-clusters")
+        set_dotted(params, "model.num_experts", args.num_clusters, source="--num-clusters")
     apply_data_source(params, args)
     return check_consistency(params, "the configuration")
 

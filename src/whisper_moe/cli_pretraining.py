@@ -30,7 +30,8 @@ def add_subcommands(subparsers, add_common) -> None:
     p.add_argument("--embeddings", required=True, help="output folder of `embed`")
     p.add_argument("--out", required=True)
     p.add_argument("--clustering-algorithm", choices=["spectral", "kmeans", "hdbscan"])
-    p.add_argument("--num-clusters", type=int, help="fixed k (default: chosen by silhouette)")
+    p.add_argument("--num-clusters", type=int,
+                   help="fixed k, one cluster per expert: model.num_experts (default: by silhouette)")
     p.add_argument("--min-clusters", type=int)
     p.add_argument("--max-clusters", type=int)
     p.add_argument("--min-cluster-size", type=int, help="HDBSCAN's minimum cluster size")

@@ -73,7 +73,8 @@ class Lora:
 @dataclass
 class Model:
     base_model: str = "demo"  # 'demo' = tiny.en imported offline; else a hub name or directory
-    # Required for training without pretraining; with pretraining, null lets clustering decide.
+    # Required for training without pretraining. With pretraining it is the number of
+    # clusters; null: chosen by silhouette in [cluster.min_clusters, cluster.max_clusters].
     num_experts: int | None = knob(None, ge=1)
     lora: Lora = section(Lora)
     gate_hidden: int = knob(512, ge=1)
@@ -102,7 +103,6 @@ class Embed:
 @dataclass
 class Cluster:
     algorithm: str = knob("spectral", choices=("spectral", "kmeans", "hdbscan"))
-    num_clusters: int | None = knob(None, ge=1)  # null: chosen by silhouette in [min, max]
     min_clusters: int = knob(2, ge=1)
     max_clusters: int = knob(8, ge=1)
     min_cluster_size: int = knob(5, ge=2)  # hdbscan only

@@ -38,7 +38,7 @@ def run(params: dict, embeddings_dir, out_dir) -> dict:
     embeddings, index = load_embeddings(embeddings_dir)
     features, pca_info = clustering.reduce_embeddings(embeddings, int(settings["pca_components"]), seed)
     result = clustering.cluster_embeddings(
-        features, str(settings["algorithm"]), settings["num_clusters"],
+        features, str(settings["algorithm"]), params["model"]["num_experts"],
         int(settings["min_clusters"]), int(settings["max_clusters"]),
         int(settings["min_cluster_size"]), seed,
     )

@@ -93,16 +93,11 @@ def run(params: dict, output_dir: Path, skip_pretraining: bool, resume: bool = F
 def run_pretraining(params: dict, output_dir: Path, data_out: dict, resume: bool) -> Path:
     """embed -> cluster -> pretrain-gate -> pretrain-experts; returns the init checkpoint.
 
-    With --num-experts the clustering makes exactly that many clusters (one per
-    expert); without it the clustering chooses k (cluster.num_clusters or silhouette).
+    With --num-experts (model.num_experts) the clustering makes exactly that many
+    clusters, one per expert; without it the clustering chooses k by silhouette.
     """
-    import copy
-
     from whisper_moe.stages import cluster, embed, pretrain_experts, pretrain_gate
 
-    if params["model"]["num_experts"] is not None:
-        params = copy.deepcopy(params)
-        params["cluster"]["num_clusters"] = int(params["model"]["num_experts"])
     embed_dir, cluster_dir = output_dir / "embed", output_dir / "cluster"
     gate_dir, experts_dir = output_dir / "pretrain_gate", output_dir / "pretrain_experts"
     run_stage("embed", embed_dir, resume,
