@@ -147,8 +147,8 @@ PRECISIONS = ("fp32", "mixed", "bf16", "fp16")
 
 @dataclass
 class Runtime:
-    """Where and how every computing stage runs; none of it changes what is computed
-    except precision."""
+    """Where and how every computing stage (train, evaluate, embed, pretrain-*, transcribe)
+    runs: one section, so no stage keeps its own device or precision setting."""
 
     device: str = knob("auto", pattern=r"auto|cpu|cuda(:\d+)?|mps",
                        pattern_text="auto, cpu, cuda, cuda:N or mps")
