@@ -269,7 +269,8 @@ def tiny_run_params(tiny_base_dir) -> str:
     return yaml.safe_dump({
         "mode": "quick",
         "model": {"base_model": str(tiny_base_dir), "lora": {"rank": 4}, "gate_hidden": 16},
-        "train": {"device": "cpu", "batch_size": 2, "gradient_accumulation_steps": 1},
+        "train": {"batch_size": 2, "gradient_accumulation_steps": 1},
+        "runtime": {"device": "cpu"},
         "routing": {"mode": "soft", "noise_std": 0.0},
         "evaluate": {"batch_size": 4, "max_new_tokens": 4, "compare_base": False},
         "quick": {"epochs": 1, "max_train_utterances": 6, "max_eval_utterances": 3},
