@@ -27,7 +27,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 
-from whisper_moe.config import DEFAULT_PARAMS
+from whisper_moe.config import defaults
 from whisper_moe.data.manifest import read_manifest
 from whisper_moe.metrics import wer
 from whisper_moe.model.ct2_export import export_ct2
@@ -57,8 +57,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    params = json.loads(json.dumps(DEFAULT_PARAMS))
-    params["train"]["device"] = "cpu"
+    params = defaults()
+    params["runtime"]["device"] = "cpu"
     params["evaluate"]["max_new_tokens"] = args.max_new_tokens
 
     export_seconds = None

@@ -37,7 +37,7 @@ def resolve_params(
         routing_mode: routing.mode.
         top_k: routing.top_k.
         data_percent: data.data_percent.
-        num_experts: regular.num_experts and model.num_experts (regular pipeline only; 0: not given).
+        num_experts: model.num_experts (regular pipeline only; 0: not given).
         embedding_percent: embed.embedding_percent (pretrained pipeline only).
         clustering_algorithm: cluster.algorithm (pretrained pipeline only).
         max_clusters: cluster.max_clusters (pretrained pipeline only; 0: not given).

@@ -59,7 +59,7 @@ def regular_moe(
         params_yaml: Configuration in params.yaml's format, on top of the built-in defaults (default: the repository's params.yaml, as its differences from those defaults). The parameters below override its keys.
         mode: quick (a smoke run capped by the quick section of params_yaml) or full (the real run).
         base_model: Whisper to adapt: demo (tiny.en, offline), a hub name such as openai/whisper-large-v2, or a directory in the image.
-        num_experts: Number of LoRA experts (regular.num_experts).
+        num_experts: Number of LoRA experts (model.num_experts; params.yaml leaves it null for the pretrained pipeline).
         epochs: Joint-training epochs in full mode (quick mode uses quick.epochs).
         batch_size: Utterances per training step on one GPU (train.batch_size).
         gradient_accumulation_steps: Steps per optimizer update; raise it when lowering batch_size.

@@ -45,7 +45,8 @@ def tiny_params(tiny_base_dir, tiny_corpus):
     params["model"]["lora"]["rank"] = 4
     params["model"]["gate_hidden"] = 16
     params["train"].update(epochs=2, batch_size=2, gradient_accumulation_steps=2, lr=5e-3,
-                           gate_lr=5e-3, device="cpu")
+                           gate_lr=5e-3)
+    params["runtime"]["device"] = "cpu"
     params["routing"].update(mode="soft", noise_std=0.0)
     params["evaluate"].update(batch_size=4, max_new_tokens=8)
     return params

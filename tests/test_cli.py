@@ -18,7 +18,7 @@ def test_skip_pretraining_without_num_experts_stops_with_the_guides_message(tmp_
     code = main(["pipeline", "--mode", "quick", "--skip-pretraining", "--params", str(empty_params(tmp_path)),
                  "--output-dir", str(tmp_path / "run")])
     assert code == 2
-    assert "num_experts must be specified" in caplog.text
+    assert "model.num_experts must be specified" in caplog.text
     assert "--num-experts" in caplog.text
     assert not (tmp_path / "run" / "data").exists()  # failed before any work
 
@@ -36,25 +36,22 @@ def test_seed_flags_map_onto_params(tmp_path):
     assert params["model"]["num_experts"] == 8
     assert params["train"]["batch_size"] == 2
     assert params["train"]["gradient_accumulation_steps"] == 8
-    assert params["train"]["fp16"] is True
-    assert params["train"]["num_workers"] == 4
+    assert params["runtime"]["precision"] == "mixed"
+    assert params["runtime"]["num_workers"] == 4
     assert params["train"]["eval_every_n_epochs"] == 2
     assert params["train"]["save_every_n_epochs"] == 5
     assert params["data"]["data_percent"] == 10
-    assert params["train"]["device"] == "cpu"
+    assert params["runtime"]["device"] == "cpu"
     assert params["cluster"]["algorithm"] == "hdbscan"
     assert params["cluster"]["min_cluster_size"] == 9
     assert params["cluster"]["plot"] is False
 
 
 def test_every_seed_flag_reaches_an_existing_parameter():
-    import copy
+    from whisper_moe.config import DEFAULT_PARAMS, get_dotted
 
-    from whisper_moe.config import DEFAULT_PARAMS, set_dotted
-
-    params = copy.deepcopy(DEFAULT_PARAMS)
     for key in SEED_FLAGS.values():
-        set_dotted(params, key, None)  # raises KeyError for a key that does not exist
+        get_dotted(DEFAULT_PARAMS, key)  # raises ConfigError for a key that does not exist
 
 
 def test_unknown_override_is_rejected(tmp_path, caplog):
@@ -111,3 +108,54 @@ def test_epochs_flag_is_honoured_in_quick_mode(tmp_path):
                                       "--mode", "quick", "--epochs", "5"])
     params = params_from_args(args)
     assert params["quick"]["epochs"] == 5 and params["train"]["epochs"] == 5
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--data-percent", "150"], r"--data-percent: data.data_percent=150.0: expected a value in (0, 100]"),
+    (["--asr-batch-size", "0"], r"--asr-batch-size: train.batch_size=0: expected a value >= 1"),
+    (["-S", "train.lr=abc"], r"-S: train.lr='abc': expected a number"),
+    (["-S", "train=5"], r"train is a section"),
+    (["--precision", "bf16", "--fp16"], r"--fp16 means --precision mixed"),
+])
+def test_bad_values_stop_the_run_before_any_work(tmp_path, caplog, argv, message):
+    code = main(["pipeline", "--params", str(empty_params(tmp_path)), "--skip-pretraining",
+                 "--num-experts", "2", "--output-dir", str(tmp_path / "run"), *argv])
+    assert code == 2
+    assert message in caplog.text
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_broken_params_file_is_one_line_naming_file_and_line(tmp_path, caplog):
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  lr: 0.1\n   epochs: 2\n")
+    code = main(["train", "--params", str(path), "--train-manifest", "a", "--dev-manifest", "b",
+                 "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert f"{path}:3:" in caplog.text and "Traceback" not in caplog.text
+
+
+def test_no_fp16_is_fp32(tmp_path):
+    (tmp_path / "params.yaml").write_text("runtime:\n  precision: mixed\n")
+    args = build_parser().parse_args(["evaluate", "--params", str(tmp_path / "params.yaml"),
+                                      "--no-fp16", "--manifest", "m", "--out", "o"])
+    assert params_from_args(args)["runtime"]["precision"] == "fp32"
+
+
+RUNTIME_FLAGS = {"--device", "--precision", "--fp16", "--num-workers"}
+
+
+def offered_flags(command: str) -> set[str]:
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.dest == "command")
+    return {o for a in subparsers.choices[command]._actions for o in a.option_strings}
+
+
+@pytest.mark.parametrize("command, expected", [
+    ("pipeline", RUNTIME_FLAGS), ("train", RUNTIME_FLAGS), ("evaluate", RUNTIME_FLAGS),
+    ("embed", RUNTIME_FLAGS), ("pretrain-experts", RUNTIME_FLAGS),
+    ("transcribe", {"--device", "--precision", "--fp16"}), ("pretrain-gate", {"--device"}),
+    ("data", set()), ("make-demo-data", set()), ("validate-data", set()), ("cluster", set()),
+    ("compare", set()),
+])
+def test_runtime_flags_are_offered_only_where_they_act(command, expected):
+    assert offered_flags(command) & RUNTIME_FLAGS == expected

@@ -92,7 +92,7 @@ def test_too_many_clusters_for_the_data_is_a_clear_error():
     points, _ = blobs(n=6)
     with pytest.raises(clustering.ClusteringError, match="embedding_percent"):
         clustering.cluster_embeddings(reduced(points), "kmeans", 10, 2, 8, 5, seed=0)
-    with pytest.raises(clustering.ClusteringError, match="num_clusters"):
+    with pytest.raises(clustering.ClusteringError, match="model.num_experts"):
         clustering.cluster_embeddings(reduced(points[:3]), "kmeans", None, 4, 8, 5, seed=0)
 
 
@@ -114,7 +114,7 @@ def test_cluster_stage_writes_labels_report_and_scatter(tmp_path):
     from whisper_moe.config import DEFAULT_PARAMS
 
     params = copy.deepcopy(DEFAULT_PARAMS)
-    params["cluster"].update(algorithm="spectral", num_clusters=None, min_clusters=2, max_clusters=5)
+    params["cluster"].update(algorithm="spectral", min_clusters=2, max_clusters=5)
     outputs = cluster.run(params, embeddings_dir, tmp_path / "cluster")
     labels, soft, report = artifacts.load_cluster_outputs(tmp_path / "cluster")
     assert outputs["num_clusters"] == report["num_clusters"] == 3 == soft.shape[1]

@@ -24,7 +24,8 @@ def test_two_gloo_processes_match_one_process(tmp_path, tiny_params, tiny_corpus
     # differences; in float64 only the data-parallel logic itself can make a difference.
     params["model"]["dtype"] = "float64"
     params["routing"].update(mode="curriculum", soft_epochs=1, noise_std=0.0)
-    params["train"].update(epochs=2, gradient_accumulation_steps=1, device="cpu")
+    params["train"].update(epochs=2, gradient_accumulation_steps=1)
+    params["runtime"]["device"] = "cpu"
     common = ["--train-manifest", str(tiny_corpus / "train.jsonl"),
               "--dev-manifest", str(tiny_corpus / "dev.jsonl")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -61,7 +62,8 @@ def test_data_that_does_not_divide_evenly_across_processes_still_trains(tmp_path
                                                                         tiny_corpus):
     """6 utterances, 2 processes x batch 2: the epoch order is padded so no process waits forever."""
     params = copy.deepcopy(tiny_params)
-    params["train"].update(epochs=1, batch_size=2, gradient_accumulation_steps=1, device="cpu")
+    params["train"].update(epochs=1, batch_size=2, gradient_accumulation_steps=1)
+    params["runtime"]["device"] = "cpu"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",

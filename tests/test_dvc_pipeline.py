@@ -33,10 +33,9 @@ def tiny_overrides(tiny_base_dir: Path, tiny_corpus: Path) -> dict:
         "mode": "quick",
         "data": {"source": "manifest", "manifest_dir": str(tiny_corpus)},
         "model": {"base_model": str(tiny_base_dir), "lora": {"rank": 2}, "gate_hidden": 8},
-        "regular": {"num_experts": 2},
         "routing": {"mode": "soft", "noise_std": 0.0},
-        "train": {"batch_size": 4, "gradient_accumulation_steps": 1, "device": "cpu",
-                  "lr": 0.005, "gate_lr": 0.005},
+        "train": {"batch_size": 4, "gradient_accumulation_steps": 1, "lr": 0.005, "gate_lr": 0.005},
+        "runtime": {"device": "cpu"},
         "quick": {"epochs": 1, "max_train_utterances": 8, "max_eval_utterances": 4},
         "evaluate": {"batch_size": 4, "max_new_tokens": 4},
     }

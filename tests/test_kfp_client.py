@@ -158,7 +158,7 @@ def test_run_sends_params_yaml_overrides_and_data_arguments(kfp_api, tmp_path, c
     params_file.write_text("train:\n  epochs: 7\n")
     code = run_cli(["kfp", "run", "--host", kfp_api.host, "--namespace", "team-asr",
                     "--pipeline", "regular", "--params", str(params_file),
-                    "-S", "train.lr=0.0003", "-S", "regular.num_experts=6",
+                    "-S", "train.lr=0.0003", "-S", "model.num_experts=6",
                     "--dvc-repo", "https://example.com/data.git", "--dvc-path", "data/sap",
                     "--service-account", "whisper-moe-pipeline-runner", "--run-name", "nightly"])
     assert code == 0
@@ -241,10 +241,10 @@ def test_server_errors_become_one_clear_message(kfp_api, tmp_path):
                  "--pipeline", "regular"])
 
 
-def test_run_refuses_two_different_expert_counts(kfp_api, tmp_path):
-    with pytest.raises(ValueError, match=r"regular.num_experts=4 and model.num_experts=8 disagree"):
+def test_run_refuses_a_key_that_does_not_exist_before_sending(kfp_api, tmp_path):
+    with pytest.raises(ValueError, match=r"-S: unknown parameter 'regular'"):
         run_cli(["kfp", "run", "--host", kfp_api.host, "--namespace", "ns", "--pipeline", "regular",
-                 "--params", str(defaults_only_params(tmp_path)), "-S", "model.num_experts=8"])
+                 "--params", str(defaults_only_params(tmp_path)), "-S", "regular.num_experts=8"])
     assert not kfp_api.find("POST", "/apis/v2beta1/runs")
 
 

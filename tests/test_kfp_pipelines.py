@@ -122,12 +122,13 @@ def test_every_pipeline_parameter_has_a_default_and_a_description(name):
 
 def test_parameter_defaults_come_from_params_yaml():
     from whisper_moe.config import load_params
-    from whisper_moe_kfp.parameters import params_from_yaml
+    from whisper_moe_kfp.parameters import REGULAR_NUM_EXPERTS, params_from_yaml
 
     params = load_params(REPO_ROOT / "params.yaml")
     parameters = load_spec("regular_moe")[0]["root"]["inputDefinitions"]["parameters"]
     assert parameters["epochs"]["defaultValue"] == params["train"]["epochs"]
-    assert parameters["num_experts"]["defaultValue"] == params["regular"]["num_experts"]
+    assert params["model"]["num_experts"] is None  # the pretrained pipeline's clustering decides
+    assert parameters["num_experts"]["defaultValue"] == REGULAR_NUM_EXPERTS
     assert parameters["base_model"]["defaultValue"] == params["model"]["base_model"]
     assert params_from_yaml(parameters["params_yaml"]["defaultValue"]) == params
 
@@ -170,11 +171,23 @@ def test_resolve_params_applies_pipeline_values_to_the_nested_params():
         "train: {epochs: 9, lr: 0.5}\nmodel: {lora: {rank: 8}}",
         {"epochs": 2, "learning_rate": 0.01, "num_experts": 5, "max_clusters": None}))
     assert resolved["train"]["epochs"] == 2 and resolved["train"]["lr"] == 0.01
-    assert resolved["model"]["num_experts"] == 5 and resolved["regular"]["num_experts"] == 5
+    assert resolved["model"]["num_experts"] == 5
     assert resolved["model"]["lora"]["rank"] == 8  # untouched keys keep params_yaml's values
     assert resolved["cluster"]["max_clusters"] == 8  # None: not given, the default stays
-    with pytest.raises(ValueError, match="unknown top-level keys"):
+    with pytest.raises(ValueError, match="unknown parameter 'trian'"):
         params_from_yaml("trian: {epochs: 1}")
+    with pytest.raises(ValueError, match=r"params_yaml: unknown parameter 'train\.lrr'"):
+        params_from_yaml("train: {lrr: 1}")
+    with pytest.raises(ValueError, match=r"pipeline parameter batch_size: train.batch_size=0"):
+        resolve_params_yaml("{}", {"batch_size": 0})
+
+
+def test_the_regular_moe_has_as_many_experts_under_dvc_as_in_kubeflow():
+    from whisper_moe_kfp.parameters import REGULAR_NUM_EXPERTS
+
+    stage = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]["regular_train"]
+    assert stage["vars"] == [{"regular_num_experts": REGULAR_NUM_EXPERTS}]
+    assert "--num-experts ${regular_num_experts}" in stage["cmd"][0]
 
 
 def test_fetch_training_data_refuses_ambiguous_sources(tmp_path):
@@ -256,7 +269,8 @@ def tiny_run_params(tiny_base_dir) -> str:
     return yaml.safe_dump({
         "mode": "quick",
         "model": {"base_model": str(tiny_base_dir), "lora": {"rank": 4}, "gate_hidden": 16},
-        "train": {"device": "cpu", "batch_size": 2, "gradient_accumulation_steps": 1},
+        "train": {"batch_size": 2, "gradient_accumulation_steps": 1},
+        "runtime": {"device": "cpu"},
         "routing": {"mode": "soft", "noise_std": 0.0},
         "evaluate": {"batch_size": 4, "max_new_tokens": 4, "compare_base": False},
         "quick": {"epochs": 1, "max_train_utterances": 6, "max_eval_utterances": 3},

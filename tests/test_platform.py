@@ -734,3 +734,20 @@ def test_compiled_pipeline_kfp_version_matches_the_image(path):
     locked = locked_version("kfp")
     if sdk.startswith("kfp-") and locked:
         assert sdk == f"kfp-{locked}", f"{path.name} compiled with {sdk}, image has kfp {locked}"
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS, ids=lambda p: str(p.relative_to(K8S)))
+def test_the_training_job_sets_every_value_training_requires(kustomization):
+    """The job's `whisper-moe train` call with the shipped params.yaml passes the checks
+    that would otherwise stop it at start (e.g. model.num_experts without --init)."""
+    from whisper_moe.cli import build_parser, params_from_args
+    from whisper_moe.stages.train import resolve_num_experts
+
+    jobs = [obj for obj in rendered(kustomization) if obj["kind"] == "PyTorchJob"]
+    for job in jobs:
+        pod_spec = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+        cli_args = container_args(pod_spec, "pytorch")[5:]  # after torchrun ... -m whisper_moe.cli
+        args = build_parser().parse_args(cli_args)
+        args.params = str(REPO / "params.yaml")  # the image ships it at /app/params.yaml
+        assert resolve_num_experts(params_from_args(args), args.init) >= 1
+    assert jobs

@@ -39,7 +39,8 @@ def test_gate_learns_separable_clusters(tiny_params, tmp_path):
     groups = [f"g{t}" for t in truth]
     embeddings_dir = write_embeddings(tmp_path / "embed", points, groups)
     params = copy.deepcopy(tiny_params)
-    params["cluster"].update(algorithm="kmeans", num_clusters=3)
+    params["cluster"]["algorithm"] = "kmeans"
+    params["model"]["num_experts"] = 3  # k of the clustering
     params["pretrain_gate"].update(epochs=40, batch_size=32, lr=3e-3, patience=5)
     cluster.run(params, embeddings_dir, tmp_path / "cluster")
     outputs = pretrain_gate.run(params, embeddings_dir, tmp_path / "cluster", tmp_path / "gate")

@@ -140,7 +140,7 @@ def choose_num_clusters(features: np.ndarray, algorithm: str, min_clusters: int,
         raise ClusteringError(
             f"cannot choose a number of clusters between {min_clusters} and {max_clusters} from "
             f"{len(features)} embeddings (silhouette needs 2 <= k <= N-1); embed more utterances "
-            "(raise embed.embedding_percent) or set cluster.num_clusters"
+            "(raise embed.embedding_percent) or set model.num_experts (the number of clusters)"
         )
     scores: dict[int, float] = {}
     best: tuple[float, int, np.ndarray] | None = None
@@ -295,7 +295,7 @@ def cluster_embeddings(features: np.ndarray, algorithm: str, num_clusters: int |
         num_clusters = int(num_clusters)
         if num_clusters < 1 or num_clusters > n:
             raise ClusteringError(
-                f"cluster.num_clusters={num_clusters} but there are {n} embeddings; embed more "
+                f"model.num_experts={num_clusters} clusters but there are {n} embeddings; embed more "
                 "utterances (raise embed.embedding_percent) or ask for fewer experts"
             )
     scores: dict[int, float] = {}

@@ -1,12 +1,21 @@
-"""The one configuration: defaults here, overridden by params.yaml, then by flags.
+"""The one configuration: a typed schema that holds every default and checks every value.
 
-Every stage receives the whole nested dict and reads its own section, so the CLI,
-DVC and Kubeflow all run a stage from the same keys.
+A run's parameters are the schema's defaults, then a params file, then `-S key=value`
+overrides, then flags. Each layer is checked as it is applied, at every nesting level,
+so a typo, a wrong type or an out-of-range value stops the run before any work starts,
+with a message naming the key, the value and what is allowed. Stages receive the
+result as a plain nested dict and read their own sections.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,89 +23,323 @@ import yaml
 
 from whisper_moe.errors import ConfigError
 
-DEFAULT_PARAMS: dict[str, Any] = {
-    "seed": 42,
-    "mode": "full",  # quick | full: quick shortens epochs and data for a smoke run
-    "data": {
-        "source": "demo",  # demo | manifest | sap | hf | nemo
-        "dir": "data/demo",  # demo corpus or imported data lives here (data/<source> for others)
-        "manifest_dir": None,  # for source=manifest: a folder with train/dev/test.jsonl
-        "sap_root": None,  # for source=sap: the SAP release root
-        "hf_dataset": None,  # for source=hf: save_to_disk, parquet or audiofolder folder
-        "hf_audio_column": "audio",  # its Audio column (or audio paths)
-        "hf_text_column": "text",  # its transcript column
-        "hf_speaker_column": None,  # None: each utterance its own speaker
-        "hf_group_column": None,  # None: one group "all"
-        "nemo_manifest": None,  # for source=nemo: a NeMo manifest, or a folder of train/dev/test ones
-        "data_percent": 100.0,  # stratified share of the training manifest used
-        "max_skip_fraction": 0.05,  # stop when more input than this is unusable
-        "max_duration_s": 30.0,
-        "demo": {
-            "speakers_per_accent": 4,
-            "utterances_per_speaker": 12,
-            "accents": ["en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-us-nyc"],
-        },
-    },
-    "model": {
-        "base_model": "demo",  # 'demo' = tiny.en imported offline; else hub name or directory
-        "num_experts": None,  # ??? required with skip_pretraining; else from clustering
-        "lora": {
-            "rank": 16,
-            "alpha": 32,
-            "dropout": 0.05,
-            "target_modules": ["q_proj", "v_proj"],
-        },
-        "gate_hidden": 512,
-        "dtype": "float32",  # the frozen base's weights: float32 | bfloat16 (GPU memory) | float64
-    },
-    "routing": {
-        "mode": "curriculum",  # soft | topk | curriculum (soft, then top-k)
-        "top_k": 2,
-        "soft_epochs": 3,  # curriculum: epochs of soft routing before top-k
-        "temperature_start": 2.0,
-        "temperature_end": 1.0,
-        "noise_std": 0.1,
-        "load_balance_weight": 0.2,
-        "z_loss_weight": 0.001,
-    },
-    "embed": {"embedding_percent": 5.0, "batch_size": 16},
-    "cluster": {
-        "algorithm": "spectral",  # spectral | kmeans | hdbscan
-        "num_clusters": None,  # None: chosen automatically in [min_clusters, max_clusters]
-        "min_clusters": 2,
-        "max_clusters": 8,
-        "min_cluster_size": 5,
-        "pca_components": 50,
-        "plot": True,
-    },
-    "pretrain_gate": {"epochs": 30, "batch_size": 256, "lr": 1e-3, "patience": 5},
-    "pretrain_experts": {"epochs": 1, "batch_size": 8, "lr": 1e-3},
-    "train": {
-        "epochs": 10,
-        "batch_size": 2,  # --asr-batch-size
-        "gradient_accumulation_steps": 8,
-        "lr": 1e-3,
-        "gate_lr": 1e-3,
-        "weight_decay": 0.01,
-        "warmup_ratio": 0.1,
-        "max_grad_norm": 1.0,
-        "fp16": False,  # mixed precision: bf16 where supported, fp16 + loss scaling otherwise
-        "num_workers": 0,
-        "eval_every_n_epochs": 1,
-        "save_every_n_epochs": 1,
-        "keep_checkpoints": 2,
-        "device": "auto",
-        "max_label_tokens": 448,
-        "max_nonfinite_in_a_row": 5,
-    },
-    "evaluate": {"batch_size": 8, "max_new_tokens": 128, "compare_base": True},
-    # The regular MoE (no pretraining) as `dvc repro` and Kubeflow run it; the CLI
-    # `pipeline --skip-pretraining` takes --num-experts instead, as the seed did.
-    "regular": {"num_experts": 4},
-    # The fair baseline: one LoRA with the regular MoE's trainable parameters (rank E*r).
-    "baselines": {"single_lora_rank": 64},
-    "quick": {"epochs": 2, "max_train_utterances": 48, "max_eval_utterances": 24},
-}
+__all__ = ["ConfigError", "check_params", "defaults", "load_params", "set_dotted"]
+
+
+
+
+def knob(default, *, ge=None, gt=None, le=None, lt=None, choices=None, pattern=None,
+         pattern_text=None):
+    """A schema field with the values it allows (bounds, choices or a regular expression)."""
+    rules = {"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices, "pattern": pattern,
+             "pattern_text": pattern_text}
+    rules = {name: rule for name, rule in rules.items() if rule is not None}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=rules)
+    return field(default=default, metadata=rules)
+
+
+def section(cls):
+    """A nested section field, defaulting to the section's own defaults."""
+    return field(default_factory=cls)
+
+
+@dataclass
+class DemoCorpus:
+    speakers_per_accent: int = knob(4, ge=1)
+    utterances_per_speaker: int = knob(12, ge=1)
+    accents: list[str] = knob(["en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-029",
+                               "en-us-nyc"])
+
+
+@dataclass
+class Data:
+    source: str = knob("demo", choices=("demo", "manifest", "sap", "hf", "nemo"))
+    dir: str = "data/demo"  # the demo corpus or an imported/converted source (data/<source> for others)
+    manifest_dir: str | None = None  # source=manifest: a folder with train/dev/test.jsonl
+    sap_root: str | None = None  # source=sap: the SAP release root
+    hf_dataset: str | None = None  # source=hf: save_to_disk, parquet or audiofolder folder
+    hf_audio_column: str = "audio"  # its Audio column (or audio paths)
+    hf_text_column: str = "text"  # its transcript column
+    hf_speaker_column: str | None = None  # None: each utterance its own speaker
+    hf_group_column: str | None = None  # None: one group "all"
+    nemo_manifest: str | None = None  # source=nemo: a NeMo manifest, or a folder of train/dev/test ones
+    data_percent: float = knob(100.0, gt=0, le=100)  # stratified share of the training split
+    max_skip_fraction: float = knob(0.05, ge=0, le=1)  # more unusable input than this stops the run
+    max_duration_s: float = knob(30.0, gt=0)
+    demo: DemoCorpus = section(DemoCorpus)
+
+
+@dataclass
+class Lora:
+    rank: int = knob(16, ge=1)
+    alpha: float = knob(32.0, gt=0)
+    dropout: float = knob(0.05, ge=0, lt=1)
+    target_modules: list[str] = knob(["q_proj", "v_proj"])
+
+
+@dataclass
+class Model:
+    base_model: str = "demo"  # 'demo' = tiny.en imported offline; else a hub name or directory
+    # Required for training without pretraining. With pretraining it is the number of
+    # clusters; null: chosen by silhouette in [cluster.min_clusters, cluster.max_clusters].
+    num_experts: int | None = knob(None, ge=1)
+    lora: Lora = section(Lora)
+    gate_hidden: int = knob(512, ge=1)
+    # The frozen base's weights; experts and gate keep float32 master weights.
+    dtype: str = knob("float32", choices=("float32", "bfloat16", "float16", "float64"))
+
+
+@dataclass
+class Routing:
+    mode: str = knob("curriculum", choices=("soft", "topk", "curriculum"))
+    top_k: int = knob(2, ge=1)
+    soft_epochs: int = knob(3, ge=0)  # curriculum: epochs of soft routing before top-k
+    temperature_start: float = knob(2.0, gt=0)
+    temperature_end: float = knob(1.0, gt=0)
+    noise_std: float = knob(0.1, ge=0)  # router noise, training only
+    load_balance_weight: float = knob(0.2, ge=0)
+    z_loss_weight: float = knob(0.001, ge=0)
+
+
+@dataclass
+class Embed:
+    embedding_percent: float = knob(5.0, gt=0, le=100)  # the seed's documented default
+    batch_size: int = knob(16, ge=1)
+
+
+@dataclass
+class Cluster:
+    algorithm: str = knob("spectral", choices=("spectral", "kmeans", "hdbscan"))
+    min_clusters: int = knob(2, ge=1)
+    max_clusters: int = knob(8, ge=1)
+    min_cluster_size: int = knob(5, ge=2)  # hdbscan only
+    pca_components: int = knob(50, ge=1)
+    plot: bool = True
+
+
+@dataclass
+class PretrainGate:
+    epochs: int = knob(30, ge=1)
+    batch_size: int = knob(256, ge=1)
+    lr: float = knob(1e-3, gt=0)
+    patience: int = knob(5, ge=1)
+
+
+@dataclass
+class PretrainExperts:
+    epochs: int = knob(1, ge=1)
+    batch_size: int = knob(8, ge=1)
+    lr: float = knob(1e-3, gt=0)
+
+
+@dataclass
+class Train:
+    epochs: int = knob(10, ge=1)
+    batch_size: int = knob(2, ge=1)  # the seed's --asr-batch-size
+    gradient_accumulation_steps: int = knob(8, ge=1)
+    lr: float = knob(1e-3, gt=0)
+    gate_lr: float = knob(1e-3, gt=0)
+    weight_decay: float = knob(0.01, ge=0)
+    warmup_ratio: float = knob(0.1, ge=0, le=1)
+    max_grad_norm: float = knob(1.0, gt=0)
+    eval_every_n_epochs: int = knob(1, ge=1)
+    save_every_n_epochs: int = knob(1, ge=1)
+    keep_checkpoints: int = knob(2, ge=1)
+    max_label_tokens: int = knob(448, ge=1)
+    max_nonfinite_in_a_row: int = knob(5, ge=1)
+
+
+PRECISIONS = ("fp32", "mixed", "bf16", "fp16")
+
+
+@dataclass
+class Runtime:
+    """Where and how every computing stage (train, evaluate, embed, pretrain-*, transcribe)
+    runs: one section, so no stage keeps its own device or precision setting."""
+
+    device: str = knob("auto", pattern=r"auto|cpu|cuda(:\d+)?|mps",
+                       pattern_text="auto, cpu, cuda, cuda:N or mps")
+    # fp32: no autocast; mixed: bf16 where the device has it, else fp16 with loss scaling;
+    # bf16 / fp16: that autocast type (fp16 with loss scaling).
+    precision: str = knob("fp32", choices=PRECISIONS)
+    num_workers: int = knob(0, ge=0)  # DataLoader processes decoding audio
+
+
+@dataclass
+class Evaluate:
+    batch_size: int = knob(8, ge=1)
+    max_new_tokens: int = knob(128, ge=1)
+    compare_base: bool = True
+
+
+@dataclass
+class Baselines:
+    single_lora_rank: int = knob(64, ge=1)  # one LoRA with a 4-expert rank-16 MoE's parameters
+
+
+@dataclass
+class Quick:
+    epochs: int = knob(2, ge=1)
+    max_train_utterances: int = knob(48, ge=1)
+    max_eval_utterances: int = knob(24, ge=1)
+
+
+@dataclass
+class Params:
+    seed: int = 42
+    mode: str = knob("full", choices=("quick", "full"))  # quick: a smoke run capped by `quick`
+    data: Data = section(Data)
+    model: Model = section(Model)
+    routing: Routing = section(Routing)
+    embed: Embed = section(Embed)
+    cluster: Cluster = section(Cluster)
+    pretrain_gate: PretrainGate = section(PretrainGate)
+    pretrain_experts: PretrainExperts = section(PretrainExperts)
+    train: Train = section(Train)
+    runtime: Runtime = section(Runtime)
+    evaluate: Evaluate = section(Evaluate)
+    baselines: Baselines = section(Baselines)
+    quick: Quick = section(Quick)
+
+
+def defaults() -> dict:
+    """A fresh nested dict of every default."""
+    return dataclasses.asdict(Params())
+
+
+DEFAULT_PARAMS: dict[str, Any] = defaults()
+
+
+# ---------------------------------------------------------------- checking one layer
+
+
+def check_layer(layer: Any, source: str, schema: type = Params, prefix: str = "") -> dict:
+    """The layer's values converted to their schema types; ConfigError on the first problem.
+
+    A layer may set any subset of keys; every key it sets is checked, at every level.
+    """
+    where = prefix.rstrip(".") or "the top level"
+    if not isinstance(layer, dict):
+        raise ConfigError(f"{source}: {where} must be a mapping of keys to values, "
+                          f"got {layer!r}")
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    hints = typing.get_type_hints(schema)
+    checked = {}
+    for key, value in layer.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            raise ConfigError(f"{source}: unknown parameter {dotted!r}{suggestion(key, fields, prefix)}")
+        kind = hints[key]
+        if dataclasses.is_dataclass(kind):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: {dotted} is a section (keys: {', '.join(known(kind))}); "
+                                  f"got {value!r}")
+            checked[key] = check_layer(value, source, kind, dotted + ".")
+        else:
+            checked[key] = check_value(value, kind, fields[key].metadata, dotted, source)
+    return checked
+
+
+def known(schema: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(schema)]
+
+
+def suggestion(key: str, fields: dict, prefix: str) -> str:
+    close = difflib.get_close_matches(str(key), list(fields), n=1)
+    names = ", ".join(fields)
+    hint = f"; did you mean {prefix}{close[0]}?" if close else ""
+    return f" (known here: {names}){hint}"
+
+
+def check_value(value: Any, kind: Any, rules: typing.Mapping, key: str, source: str) -> Any:
+    """The value as `kind`, within its rules; ConfigError naming key, value and what is allowed."""
+    optional = typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in typing.get_args(kind)
+    if optional:
+        if value is None:
+            return None
+        kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+    converted = convert(value, kind)
+    if converted is None:
+        allowed = type_text(kind) + (" or null" if optional else "")
+        raise ConfigError(f"{source}: {key}={value!r}: expected {allowed}")
+    problem = rule_problem(converted, rules)
+    if problem:
+        raise ConfigError(f"{source}: {key}={value!r}: expected {problem}")
+    return converted
+
+
+def convert(value: Any, kind: Any) -> Any:
+    """value as kind, or None when it is not one (YAML 1.1 reads '1e-3' as text: accepted)."""
+    if kind is bool:
+        return value if isinstance(value, bool) else None
+    if isinstance(value, bool):
+        return None
+    if kind is int:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value if isinstance(value, int) else None
+    if kind is float:
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                return None
+        return None
+    if kind is str:
+        return value if isinstance(value, str) else None
+    if typing.get_origin(kind) is list:
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            return list(value)
+        return None
+    raise TypeError(f"no conversion for {kind}")
+
+
+def type_text(kind: Any) -> str:
+    names = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
+    return names.get(kind, "a list of text values")
+
+
+def rule_problem(value: Any, rules: typing.Mapping) -> str | None:
+    """What the value should have been, or None when it keeps every rule."""
+    if "choices" in rules and value not in rules["choices"]:
+        return "one of " + " | ".join(rules["choices"])
+    if "pattern" in rules and not re.fullmatch(rules["pattern"], value):
+        return rules["pattern_text"]
+    low = rules.get("ge", rules.get("gt"))
+    high = rules.get("le", rules.get("lt"))
+    too_low = ("ge" in rules and value < rules["ge"]) or ("gt" in rules and value <= rules["gt"])
+    too_high = ("le" in rules and value > rules["le"]) or ("lt" in rules and value >= rules["lt"])
+    if not (too_low or too_high):
+        return None
+    if high is None:
+        return f"a value {'>=' if 'ge' in rules else '>'} {low:g}"
+    if low is None:
+        return f"a value {'<=' if 'le' in rules else '<'} {high:g}"
+    return (f"a value in {'[' if 'ge' in rules else '('}{low:g}, {high:g}"
+            f"{']' if 'le' in rules else ')'}")
+
+
+# ---------------------------------------------------------------- the whole configuration
+
+
+def check_consistency(params: dict, source: str = "params") -> dict:
+    """Rules between keys, checked once every layer is applied."""
+    data, cluster, model = params["data"], params["cluster"], params["model"]
+    needed = {"manifest": "manifest_dir", "sap": "sap_root"}.get(data["source"])
+    if needed and not data[needed]:
+        raise ConfigError(f"{source}: data.source={data['source']!r} needs data.{needed} "
+                          "(a folder); set it, or pass --manifest-dir / --dataset-root")
+    if cluster["min_clusters"] > cluster["max_clusters"]:
+        raise ConfigError(f"{source}: cluster.min_clusters={cluster['min_clusters']} is above "
+                          f"cluster.max_clusters={cluster['max_clusters']}")
+    experts = model["num_experts"]
+    if experts is not None and params["routing"]["mode"] != "soft" and params["routing"]["top_k"] > experts:
+        raise ConfigError(f"{source}: routing.top_k={params['routing']['top_k']} is above "
+                          f"model.num_experts={experts}; lower top_k or use routing.mode=soft")
+    return params
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -110,38 +353,82 @@ def deep_merge(base: dict, override: dict) -> dict:
     return merged
 
 
-def load_params(path: str | Path | None = None, overrides: dict | None = None) -> dict:
-    """Defaults, then the YAML file (if given), then overrides.
+def check_params(params: dict, source: str = "params") -> dict:
+    """A complete, checked configuration from a (possibly partial) nested dict.
 
-    A path that does not exist is an error: silently running on the defaults (quick caps,
-    the demo model) instead of the intended configuration would waste a whole run.
+    What components and tests pass in is checked like a params file: unknown keys,
+    types, ranges and the rules between keys.
     """
-    params = copy.deepcopy(DEFAULT_PARAMS)
-    if path is not None and not Path(path).exists():
+    return check_consistency(deep_merge(defaults(), check_layer(params, source)), source)
+
+
+def read_params_file(path: str | Path) -> dict:
+    """The file's mapping; a YAML syntax error becomes one line with the file and line."""
+    path = Path(path)
+    if not path.exists():
         raise FileNotFoundError(
             f"{path}: no such parameter file; run from the project folder (where params.yaml "
             "is) or pass --params FILE"
         )
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(yaml_error_line(error, str(path))) from None
+
+
+def yaml_error_line(error: yaml.YAMLError, source: str) -> str:
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    if mark is None:
+        return f"{source}: invalid YAML: {problem}"
+    return f"{source}:{mark.line + 1}:{mark.column + 1}: invalid YAML: {problem}"
+
+
+def load_params(path: str | Path | None = None, overrides: dict | None = None) -> dict:
+    """Defaults, then the YAML file (if given), then overrides; all checked.
+
+    A path that does not exist is an error: silently running on the defaults (quick caps,
+    the demo model) instead of the intended configuration would waste a whole run.
+    """
+    params = defaults()
     if path is not None:
-        with open(path) as handle:
-            from_file = yaml.safe_load(handle) or {}
-        if not isinstance(from_file, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-        unknown = set(from_file) - set(DEFAULT_PARAMS)
-        if unknown:
-            raise ConfigError(f"{path}: unknown top-level keys {sorted(unknown)}")
-        params = deep_merge(params, from_file)
-    return deep_merge(params, overrides or {})
+        params = deep_merge(params, check_layer(read_params_file(path), str(path)))
+    if overrides:
+        params = deep_merge(params, check_layer(overrides, "overrides"))
+    return check_consistency(params, str(path) if path is not None else "params")
 
 
-def set_dotted(params: dict, dotted_key: str, value: Any) -> None:
-    """Set params['a']['b'] from 'a.b', refusing keys that do not exist."""
+def dotted_layer(dotted_key: str, value: Any) -> dict:
+    """{'a': {'b': value}} from 'a.b'."""
+    layer: Any = value
+    for part in reversed(dotted_key.split(".")):
+        layer = {part: layer}
+    return layer
+
+
+def set_dotted(params: dict, dotted_key: str, value: Any, source: str = "-S") -> None:
+    """Set params['a']['b'] from 'a.b' after checking the key and the value."""
+    checked = check_layer(dotted_layer(dotted_key, value), source)
+    params.update(deep_merge(params, checked))
+
+
+def get_dotted(params: dict, dotted_key: str) -> Any:
     node = params
-    parts = dotted_key.split(".")
-    for part in parts[:-1]:
-        if part not in node or not isinstance(node[part], dict):
+    for part in dotted_key.split("."):
+        if not isinstance(node, dict) or part not in node:
             raise ConfigError(f"unknown parameter {dotted_key!r}")
         node = node[part]
-    if parts[-1] not in node:
-        raise ConfigError(f"unknown parameter {dotted_key!r}")
-    node[parts[-1]] = value
+    return node
+
+
+def require(params: dict, dotted_key: str, why: str) -> Any:
+    """The value of a key that this run cannot do without; ConfigError naming it when unset."""
+    value = get_dotted(params, dotted_key)
+    if value is None:
+        raise ConfigError(f"{dotted_key} must be specified: {why}")
+    return value
+
+
+def inference_routing(routing: dict) -> str:
+    """How a trained model routes: soft stays soft; topk and curriculum end in top-k."""
+    return "soft" if routing["mode"] == "soft" else "topk"

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from whisper_moe.data.audio import AudioError, load_audio
 from whisper_moe.data.features import whisper_features
 from whisper_moe.model.moe import pool_encoder_output
+from whisper_moe.training.runtime import mixed_precision
 
 
 class AudioRows(Dataset):
@@ -60,11 +61,11 @@ def encoder_pooled(whisper, features: torch.Tensor, num_frames: torch.Tensor) ->
     return pool_encoder_output(hidden, num_frames, 2 * whisper.config.max_source_positions)
 
 
-def embedding_dtype(device: torch.device) -> torch.dtype:
-    """bf16 weights on a GPU that has it (the encoder is frozen: no master copy needed)."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+def embedding_dtype(device: torch.device, precision: str) -> torch.dtype:
+    """The encoder's weights in `runtime.precision`'s compute type: the encoder is frozen,
+    so no float32 master copy is needed."""
+    compute_dtype, _ = mixed_precision(device, precision)
+    return compute_dtype or torch.float32
 
 
 def pooled_embedding_batches(whisper, rows: list[dict], device: torch.device, batch_size: int,

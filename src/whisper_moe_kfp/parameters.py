@@ -17,41 +17,53 @@ from typing import Any
 
 import yaml
 
-from whisper_moe.config import DEFAULT_PARAMS, load_params, set_dotted
+from whisper_moe.config import (
+    DEFAULT_PARAMS,
+    ConfigError,
+    check_params,
+    get_dotted,
+    load_params,
+    set_dotted,
+    yaml_error_line,
+)
+
+# The demo's regular MoE: how many experts the regular pipeline trains when params.yaml
+# leaves model.num_experts null (as it must, so the pretrained pipeline's clustering
+# decides there). dvc.yaml's regular_train stage uses the same number (a test checks).
+REGULAR_NUM_EXPERTS = 4
 
 
 @dataclass(frozen=True)
 class TunedParameter:
-    """A pipeline parameter that overrides params.yaml keys.
+    """A pipeline parameter that overrides one params.yaml key.
 
-    `keys[0]` is where its default (and the client's value) is read from; the value is
-    written to every key in `keys`. Descriptions live in the pipelines' docstrings,
-    which Kubeflow shows in the run form.
+    Its default (and the client's value) is read from `key`; `fallback` is the default
+    when params.yaml leaves that key null. Descriptions live in the pipelines'
+    docstrings, which Kubeflow shows in the run form.
     """
 
     name: str
-    keys: tuple[str, ...]
+    key: str
     type: type
+    fallback: Any = None
 
 
 COMMON = (
-    TunedParameter("mode", ("mode",), str),
-    TunedParameter("base_model", ("model.base_model",), str),
-    TunedParameter("epochs", ("train.epochs",), int),
-    TunedParameter("batch_size", ("train.batch_size",), int),
-    TunedParameter("gradient_accumulation_steps", ("train.gradient_accumulation_steps",), int),
-    TunedParameter("learning_rate", ("train.lr",), float),
-    TunedParameter("routing_mode", ("routing.mode",), str),
-    TunedParameter("top_k", ("routing.top_k",), int),
-    TunedParameter("data_percent", ("data.data_percent",), float),
+    TunedParameter("mode", "mode", str),
+    TunedParameter("base_model", "model.base_model", str),
+    TunedParameter("epochs", "train.epochs", int),
+    TunedParameter("batch_size", "train.batch_size", int),
+    TunedParameter("gradient_accumulation_steps", "train.gradient_accumulation_steps", int),
+    TunedParameter("learning_rate", "train.lr", float),
+    TunedParameter("routing_mode", "routing.mode", str),
+    TunedParameter("top_k", "routing.top_k", int),
+    TunedParameter("data_percent", "data.data_percent", float),
 )
-# The regular MoE reads its expert count from regular.num_experts (as `dvc repro` does);
-# training reads model.num_experts, so the value goes to both.
-REGULAR_ONLY = (TunedParameter("num_experts", ("regular.num_experts", "model.num_experts"), int),)
+REGULAR_ONLY = (TunedParameter("num_experts", "model.num_experts", int, REGULAR_NUM_EXPERTS),)
 PRETRAINED_ONLY = (
-    TunedParameter("embedding_percent", ("embed.embedding_percent",), float),
-    TunedParameter("clustering_algorithm", ("cluster.algorithm",), str),
-    TunedParameter("max_clusters", ("cluster.max_clusters",), int),
+    TunedParameter("embedding_percent", "embed.embedding_percent", float),
+    TunedParameter("clustering_algorithm", "cluster.algorithm", str),
+    TunedParameter("max_clusters", "cluster.max_clusters", int),
 )
 REGULAR_PARAMETERS = COMMON + REGULAR_ONLY
 PRETRAINED_PARAMETERS = COMMON + PRETRAINED_ONLY
@@ -90,13 +102,14 @@ def pipeline_defaults(params_path: str | Path | None, parameters) -> dict[str, A
     params = load_params(params_path)
     defaults: dict[str, Any] = {"params_yaml": params_yaml_default(params_path)}
     for parameter in parameters:
-        defaults[parameter.name] = typed_default(parameter, dotted_get(params, parameter.keys[0]))
+        value = get_dotted(params, parameter.key)
+        defaults[parameter.name] = typed_default(parameter, parameter.fallback if value is None else value)
     return defaults
 
 
 def typed_default(parameter: TunedParameter, value):
     """The value as the parameter's type (Kubeflow checks it): 100 -> 100.0, '1e-3' -> 0.001."""
-    where = f"params.yaml {parameter.keys[0]}"
+    where = f"params.yaml {parameter.key}"
     if value is None:
         raise ValueError(f"{where} is null, but the pipeline parameter {parameter.name!r} needs a "
                          "value; set it in params.yaml")
@@ -113,41 +126,29 @@ def typed_default(parameter: TunedParameter, value):
     return number
 
 
-def dotted_get(params: dict, dotted_key: str):
-    node = params
-    for part in dotted_key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise KeyError(f"unknown parameter {dotted_key!r}")
-        node = node[part]
-    return node
-
-
 def params_from_yaml(text: str) -> dict:
-    """The nested params dict from params.yaml text, exactly as the CLI builds it."""
-    from_text = yaml.safe_load(text) or {}
-    if not isinstance(from_text, dict):
-        raise TypeError("params_yaml: expected a mapping at the top level (the text of params.yaml)")
-    unknown = set(from_text) - set(DEFAULT_PARAMS)
-    if unknown:
-        raise ValueError(f"params_yaml: unknown top-level keys {sorted(unknown)}")
-    return load_params(None, overrides=from_text)
+    """The nested params dict from params.yaml text, checked exactly as the CLI checks it."""
+    try:
+        from_text = yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(yaml_error_line(error, "params_yaml")) from None
+    return check_params(from_text, "params_yaml")
 
 
 def apply_pipeline_values(params: dict, values: dict[str, Any]) -> dict:
-    """Write each given pipeline parameter value (None: not given) to its params keys."""
+    """Write each given pipeline parameter value (None: not given) to its params key."""
     for name, value in values.items():
         if value is None:
             continue
         if name not in ALL_PARAMETERS:
             raise KeyError(f"unknown pipeline parameter {name!r}")
-        for key in ALL_PARAMETERS[name].keys:
-            set_dotted(params, key, value)
+        set_dotted(params, ALL_PARAMETERS[name].key, value, source=f"pipeline parameter {name}")
     return params
 
 
 def resolve_params_yaml(params_yaml: str, values: dict[str, Any]) -> str:
     """params_yaml with the pipeline's values applied, as YAML for the later tasks."""
-    params = apply_pipeline_values(params_from_yaml(params_yaml), values)
+    params = check_params(apply_pipeline_values(params_from_yaml(params_yaml), values), "params_yaml")
     return yaml.safe_dump(params, sort_keys=False)
 
 
@@ -155,20 +156,7 @@ def pipeline_arguments(params: dict, parameters) -> dict[str, Any]:
     """Arguments for a run: params_yaml plus each tuned parameter read from the same params."""
     arguments: dict[str, Any] = {"params_yaml": yaml.safe_dump(params, sort_keys=False)}
     for parameter in parameters:
-        value = dotted_get(params, parameter.keys[0])
-        check_same_value(params, parameter, value)
+        value = get_dotted(params, parameter.key)
         if value is not None:
             arguments[parameter.name] = typed_default(parameter, value)
     return arguments
-
-
-def check_same_value(params: dict, parameter: TunedParameter, value) -> None:
-    """A parameter written to several keys must not find them set to different values,
-    or one of them would be silently overridden (e.g. -S model.num_experts=8 while
-    regular.num_experts is 4)."""
-    for key in parameter.keys[1:]:
-        other = dotted_get(params, key)
-        if other is not None and other != value:
-            raise ValueError(f"{parameter.keys[0]}={value!r} and {key}={other!r} disagree; the "
-                             f"pipeline parameter {parameter.name!r} sets both: set "
-                             f"{parameter.keys[0]} (e.g. -S {parameter.keys[0]}={other})")

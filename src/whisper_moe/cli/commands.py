@@ -8,18 +8,18 @@ from pathlib import Path
 from whisper_moe.cli.params import (
     add_clustering_flags,
     add_common,
-    add_compute,
     add_data_source,
+    add_runtime_flags,
     add_training_flags,
-    apply_data_source,
     params_from_args,
 )
+from whisper_moe.config import set_dotted
 
 
 def add_subcommands(commands) -> None:
     p = commands.add_parser("pipeline", help="the whole pipeline (seed-compatible flags)")
     add_common(p)
-    add_compute(p)
+    add_runtime_flags(p)
     add_training_flags(p)
     add_data_source(p)
     add_clustering_flags(p)
@@ -64,7 +64,7 @@ def add_subcommands(commands) -> None:
 
     p = commands.add_parser("train", help="joint training of gate and experts")
     add_common(p)
-    add_compute(p)
+    add_runtime_flags(p)
     add_training_flags(p)
     p.add_argument("--train-manifest", required=True)
     p.add_argument("--dev-manifest", required=True)
@@ -74,7 +74,7 @@ def add_subcommands(commands) -> None:
 
     p = commands.add_parser("evaluate", help="WER/CER overall and per group, HTML report")
     add_common(p)
-    add_compute(p)
+    add_runtime_flags(p)
     p.add_argument("--checkpoint")
     p.add_argument("--base-model")
     p.add_argument("--manifest", required=True)
@@ -89,7 +89,7 @@ def add_subcommands(commands) -> None:
 
     p = commands.add_parser("transcribe", help="transcribe audio files with a checkpoint")
     add_common(p)
-    add_compute(p)
+    add_runtime_flags(p, workers=False)
     p.add_argument("--checkpoint", required=True,
                    help="checkpoint folder (--backend torch) or export-ct2 folder (--backend ct2)")
     p.add_argument("--backend", choices=["torch", "ct2"], default="torch",
@@ -111,7 +111,7 @@ def cmd_pipeline(args) -> int:
     from whisper_moe.runlock import output_folder_lock
     from whisper_moe.stages import pipeline
 
-    params = apply_data_source(params_from_args(args), args)
+    params = params_from_args(args)
     output_dir = Path(args.output_dir or f"runs/{params['mode']}")
     with output_folder_lock(output_dir):
         pipeline.run(params, output_dir, skip_pretraining=args.skip_pretraining, resume=args.resume)
@@ -121,7 +121,7 @@ def cmd_pipeline(args) -> int:
 def cmd_data(args) -> int:
     from whisper_moe.stages import data as data_stage
 
-    params = apply_data_source(params_from_args(args), args)
+    params = params_from_args(args)
     outputs = data_stage.run(params, args.out)
     print(f"validated manifests and data report in {args.out}: {outputs}")
     return 0
@@ -131,13 +131,15 @@ def cmd_make_demo_data(args) -> int:
     from whisper_moe.data.demo import make_demo_corpus
 
     params = params_from_args(args)
+    for flag in ("speakers_per_accent", "utterances_per_speaker"):
+        if getattr(args, flag) is not None:
+            set_dotted(params, f"data.demo.{flag}", getattr(args, flag),
+                       source="--" + flag.replace("_", "-"))
     demo = params["data"]["demo"]
     out = Path(args.out or params["data"]["dir"])
     paths = make_demo_corpus(
-        out, accents=demo["accents"],
-        speakers_per_accent=args.speakers_per_accent or demo["speakers_per_accent"],
-        utterances_per_speaker=args.utterances_per_speaker or demo["utterances_per_speaker"],
-        seed=params["seed"],
+        out, accents=demo["accents"], speakers_per_accent=demo["speakers_per_accent"],
+        utterances_per_speaker=demo["utterances_per_speaker"], seed=params["seed"],
     )
     print(f"demo corpus written to {out}: {paths}")
     return 0

@@ -12,7 +12,14 @@ from pathlib import Path
 
 import yaml
 
-from whisper_moe.config import DEFAULT_PARAMS, load_params, set_dotted
+from whisper_moe.config import (
+    DEFAULT_PARAMS,
+    PRECISIONS,
+    ConfigError,
+    check_consistency,
+    load_params,
+    set_dotted,
+)
 
 log = logging.getLogger("whisper_moe")
 
@@ -23,12 +30,12 @@ SEED_FLAGS = {
     "num_experts": "model.num_experts",
     "asr_batch_size": "train.batch_size",
     "gradient_accumulation_steps": "train.gradient_accumulation_steps",
-    "fp16": "train.fp16",
-    "num_workers": "train.num_workers",
+    "precision": "runtime.precision",
+    "num_workers": "runtime.num_workers",
     "eval_every_n_epochs": "train.eval_every_n_epochs",
     "save_every_n_epochs": "train.save_every_n_epochs",
     "data_percent": "data.data_percent",
-    "device": "train.device",
+    "device": "runtime.device",
     "epochs": "train.epochs",
     "learning_rate": "train.lr",
     "base_model": "model.base_model",
@@ -36,7 +43,7 @@ SEED_FLAGS = {
     "top_k": "routing.top_k",
     "embedding_percent": "embed.embedding_percent",
     "clustering_algorithm": "cluster.algorithm",
-    "num_clusters": "cluster.num_clusters",
+    "num_clusters": "model.num_experts",
     "min_clusters": "cluster.min_clusters",
     "max_clusters": "cluster.max_clusters",
     "min_cluster_size": "cluster.min_cluster_size",
@@ -50,11 +57,15 @@ def parse_override(text: str) -> tuple[str, object]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"-S expects key=value, got {text!r}")
     key, value = text.split("=", 1)
-    return key, yaml.safe_load(value)
+    try:
+        return key, yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise argparse.ArgumentTypeError(f"-S {text}: the value is not valid YAML") from None
 
 
 def params_from_args(args: argparse.Namespace) -> dict:
-    """params.yaml, then `-S` overrides, then the explicit flags that were given."""
+    """params.yaml, then `-S` overrides, then the explicit flags that were given; each
+    layer checked as it is applied, the rules between keys checked at the end."""
     path = args.params
     if path is None:
         path = "params.yaml" if Path("params.yaml").exists() else None
@@ -62,16 +73,30 @@ def params_from_args(args: argparse.Namespace) -> dict:
             log.warning("no params.yaml in %s: using the built-in defaults", Path.cwd())
     params = load_params(path)
     for key, value in getattr(args, "set", None) or []:
-        set_dotted(params, key, value)
+        set_dotted(params, key, value, source="-S")
+    set_precision_alias(args)
     for flag, key in SEED_FLAGS.items():
         value = getattr(args, flag, None)
         if value is not None:
-            set_dotted(params, key, value)
+            set_dotted(params, key, value, source="--" + flag.replace("_", "-"))
     if getattr(args, "epochs", None) is not None:
         params["quick"]["epochs"] = args.epochs  # --epochs wins in quick mode too
     if getattr(args, "no_plot", False):
         params["cluster"]["plot"] = False
-    return params
+    apply_data_source(params, args)
+    return check_consistency(params, "the configuration")
+
+
+def set_precision_alias(args: argparse.Namespace) -> None:
+    """The seed's --fp16 / --no-fp16 are runtime.precision mixed / fp32."""
+    fp16 = getattr(args, "fp16", None)
+    if fp16 is None:
+        return
+    alias = "mixed" if fp16 else "fp32"
+    if getattr(args, "precision", None) not in (None, alias):
+        raise ConfigError(f"--{'' if fp16 else 'no-'}fp16 means --precision {alias}, "
+                          f"but --precision {args.precision} was given too; keep one")
+    args.precision = alias
 
 
 def apply_data_source(params: dict, args) -> dict:
@@ -103,12 +128,19 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int)
 
 
-def add_compute(parser: argparse.ArgumentParser) -> None:
-    """Device and precision: only on subcommands that run the model."""
-    parser.add_argument("--device", help="cuda, cuda:1, cpu or auto (default: auto)")
-    parser.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=None,
-                        help="mixed precision: bf16 where supported, fp16 with loss scaling otherwise")
-    parser.add_argument("--num-workers", type=int, help="DataLoader workers for audio decoding")
+def add_runtime_flags(parser: argparse.ArgumentParser, precision: bool = True,
+                      workers: bool = True) -> None:
+    """The runtime section's flags, on the subcommands where they act."""
+    parser.add_argument("--device", help="runtime.device: auto, cpu, cuda, cuda:N or mps")
+    if precision:
+        parser.add_argument("--precision", choices=PRECISIONS,
+                            help="runtime.precision: fp32; mixed (bf16 where supported, else fp16 "
+                                 "with loss scaling); bf16; fp16")
+        parser.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=None,
+                            help="the seed's flag: --fp16 is --precision mixed, --no-fp16 is fp32")
+    if workers:
+        parser.add_argument("--num-workers", type=int,
+                            help="runtime.num_workers: DataLoader processes decoding audio")
 
 
 def add_data_selection(parser: argparse.ArgumentParser) -> None:

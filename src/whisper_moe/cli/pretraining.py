@@ -9,13 +9,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from whisper_moe.cli.params import add_clustering_flags, add_common, add_compute, params_from_args
+from whisper_moe.cli.params import (
+    add_clustering_flags,
+    add_common,
+    add_runtime_flags,
+    params_from_args,
+)
 
 
 def add_subcommands(commands) -> None:
     p = commands.add_parser("embed", help="pooled encoder embeddings of a stratified sample")
     add_common(p)
-    add_compute(p)
+    add_runtime_flags(p)
     p.add_argument("--manifest", required=True, help="training manifest (JSONL)")
     p.add_argument("--out", required=True)
     p.add_argument("--embedding-percent", type=float, help="stratified share of the manifest to embed")
@@ -30,12 +35,13 @@ def add_subcommands(commands) -> None:
     add_clustering_flags(p)
     p.add_argument("--embeddings", required=True, help="output folder of `embed`")
     p.add_argument("--out", required=True)
-    p.add_argument("--num-clusters", type=int, help="fixed k (default: chosen by silhouette)")
+    p.add_argument("--num-clusters", type=int,
+                   help="fixed k, one cluster per expert: model.num_experts (default: by silhouette)")
     p.set_defaults(handler=cmd_cluster)
 
     p = commands.add_parser("pretrain-gate", help="train the gate on the soft cluster labels")
     add_common(p)
-    add_compute(p)
+    add_runtime_flags(p, precision=False, workers=False)
     p.add_argument("--embeddings", required=True, help="output folder of `embed`")
     p.add_argument("--clusters", required=True, help="output folder of `cluster`")
     p.add_argument("--out", required=True)
@@ -45,7 +51,7 @@ def add_subcommands(commands) -> None:
     p = commands.add_parser("pretrain-experts",
                             help="train each expert on the utterances the pretrained gate routes to it")
     add_common(p)
-    add_compute(p)
+    add_runtime_flags(p)
     p.add_argument("--train-manifest", required=True)
     p.add_argument("--clusters", required=True, help="output folder of `cluster`")
     p.add_argument("--gate", required=True, help="output folder of `pretrain-gate`")

@@ -7,15 +7,16 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from whisper_moe.config import inference_routing
 from whisper_moe.fsio import atomic_folder
 from whisper_moe.model.base import load_base_model
 from whisper_moe.model.moe import MOE_CONFIG_NAME, WEIGHTS_NAME, MoEConfig, WhisperMoE
 
 
 def moe_config_from_params(params: dict, num_experts: int) -> MoEConfig:
+    """The architecture from params; its routing is the one the trained model keeps."""
     lora = params["model"]["lora"]
     routing = params["routing"]
-    final_mode = "soft" if routing["mode"] == "soft" else "topk"
     return MoEConfig(
         base_model=str(params["model"]["base_model"]),
         num_experts=int(num_experts),
@@ -24,7 +25,7 @@ def moe_config_from_params(params: dict, num_experts: int) -> MoEConfig:
         dropout=float(lora["dropout"]),
         target_modules=list(lora["target_modules"]),
         gate_hidden=int(params["model"]["gate_hidden"]),
-        routing_mode=final_mode,
+        routing_mode=inference_routing(routing),
         top_k=int(routing["top_k"]),
     )
 

@@ -16,12 +16,14 @@ from pathlib import Path
 import numpy as np
 
 from whisper_moe import artifacts, clustering
+from whisper_moe.config import check_params
 from whisper_moe.fsio import write_json_atomic
 
 log = logging.getLogger("whisper_moe.cluster")
 
 
 def run(params: dict, embeddings_dir, out_dir) -> dict:
+    params = check_params(params)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = params["cluster"]
@@ -29,7 +31,7 @@ def run(params: dict, embeddings_dir, out_dir) -> dict:
     embeddings, index = artifacts.load_embeddings(embeddings_dir)
     features, pca_info = clustering.reduce_embeddings(embeddings, int(settings["pca_components"]), seed)
     result = clustering.cluster_embeddings(
-        features, str(settings["algorithm"]), settings["num_clusters"],
+        features, str(settings["algorithm"]), params["model"]["num_experts"],
         int(settings["min_clusters"]), int(settings["max_clusters"]),
         int(settings["min_cluster_size"]), seed,
     )

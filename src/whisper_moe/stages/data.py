@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from whisper_moe import artifacts
-from whisper_moe.config import DEFAULT_PARAMS
+from whisper_moe.config import DEFAULT_PARAMS, check_params
 from whisper_moe.data.manifest import SPLIT_NAMES
 from whisper_moe.data.validate import validate_manifest
 from whisper_moe.errors import ConfigError
@@ -146,6 +146,7 @@ def base_tokenizer(params: dict):
 def validate_one(params: dict, manifest, out_dir: Path, root=None, split: str | None = None,
                  tokenizer=None) -> dict:
     """Validate one manifest into out_dir/<split>.jsonl + <split>_report.json."""
+    params = check_params(params)
     out_dir.mkdir(parents=True, exist_ok=True)
     split = split or Path(manifest).stem
     return validate_manifest(
@@ -158,6 +159,7 @@ def validate_one(params: dict, manifest, out_dir: Path, root=None, split: str | 
 
 
 def run(params: dict, out_dir) -> dict:
+    params = check_params(params)
     out_dir = Path(out_dir)
     source = source_manifests(params)
     reports = {}

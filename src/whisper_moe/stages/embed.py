@@ -3,9 +3,9 @@
 Each utterance becomes the mean of the frozen base encoder's output over the
 positions that saw real audio (padding excluded): the same function the gate uses
 (`WhisperMoE.pooled_embeddings`), so clusters and the pretrained gate see exactly
-what joint training routes on (computed by `whisper_moe.embedding`). Batched, bf16 on
-a GPU, log-mel on the device, and only the `[d]` mean kept per utterance (the seed
-kept 1500 x d floats each).
+what joint training routes on. Batched, in `runtime.precision` (mixed: bf16 on a GPU),
+log-mel on the device, and only the `[d]` mean kept per utterance (the seed kept 1500 x d
+floats each).
 
 Writes (through `whisper_moe.artifacts`) `embeddings.npy` (float32 [N, d]), `index.jsonl` (id, group, speaker,
 audio_filepath, one line per row of the array) and `embed_report.json`. Work is
@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from whisper_moe import artifacts
+from whisper_moe.config import check_params
 from whisper_moe.data.manifest import stratified_sample
 from whisper_moe.embedding import embedding_dtype, pooled_embedding_batches
 from whisper_moe.fsio import atomic_file, write_json_atomic
@@ -123,6 +124,7 @@ def prepare_partial(out_dir: Path, plan: dict, resume: bool) -> Path:
 def run(params: dict, manifest, out_dir, resume: bool = False,
         chunk_utterances: int = UTTERANCES_PER_CHUNK) -> dict:
     """Embed a stratified sample of `manifest`; resumable chunk by chunk."""
+    params = check_params(params)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = sample_rows(params, manifest)
@@ -139,14 +141,15 @@ def run(params: dict, manifest, out_dir, resume: bool = False,
     if start:
         log.info("resuming embeddings at utterance %d of %d", start, len(rows))
 
-    device = resolve_device(params["train"]["device"])
-    whisper, _ = load_base_model(params["model"]["base_model"], dtype=embedding_dtype(device))
+    device = resolve_device(params["runtime"]["device"])
+    dtype = embedding_dtype(device, params["runtime"]["precision"])
+    whisper, _ = load_base_model(params["model"]["base_model"], dtype=dtype)
     whisper.to(device).eval()
     batch_size = int(params["embed"]["batch_size"])
     chunk_utterances = max(batch_size, (int(chunk_utterances) // batch_size) * batch_size)
     started = time.perf_counter()
     embed_remaining(whisper, rows, start, partial, device, batch_size,
-                    int(params["train"]["num_workers"]), chunk_utterances)
+                    int(params["runtime"]["num_workers"]), chunk_utterances)
     elapsed_s = time.perf_counter() - started
     return assemble(out_dir, partial, rows, plan, elapsed_s, len(rows) - start, device)
 

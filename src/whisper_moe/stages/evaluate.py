@@ -7,6 +7,7 @@ group, oracle routing, so users see what the experts and the gate each contribut
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import logging
@@ -17,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from whisper_moe import artifacts
+from whisper_moe.config import check_params
 from whisper_moe.data.batching import UtteranceDataset, collate_utterances
 from whisper_moe.data.features import whisper_features
 from whisper_moe.fsio import write_json_atomic, write_text_atomic
@@ -41,12 +43,13 @@ log = logging.getLogger("whisper_moe.evaluate")
 def run(params: dict, checkpoint_dir=None, test_manifest=None, out_dir=None, base_model=None,
         train_dir=None) -> dict:
     """Evaluate a checkpoint (or, with `base_model`, a plain Whisper) on a test manifest."""
+    params = check_params(params)
     if (checkpoint_dir is None) == (base_model is None):
         raise ValueError("evaluate needs exactly one of --checkpoint and --base-model")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(params["train"]["device"])
-    amp_dtype, _ = mixed_precision(device, params["train"]["fp16"])
+    device = resolve_device(params["runtime"]["device"])
+    amp_dtype, _ = mixed_precision(device, params["runtime"]["precision"])
     if checkpoint_dir is not None:
         model, tokenizer = load_moe(checkpoint_dir, device, dtype=params["model"]["dtype"])
         whisper = model.base
@@ -73,7 +76,9 @@ def run(params: dict, checkpoint_dir=None, test_manifest=None, out_dir=None, bas
         return [tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
 
     loader = DataLoader(dataset, batch_size=int(params["evaluate"]["batch_size"]), shuffle=False,
-                        collate_fn=lambda items: collate_utterances(items, ids["pad"], len(prefix)))
+                        num_workers=int(params["runtime"]["num_workers"]),
+                        collate_fn=functools.partial(collate_utterances, pad_token_id=ids["pad"],
+                                                     prefix_length=len(prefix)))
     predictions, skipped = [], {}
     total_frames = 2 * whisper.config.max_source_positions
     for batch in track(loader, "evaluate", unit="batch"):

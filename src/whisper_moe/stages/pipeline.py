@@ -8,13 +8,13 @@ continues training from its last checkpoint.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import time
 from pathlib import Path
 
 from whisper_moe import artifacts
+from whisper_moe.config import check_params
 from whisper_moe.fsio import write_json_atomic
 from whisper_moe.stages import (
     cluster,
@@ -45,6 +45,7 @@ def run_stage(name: str, folder: Path, resume: bool, work) -> dict:
 
 
 def run(params: dict, output_dir: Path, skip_pretraining: bool, resume: bool = False) -> dict:
+    params = check_params(params)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if skip_pretraining:
@@ -77,12 +78,9 @@ def run(params: dict, output_dir: Path, skip_pretraining: bool, resume: bool = F
 def run_pretraining(params: dict, output_dir: Path, data_out: dict, resume: bool) -> Path:
     """embed -> cluster -> pretrain-gate -> pretrain-experts; returns the init checkpoint.
 
-    With --num-experts the clustering makes exactly that many clusters (one per
-    expert); without it the clustering chooses k (cluster.num_clusters or silhouette).
+    With --num-experts (model.num_experts) the clustering makes exactly that many
+    clusters, one per expert; without it the clustering chooses k by silhouette.
     """
-    if params["model"]["num_experts"] is not None:
-        params = copy.deepcopy(params)
-        params["cluster"]["num_clusters"] = int(params["model"]["num_experts"])
     embed_dir, cluster_dir = output_dir / "embed", output_dir / "cluster"
     gate_dir, experts_dir = output_dir / "pretrain_gate", output_dir / "pretrain_experts"
     run_stage("embed", embed_dir, resume,

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from whisper_moe import artifacts
+from whisper_moe.config import check_params
 from whisper_moe.fsio import write_json_atomic
 from whisper_moe.model.moe import WhisperMoE
 from whisper_moe.stages.common import (
@@ -87,9 +88,10 @@ def group_expert_table(rows: list[dict], experts: torch.Tensor, num_experts: int
 
 
 def run(params: dict, train_manifest, cluster_dir, gate_dir, out_dir, resume: bool = False) -> dict:
+    params = check_params(params)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(params["train"]["device"])
+    device = resolve_device(params["runtime"]["device"])
     seed_everything(int(params["seed"]))
     _, soft_labels, cluster_report = artifacts.load_cluster_outputs(cluster_dir)
     num_experts = int(soft_labels.shape[1])
@@ -101,7 +103,7 @@ def run(params: dict, train_manifest, cluster_dir, gate_dir, out_dir, resume: bo
     run_params = copy.deepcopy(params)
     run_params["train"]["weight_decay"] = 0.0  # see the module docstring
     settings = TrainSettings.from_params(run_params, section="pretrain_experts")
-    amp_dtype, _ = mixed_precision(device, settings.fp16)
+    amp_dtype, _ = mixed_precision(device, settings.precision)
     experts = routed_assignments(model, train_set, device, settings.batch_size * 2, amp_dtype, out_dir,
                                   resume)
     per_expert = np.bincount(experts.numpy(), minlength=num_experts).tolist()

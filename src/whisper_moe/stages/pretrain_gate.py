@@ -20,8 +20,10 @@ import torch
 from torch.nn import functional as F
 
 from whisper_moe import artifacts
+from whisper_moe.config import check_params
 from whisper_moe.fsio import write_json_atomic
 from whisper_moe.model.gate import Gate
+from whisper_moe.training.runtime import resolve_device
 
 log = logging.getLogger("whisper_moe.pretrain_gate")
 
@@ -54,17 +56,19 @@ def kl_divergence(logits: torch.Tensor, targets: torch.Tensor) -> float:
 
 def train_gate(embeddings: np.ndarray, soft_labels: np.ndarray, train_index: np.ndarray,
                heldout_index: np.ndarray, hidden: int, epochs: int, batch_size: int, lr: float,
-               patience: int, seed: int) -> tuple[Gate, list[dict], int]:
-    """(gate with the best epoch's weights, per-epoch history, best epoch).
+               patience: int, seed: int, device: torch.device | str = "cpu",
+               ) -> tuple[Gate, list[dict], int]:
+    """(gate with the best epoch's weights, on the CPU; per-epoch history; best epoch).
 
     The monitored loss is the held-out soft cross-entropy, or the training loss when
-    the data is too small to hold any out.
+    the data is too small to hold any out. The data order is drawn on the CPU, so it is
+    the same on every device.
     """
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    x = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32))
-    y = torch.from_numpy(np.ascontiguousarray(soft_labels, dtype=np.float32))
-    gate = Gate(x.shape[1], y.shape[1], hidden)
+    x = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32)).to(device)
+    y = torch.from_numpy(np.ascontiguousarray(soft_labels, dtype=np.float32)).to(device)
+    gate = Gate(x.shape[1], y.shape[1], hidden).to(device)
     optimizer = torch.optim.AdamW(gate.parameters(), lr=lr)
     train_x, train_y = x[train_index], y[train_index]
     history: list[dict] = []
@@ -94,7 +98,7 @@ def train_gate(embeddings: np.ndarray, soft_labels: np.ndarray, train_index: np.
             break
     gate.load_state_dict(best[2])
     gate.eval()
-    return gate, history, best[1]
+    return gate.cpu(), history, best[1]
 
 
 def confusion_matrix(true: np.ndarray, predicted: np.ndarray, num_classes: int) -> list[list[int]]:
@@ -121,6 +125,7 @@ def plot_confusion(matrix: list[list[int]], path) -> bytes:
 
 
 def run(params: dict, embeddings_dir, cluster_dir, out_dir) -> dict:
+    params = check_params(params)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = params["pretrain_gate"]
@@ -135,7 +140,8 @@ def run(params: dict, embeddings_dir, cluster_dir, out_dir) -> dict:
     train_index, heldout_index = heldout_split(labels, HELDOUT_FRACTION, seed)
     gate, history, best_epoch = train_gate(
         embeddings, soft_labels, train_index, heldout_index, hidden, int(settings["epochs"]),
-        int(settings["batch_size"]), float(settings["lr"]), int(settings["patience"]), seed)
+        int(settings["batch_size"]), float(settings["lr"]), int(settings["patience"]), seed,
+        device=resolve_device(params["runtime"]["device"]))
 
     with torch.no_grad():
         logits = gate(torch.from_numpy(embeddings))

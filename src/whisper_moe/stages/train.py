@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from whisper_moe import artifacts
-from whisper_moe.errors import WhisperMoeError
+from whisper_moe.config import check_params, require
 from whisper_moe.fsio import write_json_atomic
 from whisper_moe.model.io import load_moe_weights
 from whisper_moe.model.moe import MoEConfig
@@ -35,10 +35,6 @@ from whisper_moe.training.trainer import TrainSettings
 log = logging.getLogger("whisper_moe.train")
 
 
-class MissingNumExperts(WhisperMoeError, ValueError):
-    """Training without pretraining needs the number of experts."""
-
-
 def resolve_num_experts(params: dict, init_dir: str | Path | None) -> int:
     """From the pretrained checkpoint when there is one, else `model.num_experts` (required)."""
     num_experts = params["model"]["num_experts"]
@@ -46,26 +42,22 @@ def resolve_num_experts(params: dict, init_dir: str | Path | None) -> int:
         pretrained = MoEConfig.load(init_dir).num_experts
         if num_experts is not None and int(num_experts) != pretrained:
             raise ValueError(
-                f"{init_dir} holds {pretrained} pretrained experts but num_experts is "
+                f"{init_dir} holds {pretrained} pretrained experts but model.num_experts is "
                 f"{num_experts}: drop --num-experts or pretrain with that many clusters"
             )
         return pretrained
-    if num_experts is None:
-        raise MissingNumExperts(
-            "num_experts must be specified: without pretraining no clustering decides the "
-            "number of experts. Add --num-experts N (e.g. --num-experts 8), or set "
-            "model.num_experts in params.yaml"
-        )
-    if int(num_experts) < 1:
-        raise ValueError(f"num_experts must be >= 1, got {num_experts}")
-    return int(num_experts)
+    return int(require(
+        params, "model.num_experts",
+        "without pretraining no clustering decides the number of experts. Add --num-experts N "
+        "(e.g. --num-experts 8), or set model.num_experts in params.yaml"))
 
 
 def run(params: dict, train_manifest, dev_manifest, out_dir, init_dir=None, resume: bool = False,
         rank: int = 0, world_size: int = 1) -> dict:
+    params = check_params(params)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(params["train"]["device"])
+    device = resolve_device(params["runtime"]["device"])
     seed_everything(params["seed"])
     num_experts = resolve_num_experts(params, init_dir)
     group_to_expert = MoEConfig.load(init_dir).group_to_expert if init_dir is not None else None
@@ -89,8 +81,6 @@ def run(params: dict, train_manifest, dev_manifest, out_dir, init_dir=None, resu
 
     if rank != 0:
         return {}
-    _, last_mode = final_routing(params)
-    model.config.routing_mode, model.config.top_k = last_mode
     checkpoint_dir = save_trained(model, history, out_dir)
     steps = step_records(history)
     write_json_atomic(out_dir / artifacts.LOSS_CURVE, steps)  # for `dvc plots`
@@ -111,14 +101,6 @@ def run(params: dict, train_manifest, dev_manifest, out_dir, init_dir=None, resu
     }
     write_json_atomic(out_dir / artifacts.TRAIN_METRICS, metrics)
     return metrics
-
-
-def final_routing(params: dict) -> tuple[str, tuple[str, int]]:
-    """How the trained model routes at inference: the routing of its last epoch."""
-    mode = params["routing"]["mode"]
-    if mode == "soft":
-        return mode, ("soft", int(params["routing"]["top_k"]))
-    return mode, ("topk", int(params["routing"]["top_k"]))
 
 
 def wrap_distributed(model, device: torch.device, world_size: int):

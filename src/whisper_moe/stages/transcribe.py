@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from whisper_moe.config import check_params
 from whisper_moe.data.audio import TARGET_SAMPLE_RATE, load_audio
 from whisper_moe.data.features import whisper_features
 from whisper_moe.errors import WhisperMoeError
@@ -21,7 +22,7 @@ from whisper_moe.model.base import decoder_prefix_ids
 from whisper_moe.model.decode import greedy_decode, suppressed_token_ids
 from whisper_moe.model.io import load_moe
 from whisper_moe.stages.common import special_ids
-from whisper_moe.training.runtime import resolve_device
+from whisper_moe.training.runtime import autocast, mixed_precision, resolve_device
 
 WINDOW_S = 30.0  # Whisper's input window
 CUT_SEARCH_S = 5.0  # a window ends at the quietest 20 ms in its last 5 s
@@ -78,7 +79,9 @@ def torch_decoder(params: dict, checkpoint_dir, routing: str | None = None):
     routing "top1" sends each window to its gate's top expert alone (what the CT2
     export runs); None uses the checkpoint's own routing.
     """
-    device = resolve_device(params["train"]["device"])
+    params = check_params(params)
+    device = resolve_device(params["runtime"]["device"])
+    amp_dtype, _ = mixed_precision(device, params["runtime"]["precision"])
     model, tokenizer = load_moe(checkpoint_dir, device, dtype=params["model"]["dtype"])
     model.eval()
     whisper = model.base
@@ -95,14 +98,15 @@ def torch_decoder(params: dict, checkpoint_dir, routing: str | None = None):
             padded[row, : len(samples)] = torch.from_numpy(samples)
         features, frames = whisper_features(padded, torch.tensor([len(w) for w in windows]),
                                             whisper.config, device, whisper.dtype)
-        pooled = model.pooled_embeddings(features, frames)
-        if routing == "top1":
-            routed = model.route(pooled, "topk", 1)
-        else:
-            routed = model.route(pooled, model.config.routing_mode, model.config.top_k)
-        with model.routed(routed["weights"]):
-            hidden = whisper.model.encoder(features).last_hidden_state
-            tokens = greedy_decode(whisper, hidden, prefix, eot, max_new_tokens, suppress, begin)
+        with autocast(device, amp_dtype):
+            pooled = model.pooled_embeddings(features, frames)
+            if routing == "top1":
+                routed = model.route(pooled, "topk", 1)
+            else:
+                routed = model.route(pooled, model.config.routing_mode, model.config.top_k)
+            with model.routed(routed["weights"]):
+                hidden = whisper.model.encoder(features).last_hidden_state
+                tokens = greedy_decode(whisper, hidden, prefix, eot, max_new_tokens, suppress, begin)
         return [(tokenizer.decode(ids, skip_special_tokens=True).strip(), int(weights.argmax()))
                 for ids, weights in zip(tokens, routed["weights"])]
 
@@ -113,7 +117,7 @@ def ct2_decoder(params: dict, export_dir):
     """decode(windows) -> [(text, expert)] with a `whisper-moe export-ct2` folder."""
     from whisper_moe.model.ct2_routed import RoutedCT2Whisper
 
-    device = str(resolve_device(params["train"]["device"]).type)
+    device = str(resolve_device(check_params(params)["runtime"]["device"]).type)
     routed = RoutedCT2Whisper(export_dir, device=device)
     max_new_tokens = int(params["evaluate"]["max_new_tokens"])
     return lambda windows: routed.transcribe(windows, max_new_tokens)

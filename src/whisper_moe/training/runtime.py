@@ -18,7 +18,7 @@ log = logging.getLogger("whisper_moe")
 
 
 class GPUUnavailable(WhisperMoeError, RuntimeError):
-    """A GPU was requested and there is none."""
+    """A GPU (or a GPU feature such as bf16) was requested and is not there."""
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -35,19 +35,26 @@ def resolve_device(requested: str) -> torch.device:
     return device
 
 
-def mixed_precision(device: torch.device, enabled: bool) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None, whether fp16 loss scaling is needed).
+def mixed_precision(device: torch.device, precision: str) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, whether fp16 loss scaling is needed) for `runtime.precision`.
 
-    `--fp16` means mixed precision: bf16 where the device supports it, fp16 with a
-    gradient scaler on older GPUs.
+    fp32: no autocast. mixed (the seed's `--fp16`): bf16 where the device supports it,
+    fp16 with a gradient scaler on older GPUs. bf16 / fp16: that type; fp16 always
+    with a scaler, because its gradients underflow without one.
     """
-    if not enabled:
+    if precision == "fp32":
         return None, False
-    if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return torch.bfloat16, False
+    bf16_ok = device.type != "cuda" or torch.cuda.is_bf16_supported()
+    if precision == "mixed":
+        return (torch.bfloat16, False) if bf16_ok else (torch.float16, True)
+    if precision == "bf16":
+        if not bf16_ok:
+            raise GPUUnavailable(f"runtime.precision='bf16' but {torch.cuda.get_device_name(device)} "
+                                 "has no bf16; use runtime.precision=mixed or fp16")
+        return torch.bfloat16, False
+    if precision == "fp16":
         return torch.float16, True
-    return torch.bfloat16, False
+    raise ValueError(f"runtime.precision={precision!r}: expected fp32 | mixed | bf16 | fp16")
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -182,11 +189,11 @@ def init_distributed(params: dict) -> tuple[int, int]:
     import torch.distributed as dist
 
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and params["train"]["device"] != "cpu"
+    use_cuda = torch.cuda.is_available() and params["runtime"]["device"] != "cpu"
     dist.init_process_group("nccl" if use_cuda else "gloo")
     if use_cuda:
         torch.cuda.set_device(local_rank)
-        params["train"]["device"] = f"cuda:{local_rank}"
+        params["runtime"]["device"] = f"cuda:{local_rank}"
     else:
-        params["train"]["device"] = "cpu"
+        params["runtime"]["device"] = "cpu"
     return dist.get_rank(), world_size

@@ -43,7 +43,7 @@ class NonFiniteLoss(WhisperMoeError, RuntimeError):
 
 @dataclass
 class TrainSettings:
-    """The training section of params, flattened for the loop."""
+    """The training section of params (and the runtime section), flattened for the loop."""
 
     epochs: int
     batch_size: int
@@ -53,7 +53,7 @@ class TrainSettings:
     weight_decay: float
     warmup_ratio: float
     max_grad_norm: float
-    fp16: bool
+    precision: str
     num_workers: int
     eval_every_n_epochs: int
     save_every_n_epochs: int
@@ -75,8 +75,8 @@ class TrainSettings:
             weight_decay=float(train["weight_decay"]),
             warmup_ratio=float(train["warmup_ratio"]),
             max_grad_norm=float(train["max_grad_norm"]),
-            fp16=bool(train["fp16"]),
-            num_workers=int(train["num_workers"]),
+            precision=str(params["runtime"]["precision"]),
+            num_workers=int(params["runtime"]["num_workers"]),
             eval_every_n_epochs=int(train["eval_every_n_epochs"]),
             save_every_n_epochs=int(train["save_every_n_epochs"]),
             keep_checkpoints=int(train["keep_checkpoints"]),
@@ -194,7 +194,7 @@ class Trainer:
         self.rank = rank
         self.world_size = world_size
         self.forward_model = ddp_model or model
-        self.amp_dtype, needs_scaler = mixed_precision(device, settings.fp16)
+        self.amp_dtype, needs_scaler = mixed_precision(device, settings.precision)
         self.scaler = torch.amp.GradScaler(device.type, enabled=needs_scaler)
         groups = model.trainable_parameters()
         param_groups = [{"params": groups["experts"], "lr": settings.lr, "name": "experts"}]
@@ -423,7 +423,7 @@ class Trainer:
             if self.nonfinite_in_a_row >= settings.max_nonfinite_in_a_row:
                 raise NonFiniteLoss(
                     f"{self.nonfinite_in_a_row} non-finite steps in a row at step {self.step}: "
-                    "lower train.lr, enable --fp16 only on bf16-capable GPUs, or check the data report"
+                    "lower train.lr, use runtime.precision=mixed or bf16 rather than fp16, or check the data report"
                 )
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
