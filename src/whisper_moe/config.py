@@ -47,8 +47,8 @@ DEFAULT_PARAMS: dict[str, Any] = {
         "soft_epochs": 3,  # curriculum: epochs of soft routing before top-k
         "temperature_start": 2.0,
         "temperature_end": 1.0,
-        "noise_std": 0.1,
-        "load_balance_weight": 0.2,
+        "noise_std": 0.1,  # router noise, relative to each utterance's logit spread across experts
+        "load_balance_weight": 0.01,  # Switch E * sum f_i P_i over each optimizer step
         "z_loss_weight": 0.001,
     },
     "embed": {"embedding_percent": 5.0, "batch_size": 16},

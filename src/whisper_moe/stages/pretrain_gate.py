@@ -72,6 +72,7 @@ def train_gate(embeddings: np.ndarray, soft_labels: np.ndarray, train_index: np.
     x = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32))
     y = torch.from_numpy(np.ascontiguousarray(soft_labels, dtype=np.float32))
     gate = Gate(x.shape[1], y.shape[1], hidden)
+    gate.fit_input(x[train_index])
     optimizer = torch.optim.AdamW(gate.parameters(), lr=lr)
     train_x, train_y = x[train_index], y[train_index]
     history: list[dict] = []

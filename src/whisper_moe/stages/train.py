@@ -83,7 +83,8 @@ def run(params: dict, train_manifest, dev_manifest, out_dir, init_dir=None, resu
 
     ddp_model = wrap_distributed(model, device, world_size)
     trainer = Trainer(model, train_set, settings, out_dir, device, ids["pad"], len(prefix),
-                      dev_set=dev_set, rank=rank, world_size=world_size, ddp_model=ddp_model)
+                      dev_set=dev_set, rank=rank, world_size=world_size, ddp_model=ddp_model,
+                      fit_gate_input=init_dir is None)  # a pretrained gate keeps its statistics
     if resume:
         trainer.resume()
     elif checkpointing.list_checkpoints(trainer.checkpoint_root):
@@ -118,7 +119,8 @@ def run(params: dict, train_manifest, dev_manifest, out_dir, init_dir=None, resu
         "final_train_loss": steps[-1]["ce_loss"] if steps else None,
         "final_dev_loss": next((h["dev_loss"] for h in reversed(history) if "dev_loss" in h), None),
         "train_time_s": elapsed_s,
-        "trainable_parameters": sum(v.numel() for v in model.trainable_state_dict().values()),
+        "trainable_parameters": sum(p.numel() for group in model.trainable_parameters().values()
+                                    for p in group),
         "checkpoint": str(checkpoint_dir),
     }
     write_json(out_dir / "train_metrics.json", metrics)
