@@ -4,7 +4,8 @@ The gate (`whisper_moe.model.gate.Gate`, hidden size `model.gate_hidden`) is tra
 with soft cross-entropy against the calibrated soft cluster labels (the same
 gradient as KL(soft labels || gate), whose value is also reported), with early
 stopping on a held-out part stratified by cluster (the best epoch's weights are
-kept). Writes `gate.safetensors` + `gate_config.json`, `gate_metrics.json`
+kept). Its input standardisation is fitted on its training embeddings and saved with it,
+so joint training continues with the statistics the gate learned under. Writes `gate.safetensors` + `gate_config.json`, `gate_metrics.json`
 (held-out accuracy against the hard cluster labels, the confusion matrix as a list
 for Kubeflow's ClassificationMetrics, the learning curve) and `confusion.png`.
 """
