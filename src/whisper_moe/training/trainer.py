@@ -27,7 +27,12 @@ from tqdm.auto import tqdm
 
 from whisper_moe.data.batching import UtteranceDataset, collate_utterances
 from whisper_moe.data.features import whisper_features
-from whisper_moe.model.gate import at_least_float32, curriculum_routing, dispatch_mask, switch_load_balance
+from whisper_moe.model.gate import (
+    at_least_float32,
+    curriculum_routing,
+    dispatch_mask,
+    switch_load_balance,
+)
 from whisper_moe.model.moe import WhisperMoE
 from whisper_moe.training import checkpointing
 from whisper_moe.training.runtime import (
