@@ -46,7 +46,7 @@ def test_comparison_table_has_every_system_and_group(tmp_path):
     assert pretrained["pretraining_time_s"] == 63.0 and pretrained["oracle_wer"] == 0.28
     assert result["systems"][2]["pretraining_time_s"] is None
     text = (tmp_path / "cmp" / "comparison.md").read_text()
-    assert "| pretrained MoE (4 experts, rank 16) | pretrained | 30.00 | 15.00 | 28.00 | 35.00 | 25.00 |" in text
+    assert "| pretrained MoE (4 experts, rank 16) | pretrained | 30.00 | - | 15.00 | 28.00 | 35.00 | 25.00 |" in text
     assert "WER % en-029" in text and "2.50M" in text and "2.1 min" in text
     assert "--num-experts 1 -S model.lora.rank=64" in text  # how to add the single-LoRA baseline
 
@@ -79,3 +79,46 @@ def defaults_only_params(folder):
     path = folder / "defaults.yaml"
     path.write_text("{}\n")
     return path
+
+
+def write_predictions(folder, hypotheses, base_hypotheses):
+    """Eight test utterances of four speakers (two each), five reference words each."""
+    with open(folder / "evaluate" / "predictions.jsonl", "w") as handle:
+        for i, (moe, base) in enumerate(zip(hypotheses, base_hypotheses)):
+            handle.write(json.dumps({"id": f"u{i}", "group": "en-us", "speaker": f"s{i // 2}",
+                                     "reference": "one two three four five", "moe": moe,
+                                     "base": base}) + "\n")
+
+
+def test_every_wer_and_difference_has_a_speaker_bootstrap_interval(tmp_path):
+    right, wrong = "one two three four five", "one two three four six"
+    good = fake_run(tmp_path / "good", 4, 16, 0.0)
+    bad = fake_run(tmp_path / "bad", 1, 64, 0.2)
+    write_predictions(good, [right] * 8, [wrong] * 8)
+    write_predictions(bad, [wrong, right] * 4, [wrong] * 8)
+    compare.run({}, [good, bad], tmp_path / "cmp")
+    result = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    base, good_row, bad_row = result["systems"]
+    assert good_row["wer_ci95"] == [0.0, 0.0]
+    assert base["wer_ci95"] == [pytest.approx(0.2), pytest.approx(0.2)]
+    assert bad_row["wer_ci95"] == [pytest.approx(0.1), pytest.approx(0.1)]  # 1 error per speaker
+    pairs = {(d["a_run"], d["b_run"], d["a"][:4], d["b"][:4]): d for d in result["differences"]}
+    assert len(result["differences"]) == 3  # base-good, base-bad, good-bad
+    good_minus_bad = pairs[("good", "bad", "regu", "sing")]
+    assert good_minus_bad["wer_difference"] == pytest.approx(-0.1)
+    assert good_minus_bad["ci95"] == [pytest.approx(-0.1), pytest.approx(-0.1)]
+    assert good_minus_bad["speakers"] == 4
+    text = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "| [0.00, 0.00] |" in text and "95 % speaker-bootstrap intervals" in text
+
+
+def test_runs_on_different_test_sets_are_not_differenced(tmp_path):
+    first = fake_run(tmp_path / "first", 4, 16, 0.0)
+    second = fake_run(tmp_path / "second", 1, 64, 0.0)
+    write_predictions(first, ["one"] * 8, ["one"] * 8)
+    with open(second / "evaluate" / "predictions.jsonl", "w") as handle:
+        handle.write(json.dumps({"id": "other", "group": "g", "speaker": "s", "reference": "a",
+                                 "moe": "a", "base": "a"}) + "\n")
+    compare.run({}, [first, second], tmp_path / "cmp")
+    result = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert all(d["a_run"] == d["b_run"] == "first" for d in result["differences"])

@@ -97,8 +97,8 @@ class Routing:
     soft_epochs: int = knob(3, ge=0)  # curriculum: epochs of soft routing before top-k
     temperature_start: float = knob(2.0, gt=0)
     temperature_end: float = knob(1.0, gt=0)
-    noise_std: float = knob(0.1, ge=0)  # router noise, training only
-    load_balance_weight: float = knob(0.2, ge=0)
+    noise_std: float = knob(0.1, ge=0)  # router noise (training only), relative to each utterance's logit spread
+    load_balance_weight: float = knob(0.01, ge=0)  # Switch load balance E * sum f_i P_i per optimizer step
     z_loss_weight: float = knob(0.001, ge=0)
 
 

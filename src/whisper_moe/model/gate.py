@@ -13,16 +13,46 @@ def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
 
 
 class Gate(nn.Module):
-    """MLP `d -> hidden -> E` over the mean-pooled frozen-base encoder output."""
+    """MLP `d -> hidden -> E` over the standardised mean-pooled frozen-base encoder output.
+
+    The pooled encoder output has a large shared component and a small
+    utterance-dependent one; standardising each dimension with statistics of the
+    training embeddings (`fit_input`) lets the first layer see the differences. The
+    statistics are buffers, so they travel in the gate's state dict and checkpoints.
+    """
 
     def __init__(self, input_dim: int, num_experts: int, hidden_dim: int = 512) -> None:
         super().__init__()
         self.net = nn.Sequential(
             nn.Linear(input_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, num_experts)
         )
+        self.register_buffer("input_mean", torch.zeros(input_dim))
+        self.register_buffer("input_std", torch.ones(input_dim))
+
+    @torch.no_grad()
+    def fit_input(self, embeddings: torch.Tensor, min_std: float = 1e-6) -> None:
+        """Set the standardisation from training embeddings `[n, d]` (in place, DDP-safe)."""
+        embeddings = embeddings.to(self.input_mean.device, torch.float64)
+        std = embeddings.std(0, unbiased=False) if len(embeddings) > 1 else torch.ones_like(embeddings[0])
+        self.input_mean.copy_(embeddings.mean(0))
+        self.input_std.copy_(std.clamp_min(min_std))
+
+    def standardise(self, pooled_embeddings: torch.Tensor) -> torch.Tensor:
+        return (pooled_embeddings - self.input_mean) / self.input_std
 
     def forward(self, pooled_embeddings: torch.Tensor) -> torch.Tensor:
-        return self.net(pooled_embeddings)
+        return self.net(self.standardise(pooled_embeddings))
+
+
+def relative_router_noise(gate_logits: torch.Tensor, noise_std: float) -> torch.Tensor:
+    """Gaussian noise of `noise_std` times each utterance's logit spread across experts.
+
+    A fixed absolute noise is as large as the whole utterance-dependent part of the
+    logits early on and reshuffles top-k for about half the utterances; scaled to the
+    spread, it only flips near-ties whatever the logits' scale.
+    """
+    spread = gate_logits.detach().float().std(-1, keepdim=True, unbiased=False)
+    return noise_std * spread.to(gate_logits.dtype) * torch.randn_like(gate_logits)
 
 
 def routing_weights(
@@ -35,6 +65,8 @@ def routing_weights(
 
     soft: the tempered softmax. topk: the softmax renormalised over the k largest,
     the others exactly zero (so an unrouted expert gets no gradient from that utterance).
+    Top-1 keeps the chosen expert's un-renormalised probability (Switch Transformer):
+    renormalised it would always be 1.0 and the gate would get no task gradient.
     """
     probs = F.softmax(at_least_float32(gate_logits) / temperature, dim=-1)
     if mode == "soft" or top_k >= gate_logits.shape[-1]:
@@ -43,14 +75,37 @@ def routing_weights(
         raise ValueError(f"routing mode {mode!r}: expected 'soft' or 'topk'")
     top_values, top_index = probs.topk(top_k, dim=-1)
     weights = torch.zeros_like(probs).scatter(-1, top_index, top_values)
+    if top_k == 1:
+        return weights, probs
     return weights / weights.sum(dim=-1, keepdim=True), probs
 
 
-def load_balance_loss(probs: torch.Tensor) -> torch.Tensor:
-    """KL(uniform || mean routing probability): zero when experts share the batch evenly."""
-    mean_probs = probs.mean(dim=0).clamp_min(1e-9)
-    num_experts = probs.shape[-1]
-    return (torch.log(torch.tensor(1.0 / num_experts)) - mean_probs.log()).mean()
+def dispatch_mask(probs: torch.Tensor, top_k: int) -> torch.Tensor:
+    """One-hot `[n, E]` of the k experts each utterance is dispatched to (its top-k)."""
+    k = min(top_k, probs.shape[-1])
+    return torch.zeros_like(probs).scatter(-1, probs.topk(k, dim=-1).indices, 1.0)
+
+
+def switch_load_balance(prob_sum: torch.Tensor, dispatch_counts: torch.Tensor, total: float | torch.Tensor,
+                        top_k: int) -> torch.Tensor:
+    """Switch/GShard load balance `E * sum_i f_i * P_i`.
+
+    `f_i` is the share of dispatched slots expert i received (counts / (total * k),
+    not differentiable) and `P_i` its mean router probability (prob_sum / total, carries
+    the gradient). 1.0 when dispatch or probabilities are uniform, E when one expert
+    takes everything. Given the sums of only part of the utterances (one process) with
+    the global counts and total, it returns that part's share of the global loss.
+    """
+    num_experts = prob_sum.shape[-1]
+    k = min(top_k, num_experts)
+    fraction = dispatch_counts.to(prob_sum.dtype) / (total * k)
+    return num_experts * (fraction * prob_sum / total).sum()
+
+
+def load_balance_loss(probs: torch.Tensor, top_k: int) -> torch.Tensor:
+    """The Switch load balance of one batch of routing probabilities `[n, E]`."""
+    counts = dispatch_mask(probs.detach(), top_k).sum(0)
+    return switch_load_balance(probs.sum(0), counts, probs.shape[0], top_k)
 
 
 def router_z_loss(gate_logits: torch.Tensor) -> torch.Tensor:
@@ -58,21 +113,28 @@ def router_z_loss(gate_logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(at_least_float32(gate_logits), dim=-1).pow(2).mean()
 
 
-def curriculum_routing(params_routing: dict, epoch: int, total_epochs: int) -> tuple[str, float]:
-    """(mode, temperature) for an epoch: soft for `soft_epochs`, then top-k.
+def soft_phase_steps(params_routing: dict, total_epochs: int, steps_per_epoch: int) -> int:
+    """Optimizer steps of soft routing in a curriculum (at least one top-k epoch remains)."""
+    soft_epochs = min(int(params_routing["soft_epochs"]), max(total_epochs - 1, 0))
+    return soft_epochs * steps_per_epoch
 
-    The temperature anneals linearly from start to end over the soft phase.
+
+def curriculum_routing(params_routing: dict, step: int, total_epochs: int,
+                       steps_per_epoch: int) -> tuple[str, float]:
+    """(mode, temperature) for an optimizer step (0-based).
+
+    curriculum: soft for `soft_epochs`, the temperature annealed linearly per step from
+    `temperature_start` at the first step to `temperature_end` at the last soft step;
+    then top-k at `temperature_end`. soft and topk: `temperature_end` throughout.
     """
     mode = params_routing["mode"]
-    start, end = params_routing["temperature_start"], params_routing["temperature_end"]
-    if mode == "soft":
-        return "soft", end
-    if mode == "topk":
-        return "topk", end
+    start, end = float(params_routing["temperature_start"]), float(params_routing["temperature_end"])
+    if mode in ("soft", "topk"):
+        return mode, end
     if mode != "curriculum":
         raise ValueError(f"routing.mode {mode!r}: expected soft, topk or curriculum")
-    soft_epochs = min(params_routing["soft_epochs"], max(total_epochs - 1, 0))
-    if epoch < soft_epochs:
-        fraction = epoch / max(soft_epochs, 1)
-        return "soft", start + (end - start) * fraction
-    return "topk", end
+    soft_steps = soft_phase_steps(params_routing, total_epochs, steps_per_epoch)
+    if step >= soft_steps:
+        return "topk", end
+    fraction = step / (soft_steps - 1) if soft_steps > 1 else 1.0
+    return "soft", start + (end - start) * fraction

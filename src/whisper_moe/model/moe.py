@@ -20,6 +20,7 @@ from whisper_moe.model.gate import (
     Gate,
     at_least_float32,
     load_balance_loss,
+    relative_router_noise,
     router_z_loss,
     routing_weights,
 )
@@ -27,6 +28,7 @@ from whisper_moe.model.lora import MoELoRALinear, RoutingState, trainable_dtype
 
 MOE_CONFIG_NAME = "moe_config.json"
 WEIGHTS_NAME = "model.safetensors"
+GATE_INPUT_STATISTICS = ("gate.input_mean", "gate.input_std")
 
 
 @dataclass
@@ -167,13 +169,19 @@ class WhisperMoE(nn.Module):
         top_k: int,
         temperature: float = 1.0,
         noise_std: float = 0.0,
+        noise: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Gate logits, routing probabilities and the weights that mix the experts."""
+        """Gate logits (noise-free), the noise added, routing probabilities and weights.
+
+        Training adds noise of `noise_std` relative to each utterance's logit spread;
+        passing the `noise` of an earlier call reproduces that call's routing exactly.
+        """
         gate_logits = self.gate(pooled.to(self.gate.net[0].weight.dtype))
-        if noise_std > 0 and self.training:
-            gate_logits = gate_logits + noise_std * torch.randn_like(gate_logits)
-        weights, probs = routing_weights(gate_logits, mode, top_k, temperature)
-        return {"gate_logits": gate_logits, "probs": probs, "weights": weights}
+        if noise is None:
+            noise = (relative_router_noise(gate_logits, noise_std) if noise_std > 0 and self.training
+                     else torch.zeros_like(gate_logits))
+        weights, probs = routing_weights(gate_logits + noise, mode, top_k, temperature)
+        return {"gate_logits": gate_logits, "noise": noise, "probs": probs, "weights": weights}
 
     def decode_logits(
         self,
@@ -210,12 +218,16 @@ class WhisperMoE(nn.Module):
         z_loss_weight: float = 0.0,
         forced_weights: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Cross-entropy of the routed model plus the router's auxiliary losses."""
+        """Cross-entropy of the routed model plus the router's auxiliary losses of this batch.
+
+        The trainer balances load over a whole optimizer step instead (see
+        `whisper_moe.training.trainer`); `lb_loss` here is this batch's alone.
+        """
         routed = self.route(pooled, mode, top_k, temperature, noise_std)
         weights = routed["weights"] if forced_weights is None else forced_weights
         logits = self.decode_logits(input_features, decoder_input_ids, weights)
         ce_loss = utterance_mean_cross_entropy(logits, labels)
-        lb_loss = load_balance_loss(routed["probs"])
+        lb_loss = load_balance_loss(routed["probs"], top_k)
         z_loss = router_z_loss(routed["gate_logits"])
         loss = ce_loss
         if forced_weights is None:
@@ -224,7 +236,8 @@ class WhisperMoE(nn.Module):
 
     # -- trainable state ------------------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Only experts and gate: the base is referenced by name, never copied."""
+        """Only experts and gate (with its input statistics): the base is referenced by
+        name, never copied."""
         state = {f"gate.{k}": v for k, v in self.gate.state_dict().items()}
         for name, layer in self.expert_layers():
             state[f"{name}.lora_A"] = layer.lora_A.data
@@ -232,9 +245,13 @@ class WhisperMoE(nn.Module):
         return state
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor], strict: bool = True) -> None:
-        """Inverse of `trainable_state_dict`; `strict=False` loads whatever part is present."""
+        """Inverse of `trainable_state_dict`; `strict=False` loads whatever part is present.
+
+        Checkpoints written before the gate standardised its input lack its statistics:
+        they load with the identity standardisation they were trained with.
+        """
         own = self.trainable_state_dict()
-        missing = sorted(set(own) - set(state))
+        missing = sorted(set(own) - set(state) - set(GATE_INPUT_STATISTICS))
         unexpected = sorted(set(state) - set(own))
         if strict and (missing or unexpected):
             raise KeyError(f"checkpoint mismatch: missing {missing[:3]}, unexpected {unexpected[:3]}")
@@ -243,6 +260,9 @@ class WhisperMoE(nn.Module):
                 if own[key].shape != value.shape:
                     raise ValueError(f"{key}: checkpoint shape {tuple(value.shape)} != {tuple(own[key].shape)}")
                 own[key].copy_(value.to(own[key].dtype))
+        if strict and not set(GATE_INPUT_STATISTICS) & set(state):
+            self.gate.input_mean.zero_()
+            self.gate.input_std.fill_(1.0)
 
     def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
         experts = [p for _, layer in self.expert_layers() for p in (layer.lora_A, layer.lora_B)]

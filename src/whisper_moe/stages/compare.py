@@ -5,6 +5,10 @@ Each run directory is a `whisper-moe pipeline` output folder (`params.json`,
 pretraining stage folders). The frozen base model, decoded by every evaluation on
 the same test audio, is its own row. Writes `comparison.md` and `comparison.json`.
 
+Every WER comes with its 95 % speaker-bootstrap interval, and every pair of systems
+evaluated on the same test utterances with the interval of their WER difference
+(`whisper_moe.uncertainty`), read from each run's `evaluate/predictions.jsonl`.
+
 The fair baseline for an MoE of E experts of rank r is one LoRA with the same
 trainable parameters, rank E*r, which is simply a regular MoE with one expert:
 
@@ -19,9 +23,16 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from whisper_moe import artifacts
 from whisper_moe.artifacts import read_json
 from whisper_moe.fsio import write_json_atomic, write_text_atomic
+from whisper_moe.uncertainty import (
+    speaker_bootstrap_difference,
+    speaker_bootstrap_wer,
+    utterance_word_errors,
+)
 
 log = logging.getLogger("whisper_moe.compare")
 
@@ -106,6 +117,60 @@ def read_run(run_dir) -> tuple[dict, dict | None]:
     return row, base
 
 
+def read_errors(run_dir) -> dict[str, dict]:
+    """Per-utterance word errors of each system in a run's predictions ({} without them):
+    {system: {"ids", "edits", "words", "units"}}, units being speakers."""
+    run_dir = Path(run_dir)
+    path = next((p for p in (run_dir / "evaluate" / artifacts.PREDICTIONS, run_dir / artifacts.PREDICTIONS)
+                 if p.exists()), None)
+    if path is None:
+        return {}
+    predictions = artifacts.read_jsonl(path)
+    errors = {}
+    for system in ("moe", "base"):
+        if predictions and all(system in p for p in predictions):
+            edits, words = utterance_word_errors([p["reference"] for p in predictions],
+                                                 [p[system] for p in predictions])
+            errors[system] = {"ids": [p["id"] for p in predictions], "edits": edits, "words": words,
+                              "units": [p.get("speaker") or f"utterance:{p['id']}" for p in predictions]}
+    return errors
+
+
+def aligned(first: dict, second: dict) -> tuple[dict, dict] | None:
+    """Both systems' errors in the same utterance order, or None for different test sets."""
+    if sorted(first["ids"]) != sorted(second["ids"]) or len(set(first["ids"])) != len(first["ids"]):
+        return None
+    order = {utterance: i for i, utterance in enumerate(second["ids"])}
+    index = np.array([order[utterance] for utterance in first["ids"]])
+    return first, {**second, "edits": second["edits"][index], "words": second["words"][index]}
+
+
+def difference_rows(rows: list[dict], errors: list[dict | None]) -> list[dict]:
+    """WER(a) - WER(b) with its paired speaker-bootstrap interval, for every pair of
+    systems evaluated on the same test utterances."""
+    result = []
+    for i, (row_a, errors_a) in enumerate(zip(rows, errors)):
+        for row_b, errors_b in list(zip(rows, errors))[i + 1:]:
+            pair = aligned(errors_a, errors_b) if errors_a and errors_b else None
+            if pair is None:
+                continue
+            a, b = pair
+            words = a["words"].sum()
+            result.append({
+                "a": row_a["system"], "a_run": row_a["run"], "b": row_b["system"], "b_run": row_b["run"],
+                "wer_difference": float((a["edits"].sum() - b["edits"].sum()) / words) if words else None,
+                "ci95": speaker_bootstrap_difference(a["edits"], b["edits"], a["words"], a["units"]),
+                "utterances": len(a["ids"]), "speakers": len(set(a["units"])),
+            })
+    return result
+
+
+def wer_interval(errors: dict | None) -> list[float] | None:
+    if not errors:
+        return None
+    return speaker_bootstrap_wer(errors["edits"], errors["words"], errors["units"])
+
+
 def single_lora_hint(rows: list[dict]) -> str | None:
     """The command for the equal-parameter single LoRA when the runs lack one."""
     moe = [r for r in rows if r["num_experts"] > 1 and r["lora_rank"]]
@@ -130,18 +195,42 @@ def _cell(value, kind: str = "wer") -> str:
     return str(value)
 
 
-def markdown(rows: list[dict], groups: list[str], notes: list[str]) -> str:
-    header = (["system", "run", "WER %", "CER %", "oracle WER %"] + [f"WER % {g}" for g in groups]
+def _interval_cell(interval: list[float] | None) -> str:
+    if not interval or any(v != v for v in interval):  # missing, or NaN
+        return "-"
+    return f"[{100 * interval[0]:.2f}, {100 * interval[1]:.2f}]"
+
+
+def differences_markdown(differences: list[dict]) -> list[str]:
+    """The table of WER differences between systems, with their intervals."""
+    if not differences:
+        return []
+    lines = ["", "## WER differences (a - b, points) with 95 % speaker-bootstrap intervals", "",
+             "| a | b | difference | 95 % interval | speakers |", "|---|---|---|---|---|"]
+    for d in differences:
+        value = "-" if d["wer_difference"] is None else f"{100 * d['wer_difference']:+.2f}"
+        lines.append(f"| {d['a']} ({d['a_run']}) | {d['b']} ({d['b_run']}) | {value} | "
+                     f"{_interval_cell(d['ci95'])} | {d['speakers']} |")
+    lines.append("")
+    lines.append("An interval that contains 0 means these test speakers cannot rank the two systems.")
+    return lines
+
+
+def markdown(rows: list[dict], groups: list[str], notes: list[str],
+             differences: list[dict] | None = None) -> str:
+    header = (["system", "run", "WER %", "WER 95 % CI", "CER %", "oracle WER %"]
+              + [f"WER % {g}" for g in groups]
               + ["training time", "pretraining time", "trainable parameters"])
     lines = ["# whisper-moe comparison", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [row["system"], row["run"], _cell(row["wer"]), _cell(row["cer"]),
-                 _cell(row["oracle_wer"])]
+        cells = [row["system"], row["run"], _cell(row["wer"]), _interval_cell(row.get("wer_ci95")),
+                 _cell(row["cer"]), _cell(row["oracle_wer"])]
         cells += [_cell(row["per_group"].get(g)) for g in groups]
         cells += [_cell(row["train_time_s"], "time"), _cell(row["pretraining_time_s"], "time"),
                   _cell(row["trainable_parameters"], "count")]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += differences_markdown(differences or [])
     lines += [""] + [f"- {note}" for note in notes]
     return "\n".join(lines) + "\n"
 
@@ -152,18 +241,30 @@ def run(params: dict, run_dirs, out_dir) -> dict:
         raise ValueError("compare needs at least one run directory")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows, bases = [], []
+    rows, bases, errors = [], [], {}
     for run_dir in run_dirs:
         row, base = read_run(run_dir)
+        run_errors = read_errors(run_dir)
         rows.append(row)
+        errors[id(row)] = run_errors.get("moe")
         if base is not None:
             bases.append(base)
+            errors[id(base)] = run_errors.get("base")
     notes = [("WER after the project's normalisation (lower-case, punctuation stripped); "
               "trainable parameters are experts plus gate.")]
     distinct_bases: dict = {}
     for base in bases:  # every run decodes the base; one row per base model and test set
         distinct_bases.setdefault((base["system"], base["test_utterances"]), base)
     rows = list(distinct_bases.values()) + rows
+    row_errors = [errors[id(row)] for row in rows]
+    for row, row_error in zip(rows, row_errors):
+        row["wer_ci95"] = wer_interval(row_error)
+    differences = difference_rows(rows, row_errors)
+    if any(e is not None for e in row_errors):
+        notes.append("Intervals: 95 % bootstrap over test speakers (whole speakers resampled, "
+                     "differences paired on the same speakers).")
+    if any(e is None for e in row_errors):
+        notes.append("Runs without evaluate/predictions.jsonl have no intervals.")
     if len({r["test_utterances"] for r in rows}) > 1:
         notes.append("The runs were evaluated on different numbers of test utterances: "
                      "compare WERs with care.")
@@ -171,8 +272,8 @@ def run(params: dict, run_dirs, out_dir) -> dict:
     if hint:
         notes.append(hint)
     groups = sorted({g for r in rows for g in r["per_group"]})
-    write_text_atomic(out_dir / "comparison.md", markdown(rows, groups, notes))
-    result = {"systems": rows, "groups": groups, "notes": notes}
+    write_text_atomic(out_dir / "comparison.md", markdown(rows, groups, notes, differences))
+    result = {"systems": rows, "differences": differences, "groups": groups, "notes": notes}
     write_json_atomic(out_dir / "comparison.json", result)
     log.info("compared %d runs: %s", len(run_dirs), out_dir / "comparison.md")
     return {"markdown": str(out_dir / "comparison.md"), "json": str(out_dir / "comparison.json"),

@@ -36,6 +36,11 @@ from whisper_moe.plots import (
 from whisper_moe.progress import track
 from whisper_moe.stages.common import mode_rows, special_ids
 from whisper_moe.training.runtime import autocast, mixed_precision, resolve_device
+from whisper_moe.uncertainty import (
+    nmi_permutation_test,
+    speaker_bootstrap_wer,
+    utterance_word_errors,
+)
 
 log = logging.getLogger("whisper_moe.evaluate")
 
@@ -103,7 +108,8 @@ def run(params: dict, checkpoint_dir=None, test_manifest=None, out_dir=None, bas
                     result["oracle"] = decode_routed(model, features, oracle, transcribe)
         for i, utterance_id in enumerate(batch["ids"]):
             row = dataset.rows[int(batch["index"][i])]
-            prediction = {"id": utterance_id, "group": row.get("group", ""), "reference": row["text"]}
+            prediction = {"id": utterance_id, "group": row.get("group", ""),
+                          "speaker": row.get("speaker", ""), "reference": row["text"]}
             for system in ("moe", "oracle", "base"):
                 if result.get(system) is not None:
                     prediction[system] = result[system][i]
@@ -170,10 +176,23 @@ def summarise(predictions: list[dict], num_experts: int) -> dict:
                 chosen = [p for p in predictions if p["group"] == group]
                 per_group[group] = {**error_rates([p["reference"] for p in chosen],
                                                   [p[system] for p in chosen]), "n": len(chosen)}
-            metrics[system] = {**overall, "per_group": per_group}
+            metrics[system] = {**overall, "wer_ci95": wer_interval(predictions, system),
+                               "per_group": per_group}
     if num_experts and predictions:
         metrics["routing"] = routing_summary(predictions, num_experts)
     return metrics
+
+
+def bootstrap_units(predictions: list[dict]) -> list[str]:
+    """Each utterance's speaker; an utterance without one is its own unit."""
+    return [p.get("speaker") or f"utterance:{p['id']}" for p in predictions]
+
+
+def wer_interval(predictions: list[dict], system: str) -> list[float]:
+    """95 % speaker-bootstrap interval of a system's WER."""
+    edits, words = utterance_word_errors([p["reference"] for p in predictions],
+                                         [p[system] for p in predictions])
+    return speaker_bootstrap_wer(edits, words, bootstrap_units(predictions))
 
 
 def routing_summary(predictions: list[dict], num_experts: int) -> dict:
@@ -185,13 +204,25 @@ def routing_summary(predictions: list[dict], num_experts: int) -> dict:
         mask = np.array([p["group"] == group for p in predictions])
         usage[group] = weights[mask].mean(0).round(4).tolist()
         top1[group] = np.bincount(weights[mask].argmax(1), minlength=num_experts).tolist()
+    groups = [p["group"] for p in predictions]
+    agreement = (nmi_permutation_test(weights.argmax(1).tolist(), groups)
+                 if len(set(groups)) > 1 else {})
     return {
+        **{f"top1_group_{key}": value for key, value in agreement.items()},
         "gate_entropy_mean": float(entropy.mean()),
         "gate_entropy_max": float(np.log(num_experts)),
         "expert_share": np.bincount(weights.argmax(1), minlength=num_experts).tolist(),
         "expert_usage_per_group": usage,
         "top1_counts_per_group": top1,
     }
+
+
+def nmi_sentence(routing: dict) -> str:
+    """The report's words on routing-group agreement, when there are several groups."""
+    if "top1_group_nmi" not in routing:
+        return ""
+    return (f"; NMI(top-1 expert, group) {routing['top1_group_nmi']:.3f} (95 % permutation level "
+            f"{routing['top1_group_nmi_permutation_95']:.3f}, p = {routing['top1_group_nmi_p_value']:.3f})")
 
 
 def write_dvc_tables(metrics: dict, out_dir: Path) -> None:
@@ -246,7 +277,7 @@ def write_report(metrics: dict, predictions: list[dict], out_dir: Path, train_di
     routing = metrics.get("routing")
     routing_html = (f"<p>Gate entropy {routing['gate_entropy_mean']:.3f} "
                     f"(max {routing['gate_entropy_max']:.3f}); utterances per top expert "
-                    f"{routing['expert_share']}</p>") if routing else ""
+                    f"{routing['expert_share']}{nmi_sentence(routing)}</p>") if routing else ""
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>whisper-moe evaluation</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:3px 8px}}img{{max-width:100%}}</style></head><body>

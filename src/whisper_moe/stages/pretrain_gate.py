@@ -4,7 +4,8 @@ The gate (`whisper_moe.model.gate.Gate`, hidden size `model.gate_hidden`) is tra
 with soft cross-entropy against the calibrated soft cluster labels (the same
 gradient as KL(soft labels || gate), whose value is also reported), with early
 stopping on a held-out part stratified by cluster (the best epoch's weights are
-kept). Writes `gate.safetensors` + `gate_config.json`, `gate_metrics.json`
+kept). Its input standardisation is fitted on its training embeddings and saved with it,
+so joint training continues with the statistics the gate learned under. Writes `gate.safetensors` + `gate_config.json`, `gate_metrics.json`
 (held-out accuracy against the hard cluster labels, the confusion matrix as a list
 for Kubeflow's ClassificationMetrics, the learning curve) and `confusion.png`.
 """
@@ -69,6 +70,7 @@ def train_gate(embeddings: np.ndarray, soft_labels: np.ndarray, train_index: np.
     x = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32)).to(device)
     y = torch.from_numpy(np.ascontiguousarray(soft_labels, dtype=np.float32)).to(device)
     gate = Gate(x.shape[1], y.shape[1], hidden).to(device)
+    gate.fit_input(x[train_index])
     optimizer = torch.optim.AdamW(gate.parameters(), lr=lr)
     train_x, train_y = x[train_index], y[train_index]
     history: list[dict] = []

@@ -74,7 +74,8 @@ def run(params: dict, train_manifest, dev_manifest, out_dir, init_dir=None, resu
 
     ddp_model = wrap_distributed(model, device, world_size)
     trainer = start_trainer(model, tokenizer, train_set, settings, out_dir, device, resume,
-                            dev_set=dev_set, rank=rank, world_size=world_size, ddp_model=ddp_model)
+                            dev_set=dev_set, rank=rank, world_size=world_size, ddp_model=ddp_model,
+                            fit_gate_input=init_dir is None)  # a pretrained gate keeps its statistics
     log.info("training %d experts on %d utterances (%d dev) for %d epochs, %d optimizer steps on %s",
              num_experts, len(train_set), len(dev_set), settings.epochs, trainer.total_steps, device)
     history, elapsed_s = fit(trainer)
@@ -96,7 +97,8 @@ def run(params: dict, train_manifest, dev_manifest, out_dir, init_dir=None, resu
         "final_train_loss": steps[-1]["ce_loss"] if steps else None,
         "final_dev_loss": next((h["dev_loss"] for h in reversed(history) if "dev_loss" in h), None),
         "train_time_s": elapsed_s,
-        "trainable_parameters": sum(v.numel() for v in model.trainable_state_dict().values()),
+        "trainable_parameters": sum(p.numel() for group in model.trainable_parameters().values()
+                                    for p in group),
         "checkpoint": str(checkpoint_dir),
     }
     write_json_atomic(out_dir / artifacts.TRAIN_METRICS, metrics)

@@ -1,5 +1,12 @@
 """The joint-training loop: gate and every expert learn together, resumable step by step.
 
+Routing is balanced per optimizer step, not per micro-batch: with per-utterance routing
+a micro-batch of a few utterances cannot be balanced without forcing every utterance
+towards the uniform mixture. The router inputs of all micro-batches of a step (the
+cached gate embedding and the noise drawn) are kept, and at the step the Switch/GShard
+loss `E * sum_i f_i * P_i` over the whole step, on every process, adds its gradient to
+the gate's (`Trainer.balance_step`).
+
 Also serves expert pretraining: with `forced_expert` each utterance is routed to one
 expert (its cluster), so every expert trains on its own cluster in one pass over the data.
 """
@@ -21,7 +28,12 @@ from whisper_moe import artifacts
 from whisper_moe.data.batching import UtteranceDataset, collate_utterances
 from whisper_moe.data.features import whisper_features
 from whisper_moe.errors import WhisperMoeError
-from whisper_moe.model.gate import curriculum_routing
+from whisper_moe.model.gate import (
+    at_least_float32,
+    curriculum_routing,
+    dispatch_mask,
+    switch_load_balance,
+)
 from whisper_moe.model.moe import WhisperMoE
 from whisper_moe.training import checkpointing
 from whisper_moe.training.runtime import (
@@ -111,18 +123,6 @@ class EpochOrder(Sampler):
         return len(self.order)
 
 
-def global_load_balance_loss(probs: torch.Tensor, world_size: int) -> torch.Tensor:
-    """Load balance over the whole global batch: with several processes the routing
-    probabilities are gathered (with gradients) so the result equals one process's."""
-    from whisper_moe.model.gate import load_balance_loss
-
-    if world_size > 1:
-        import torch.distributed.nn.functional as distributed
-
-        probs = torch.cat(distributed.all_gather(probs.contiguous()), dim=0)
-    return load_balance_loss(probs)
-
-
 def batches_per_epoch(size: int, batch_size: int, world_size: int = 1) -> int:
     return math.ceil(size / (batch_size * world_size))
 
@@ -181,7 +181,7 @@ class Trainer:
     def __init__(self, model: WhisperMoE, train_set: UtteranceDataset, settings: TrainSettings,
                  out_dir: Path, device: torch.device, pad_token_id: int, prefix_length: int,
                  dev_set: UtteranceDataset | None = None, forced_expert: torch.Tensor | None = None,
-                 rank: int = 0, world_size: int = 1, ddp_model=None):
+                 rank: int = 0, world_size: int = 1, ddp_model=None, fit_gate_input: bool = True):
         self.model = model
         self.train_set = train_set
         self.dev_set = dev_set
@@ -191,6 +191,7 @@ class Trainer:
         self.pad_token_id = pad_token_id
         self.prefix_length = prefix_length
         self.forced_expert = forced_expert
+        self.fit_gate_input = fit_gate_input and forced_expert is None
         self.rank = rank
         self.world_size = world_size
         self.forward_model = ddp_model or model
@@ -201,7 +202,8 @@ class Trainer:
         if forced_expert is None:
             param_groups.append({"params": groups["gate"], "lr": settings.gate_lr, "name": "gate"})
         self.optimizer = torch.optim.AdamW(param_groups, weight_decay=settings.weight_decay)
-        self.total_steps = settings.epochs * steps_per_epoch(len(train_set), settings, world_size)
+        self.steps_per_epoch = steps_per_epoch(len(train_set), settings, world_size)
+        self.total_steps = settings.epochs * self.steps_per_epoch
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, linear_warmup_decay(max(self.total_steps, 1), settings.warmup_ratio)
         )
@@ -215,6 +217,7 @@ class Trainer:
         self.pooled_train: torch.Tensor | None = None
         self.pooled_dev: torch.Tensor | None = None
         self.pending_rng: tuple | None = None
+        self.step_router_inputs: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     # -- state -------------------------------------------------------------------------------
     @property
@@ -242,7 +245,7 @@ class Trainer:
 
     def global_micro_records(self, micro: list[dict]) -> list[dict]:
         """Logged losses averaged over processes, so every rank logs the global batch."""
-        keys = ("ce_loss", "lb_loss", "z_loss", "gate_entropy")
+        keys = ("ce_loss", "z_loss", "gate_entropy")
         values = torch.tensor([[m[k] for k in keys] for m in micro], device=self.device)
         torch.distributed.all_reduce(values)
         values /= self.world_size
@@ -308,6 +311,8 @@ class Trainer:
                 self.pooled_dev = compute_pooled_cache(
                     self.model, self.dev_set, self.device, settings.batch_size * 2, self.amp_dtype,
                     desc="dev gate embeddings")
+            if self.fit_gate_input and self.step == 0:
+                self.model.gate.fit_input(self.pooled_train)
         if self.pending_rng is not None:
             restore_rng_state(*self.pending_rng)
             self.pending_rng = None
@@ -321,7 +326,7 @@ class Trainer:
 
     def run_epoch(self, stop: StopRequest) -> None:
         settings = self.settings
-        mode, temperature = curriculum_routing(settings.routing, self.epoch, settings.epochs)
+        mode, _ = self.routing_at(self.step)
         sampler = EpochOrder(len(self.train_set), settings.seed, self.epoch, self.batch_in_epoch,
                              settings.batch_size, self.rank, self.world_size)
         loader = DataLoader(
@@ -342,6 +347,8 @@ class Trainer:
             progress.update(1)
             for reason in batch["errors"]:
                 self.skipped_audio[reason] = self.skipped_audio.get(reason, 0) + 1
+            if not accumulated:
+                mode, temperature = self.routing_at(self.step)
             if batch["size"]:
                 accumulated.append(self.micro_step(batch, mode, temperature))
                 utterances += batch["size"]
@@ -357,8 +364,24 @@ class Trainer:
                     raise TrainingInterrupted(folder, stop.signal_name or "a stop on another process")
         progress.close()
 
+    def routing_at(self, step: int) -> tuple[str, float]:
+        """(mode, temperature) of an optimizer step (0-based) under the curriculum."""
+        return curriculum_routing(self.settings.routing, step, self.settings.epochs,
+                                  self.steps_per_epoch)
+
+    def accumulation_size(self) -> int:
+        """Micro-batches in the accumulation group of the current batch: the last group
+        of an epoch may be partial, and its gradient is divided by its true size."""
+        total = batches_per_epoch(len(self.train_set), self.settings.batch_size, self.world_size)
+        group = self.settings.gradient_accumulation_steps
+        first = (self.batch_in_epoch - 1) // group * group
+        return min(group, total - first)
+
     def micro_step(self, batch: dict, mode: str, temperature: float) -> dict:
-        """Forward and backward of one micro-batch, loss divided for accumulation."""
+        """Forward and backward of one micro-batch, loss divided for accumulation.
+
+        The load balance is left to `balance_step`; this keeps the router inputs it needs.
+        """
         settings = self.settings
         features, _ = batch_features(self.model, batch, self.device)
         decoder_input_ids = batch["decoder_input_ids"].to(self.device)
@@ -379,27 +402,73 @@ class Trainer:
             )
         loss = output["ce_loss"]
         if forced is None:
-            lb_loss = global_load_balance_loss(output["probs"], self.world_size)
-            loss = (loss + settings.routing["load_balance_weight"] * lb_loss
-                    + settings.routing["z_loss_weight"] * output["z_loss"])
-            output["lb_loss"] = lb_loss
-        loss = loss / settings.gradient_accumulation_steps
+            loss = loss + settings.routing["z_loss_weight"] * output["z_loss"]
+            self.step_router_inputs.append((pooled, output["noise"].detach()))
+        loss = loss / self.accumulation_size()
         if torch.isfinite(loss):
             self.scaler.scale(loss).backward()
         elif self.world_size > 1:  # the others wait in the gradient all-reduce
             self.scaler.scale(loss.nan_to_num(0.0, 0.0, 0.0) * 0.0).backward()
-        probs = output["probs"].detach().float()
+        clean = torch.softmax(at_least_float32(output["gate_logits"].detach()) / temperature, dim=-1)
         return {
             "finite": bool(torch.isfinite(loss)),
-            "ce_loss": float(output["ce_loss"].detach()), "lb_loss": float(output["lb_loss"].detach()),
-            "z_loss": float(output["z_loss"].detach()),
-            "gate_entropy": float(-(probs * probs.clamp_min(1e-9).log()).sum(-1).mean()),
+            "ce_loss": float(output["ce_loss"].detach()), "z_loss": float(output["z_loss"].detach()),
+            "gate_entropy": float(-(clean * clean.clamp_min(1e-9).log()).sum(-1).mean()),
             "size": batch["size"],
         }
+
+    def balance_step(self, mode: str, temperature: float) -> tuple[float, list[int]]:
+        """(load balance of the whole step, dispatch count per expert), its gradient added.
+
+        Re-runs the gate on the step's kept inputs and noise (the gate is unchanged
+        within a step, so the routing is the one the micro-batches used), takes the
+        dispatch counts and utterance total of every process, and adds the gradient of
+        `load_balance_weight * E * sum_i f_i * P_i` to the gate's, summed over processes.
+        """
+        top_k = int(self.settings.routing["top_k"])
+        pooled = torch.cat([p for p, _ in self.step_router_inputs])
+        noise = torch.cat([n for _, n in self.step_router_inputs])
+        self.step_router_inputs = []
+        with autocast(self.device, self.amp_dtype):
+            routed = self.model.route(pooled, mode, top_k, temperature, noise=noise)
+        probs = routed["probs"]
+        counts = dispatch_mask(probs.detach(), top_k).sum(0).double()
+        totals = torch.cat([counts, counts.new_tensor([len(pooled)])])
+        if self.world_size > 1:
+            torch.distributed.all_reduce(totals)
+        counts, total = totals[:-1], float(totals[-1])
+        local = switch_load_balance(probs.sum(0), counts, total, top_k)
+        weight = float(self.settings.routing["load_balance_weight"])
+        if weight > 0:
+            self.add_gate_gradient(self.scaler.scale(weight * local))
+        value = local.detach().double().reshape(1)
+        if self.world_size > 1:
+            torch.distributed.all_reduce(value)
+        return float(value), [int(c) for c in counts.tolist()]
+
+    def add_gate_gradient(self, loss: torch.Tensor) -> None:
+        """Add d loss / d gate to the gate's gradients, summed over processes (outside the
+        DDP forward, so DDP does not reduce it)."""
+        params = list(self.model.gate.parameters())
+        grads = torch.autograd.grad(loss, params)
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        if self.world_size > 1:
+            torch.distributed.all_reduce(flat)
+        offset = 0
+        for param in params:
+            piece = flat[offset : offset + param.numel()].view_as(param)
+            offset += param.numel()
+            if param.grad is None:
+                param.grad = piece.clone()
+            else:
+                param.grad.add_(piece)
 
     def optimizer_step(self, micro: list[dict], mode: str, temperature: float) -> dict:
         """Clip, step (unless a loss was non-finite), schedule; returns the logged record."""
         settings = self.settings
+        lb_loss, dispatch = 0.0, None
+        if self.forced_expert is None:
+            lb_loss, dispatch = self.balance_step(mode, temperature)
         finite = all(m["finite"] for m in micro)
         if self.world_size > 1:  # every process takes the same decision
             flag = torch.tensor([0.0 if finite else 1.0], device=self.device)
@@ -426,6 +495,7 @@ class Trainer:
                     "lower train.lr, use runtime.precision=mixed or bf16 rather than fp16, or check the data report"
                 )
         self.optimizer.zero_grad(set_to_none=True)
+        used_lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         self.step += 1
         weights = [m["size"] for m in micro]
@@ -433,10 +503,12 @@ class Trainer:
             micro = self.global_micro_records(micro)
         record = {
             "step": self.step, "epoch": self.epoch + 1, "routing": mode, "temperature": temperature,
-            "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": grad_norm,
+            "lr": used_lr, "grad_norm": grad_norm, "lb_loss": lb_loss,
             **{key: float(np.average([m[key] for m in micro], weights=weights))
-               for key in ("ce_loss", "lb_loss", "z_loss", "gate_entropy")},
+               for key in ("ce_loss", "z_loss", "gate_entropy")},
         }
+        if dispatch is not None:
+            record["dispatch"] = dispatch
         self.history.append(record)
         return record
 
@@ -456,8 +528,7 @@ class Trainer:
     @torch.no_grad()
     def dev_loss(self) -> float:
         """Teacher-forced cross-entropy on the dev set with the routing of this epoch."""
-        mode, temperature = curriculum_routing(self.settings.routing, self.epoch - 1,
-                                               self.settings.epochs)
+        mode, temperature = self.routing_at(max(self.step - 1, 0))
         loader = DataLoader(self.dev_set, batch_size=self.settings.batch_size * 2, shuffle=False,
                             collate_fn=_Collate(self.pad_token_id, self.prefix_length),
                             generator=torch.Generator().manual_seed(0))
