@@ -166,6 +166,7 @@ def load_assignments(out_dir: str | Path) -> list[dict] | None:
 # ------------------------------------------------------------------ train (and pretrain-experts)
 MODEL_CHECKPOINT = "checkpoint"  # the trained MoE: moe_config.json + model.safetensors
 RESUMABLE_CHECKPOINTS = "checkpoints"  # training state a --resume continues from
+LIVE_METRICS = "live"  # DVCLive folder, written while training runs
 TRAIN_LOG = "train_log.jsonl"
 LOSS_CURVE = "loss_curve.json"
 TRAINING_CURVES = "training_curves.png"

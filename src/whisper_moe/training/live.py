@@ -15,7 +15,8 @@ from pathlib import Path
 log = logging.getLogger("whisper_moe.train")
 
 # train_log.jsonl fields shown live, per optimizer step
-STEP_KEYS = ("loss", "ce_loss", "load_balance_loss", "z_loss", "lr", "gate_entropy", "grad_norm")
+STEP_KEYS = ("ce_loss", "lb_loss", "z_loss", "lr", "gate_entropy", "grad_norm", "temperature",
+             "utterances_per_s")
 
 
 class LiveMetrics:
@@ -50,7 +51,7 @@ class LiveMetrics:
 
     def step(self, step: int, record: dict) -> None:
         self.log(step, "train", record, STEP_KEYS)
-        dispatch = record.get("expert_dispatch")
+        dispatch = record.get("dispatch")
         if self.live is not None and isinstance(dispatch, (list, tuple)):
             self.log(step, "train", {f"dispatch_expert_{i}": count for i, count in enumerate(dispatch)})
 

@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
-from tqdm.auto import tqdm
 
 from whisper_moe import artifacts
 from whisper_moe.data.batching import UtteranceDataset, collate_utterances
@@ -35,7 +34,9 @@ from whisper_moe.model.gate import (
     switch_load_balance,
 )
 from whisper_moe.model.moe import WhisperMoE
+from whisper_moe.progress import Progress, track
 from whisper_moe.training import checkpointing
+from whisper_moe.training.live import LiveMetrics
 from whisper_moe.training.runtime import (
     StopRequest,
     TrainingInterrupted,
@@ -158,7 +159,7 @@ def compute_pooled_cache(model: WhisperMoE, dataset: UtteranceDataset, device: t
                         generator=torch.Generator().manual_seed(0))
     was_training = model.training
     model.eval()
-    for batch in tqdm(loader, desc=desc, leave=False, disable=None):
+    for batch in track(loader, desc, unit="batch"):
         if batch["size"] == 0:
             continue
         features, frames = batch_features(model, batch, device)
@@ -173,6 +174,15 @@ def batch_features(model: WhisperMoE, batch: dict, device: torch.device):
     """(log-mel, valid frames) of a batch, computed on the training device."""
     return whisper_features(batch["audio"], batch["num_samples"], model.base.config, device,
                             next(model.base.parameters()).dtype)
+
+
+def progress_fields(record: dict) -> dict:
+    """What a progress line shows of an optimizer step's record."""
+    fields = {"loss": record.get("ce_loss"), "lr": record.get("lr"),
+              "gate entropy": record.get("gate_entropy")}
+    if record.get("dispatch") is not None:
+        fields["dispatch"] = record["dispatch"]
+    return fields
 
 
 class Trainer:
@@ -317,11 +327,14 @@ class Trainer:
             restore_rng_state(*self.pending_rng)
             self.pending_rng = None
         self.model.train()
+        self.live = LiveMetrics(self.out_dir / artifacts.LIVE_METRICS, resume=self.step > 0,
+                                enabled=self.rank == 0)
         while self.epoch < settings.epochs:
             self.run_epoch(stop)
             self.epoch += 1
             self.batch_in_epoch = 0
             self.end_of_epoch()
+        self.live.close()
         return self.history
 
     def run_epoch(self, stop: StopRequest) -> None:
@@ -336,15 +349,14 @@ class Trainer:
             generator=torch.Generator().manual_seed(settings.seed + self.epoch),
         )
         total_batches = batches_per_epoch(len(self.train_set), settings.batch_size, self.world_size)
-        progress = tqdm(total=total_batches, initial=self.batch_in_epoch, leave=False,
-                        desc=f"epoch {self.epoch + 1}/{settings.epochs} ({mode})",
-                        disable=None if self.rank == 0 else True)
+        progress = Progress(f"train epoch {self.epoch + 1}/{settings.epochs}", total=total_batches,
+                            initial=self.batch_in_epoch, unit="batch", rate_unit="utt",
+                            enabled=self.rank == 0)
         accumulated = []
         started = time.perf_counter()
         utterances = 0
         for batch in loader:
             self.batch_in_epoch += 1
-            progress.update(1)
             for reason in batch["errors"]:
                 self.skipped_audio[reason] = self.skipped_audio.get(reason, 0) + 1
             if not accumulated:
@@ -352,16 +364,22 @@ class Trainer:
             if batch["size"]:
                 accumulated.append(self.micro_step(batch, mode, temperature))
                 utterances += batch["size"]
+            elif self.world_size > 1:  # the other processes wait for this one's gradients
+                accumulated.append(self.micro_step(self.stand_in_batch(), mode, temperature,
+                                                   weight=0.0))
             last_batch = self.batch_in_epoch == total_batches
             if len(accumulated) == settings.gradient_accumulation_steps or (last_batch and accumulated):
                 record = self.optimizer_step(accumulated, mode, temperature)
                 record["utterances_per_s"] = utterances / max(time.perf_counter() - started, 1e-9)
-                progress.set_postfix(loss=f"{record['ce_loss']:.3f}")
+                self.live.step(self.step, record)
+                progress.fields.update(progress_fields(record))
                 accumulated = []
                 if self.agreed_stop(stop):
                     progress.close()
                     folder = self.save_on_rank_zero()
+                    self.live.close()
                     raise TrainingInterrupted(folder, stop.signal_name or "a stop on another process")
+            progress.update(1, items=batch["size"])
         progress.close()
 
     def routing_at(self, step: int) -> tuple[str, float]:
@@ -377,10 +395,25 @@ class Trainer:
         first = (self.batch_in_epoch - 1) // group * group
         return min(group, total - first)
 
-    def micro_step(self, batch: dict, mode: str, temperature: float) -> dict:
+    def stand_in_batch(self) -> dict:
+        """A readable one-utterance batch, for a forward of weight zero (see run_epoch)."""
+        if getattr(self, "_stand_in", None) is None:
+            collate = _Collate(self.pad_token_id, self.prefix_length)
+            for position in range(len(self.train_set)):
+                batch = collate([self.train_set[position]])
+                if batch["size"]:
+                    self._stand_in = batch
+                    break
+            else:
+                raise RuntimeError("no readable utterance in the training set")
+        return self._stand_in
+
+    def micro_step(self, batch: dict, mode: str, temperature: float, weight: float = 1.0) -> dict:
         """Forward and backward of one micro-batch, loss divided for accumulation.
 
         The load balance is left to `balance_step`; this keeps the router inputs it needs.
+        Weight 0 runs the forward and backward and changes nothing: under DDP a process
+        whose micro-batch was all unreadable audio must still join the gradient all-reduce.
         """
         settings = self.settings
         features, _ = batch_features(self.model, batch, self.device)
@@ -401,10 +434,11 @@ class Trainer:
                 noise_std=settings.routing["noise_std"], forced_weights=forced,
             )
         loss = output["ce_loss"]
+        kept = slice(None) if weight else slice(0, 0)  # a stand-in adds nothing to the balance
         if forced is None:
             loss = loss + settings.routing["z_loss_weight"] * output["z_loss"]
-            self.step_router_inputs.append((pooled, output["noise"].detach()))
-        loss = loss / self.accumulation_size()
+            self.step_router_inputs.append((pooled[kept], output["noise"].detach()[kept]))
+        loss = loss * weight / self.accumulation_size()
         if torch.isfinite(loss):
             self.scaler.scale(loss).backward()
         elif self.world_size > 1:  # the others wait in the gradient all-reduce
@@ -414,7 +448,7 @@ class Trainer:
             "finite": bool(torch.isfinite(loss)),
             "ce_loss": float(output["ce_loss"].detach()), "z_loss": float(output["z_loss"].detach()),
             "gate_entropy": float(-(clean * clean.clamp_min(1e-9).log()).sum(-1).mean()),
-            "size": batch["size"],
+            "size": batch["size"] if weight else 0,
         }
 
     def balance_step(self, mode: str, temperature: float) -> tuple[float, list[int]]:
@@ -499,6 +533,8 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
         weights = [m["size"] for m in micro]
+        if not sum(weights):  # only stand-ins on this process: log the global values as they are
+            weights = [1] * len(micro)
         if self.world_size > 1:
             micro = self.global_micro_records(micro)
         record = {
@@ -521,6 +557,7 @@ class Trainer:
             record["dev_loss"] = self.dev_loss()
             log.info("epoch %d: dev loss %.4f", self.epoch, record["dev_loss"])
         self.history.append(record)  # before saving, so a resume from here keeps it
+        self.live.epoch(self.step, {key: record[key] for key in ("dev_loss",) if key in record})
         if self.epoch % settings.save_every_n_epochs == 0 or self.epoch == settings.epochs:
             record["checkpoint"] = str(self.checkpoint_root / f"{checkpointing.PREFIX}{self.step:08d}")
             self.save_on_rank_zero()
