@@ -113,6 +113,10 @@ def test_regular_pipeline_repro_is_incremental(project):
     evaluated = shown[""]["data"]["dvc_runs/regular/evaluate/metrics.json"]["data"]
     assert evaluated["moe"]["wer"] == metrics["moe"]["wer"]
     assert set(evaluated["moe"]["per_group"]) == {"en-us", "en-gb-scotland", "en-029"}
+    live = shown[""]["data"]["dvc_runs/regular/train/live/metrics.json"]["data"]
+    assert live["train"]["ce_loss"] > 0 and live["step"] >= 1
+    experiments = dvc("exp", "show", "--json", cwd=root, env=env).stdout
+    assert "dvc_runs/regular/train/live/metrics.json" in experiments and "ce_loss" in experiments
     dvc("plots", "show", "-o", str(root / "plots-html"), cwd=root, env=env)
     assert (root / "plots-html" / "index.html").exists()
 
