@@ -14,7 +14,7 @@ import pytest
 PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "src" / "whisper_moe"
 ORCHESTRATING_STAGE = "pipeline"  # runs the whole pipeline, so it may call every stage
 SHARED_STAGE_HELPERS = "common"
-FRONT_DOOR_MODULES = ("cli",)
+FRONT_DOOR_MODULES = ("cli", "api")
 FOREIGN_TOOLS = ("kfp", "dvc")
 
 

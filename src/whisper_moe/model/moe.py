@@ -138,6 +138,23 @@ class WhisperMoE(nn.Module):
         finally:
             self.routing.weights = previous
 
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: torch.device | str = "cpu",
+                        dtype: str = "float32") -> WhisperMoE:
+        """A trained checkpoint folder (`moe_config.json` + `model.safetensors`), its base
+        loaded from the name or folder the checkpoint references; `.tokenizer` is attached."""
+        from whisper_moe.model.io import load_moe
+
+        model, tokenizer = load_moe(directory, device, dtype=dtype)
+        model.tokenizer = tokenizer
+        return model
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write experts, gate and config (not the frozen base) as a checkpoint folder."""
+        from whisper_moe.model.io import save_moe
+
+        return save_moe(self, directory)
+
     def expert_layers(self) -> list[tuple[str, MoELoRALinear]]:
         return [(name, self.base.get_submodule(name)) for name in self.expert_layer_names]
 
