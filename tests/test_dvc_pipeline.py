@@ -96,6 +96,8 @@ def project(tmp_path, tiny_base_dir, tiny_corpus):
     run(["git", "init", "-q"], root, env)
     dvc("init", "-q", cwd=root, env=env)
     shutil.copytree(REPO_ROOT / ".dvc" / "plots", root / ".dvc" / "plots")  # plot templates
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-q", "-m", "the project"], root, env)  # as a user's repository is
     return root, env
 
 

@@ -31,23 +31,30 @@ class LiveMetrics:
         except ImportError:
             log.info("dvclive is not installed: no live metrics (train_log.jsonl is still written)")
             return
-        self.live = Live(dir=str(folder), resume=resume, report=None, save_dvc_exp=False,
-                         dvcyaml=False)
+        try:
+            self.live = Live(dir=str(folder), resume=resume, report=None, save_dvc_exp=False,
+                             dvcyaml=False)
+        except Exception as error:  # a logger must never stop a run (e.g. a git repo without commits)
+            log.warning("live metrics off: dvclive could not start (%s)", error)
 
     def log(self, step: int, prefix: str, record: dict, keys: tuple[str, ...] | None = None) -> None:
         """Write the finite numbers of `record` (only `keys` when given) at `step`."""
         if self.live is None:
             return
-        self.live.step = step
-        for key, value in record.items():
-            if keys is not None and key not in keys:
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                continue
-            if math.isfinite(value):
-                self.live.log_metric(f"{prefix}/{key}", float(value))
-        self.live.make_summary()
-        self.live.sync()
+        try:
+            self.live.step = step
+            for key, value in record.items():
+                if keys is not None and key not in keys:
+                    continue
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    continue
+                if math.isfinite(value):
+                    self.live.log_metric(f"{prefix}/{key}", float(value))
+            self.live.make_summary()
+            self.live.sync()
+        except Exception as error:  # e.g. disk full: the run goes on, train_log.jsonl has it all
+            log.warning("live metrics off from step %d: %s", step, error)
+            self.live = None
 
     def step(self, step: int, record: dict) -> None:
         self.log(step, "train", record, STEP_KEYS)
@@ -60,5 +67,8 @@ class LiveMetrics:
 
     def close(self) -> None:
         if self.live is not None:
-            self.live.end()
+            try:
+                self.live.end()
+            except Exception as error:
+                log.warning("live metrics: closing failed (%s)", error)
             self.live = None
