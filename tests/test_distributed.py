@@ -74,3 +74,34 @@ def test_data_that_does_not_divide_evenly_across_processes_still_trains(tmp_path
         env=env, timeout=300, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "ddp" / "checkpoint" / "model.safetensors").exists()
+
+
+def test_a_process_whose_micro_batch_is_unreadable_does_not_stall_the_others(tmp_path, tiny_params,
+                                                                             tiny_corpus):
+    """Audio that became unreadable after validation empties one process's micro-batch: that
+    process runs a forward of weight zero, so the gradient all-reduce still completes."""
+    import json
+    import shutil
+
+    from whisper_moe.data.validate import validate_manifest
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_corpus, data)
+    validate_manifest(data / "train.jsonl", data / "checked" / "train.jsonl",
+                      data / "checked" / "train_report.json", max_skip_fraction=0.0, progress=False)
+    first = json.loads((data / "checked" / "train.jsonl").read_text().splitlines()[0])
+    audio = data / "checked" / first["audio_filepath"]
+    audio.write_bytes(b"RIFF but no longer a wav")  # damaged after validation
+    params = copy.deepcopy(tiny_params)
+    params["train"].update(epochs=1, batch_size=1, gradient_accumulation_steps=1)
+    params["runtime"]["device"] = "cpu"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "whisper_moe.cli", "train", "--params",
+         str(write_params(params, tmp_path / "ddp.yaml")),
+         "--train-manifest", str(data / "checked" / "train.jsonl"),
+         "--dev-manifest", str(tiny_corpus / "dev.jsonl"), "--out", str(tmp_path / "ddp")],
+        env=env, timeout=300, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "ddp" / "checkpoint" / "model.safetensors").exists()
