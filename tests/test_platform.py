@@ -567,6 +567,13 @@ def pod_security_problems(label: str, pod_spec: dict) -> list[str]:
         mounts = {mount["mountPath"]: mount["name"] for mount in container.get("volumeMounts", [])}
         if "/tmp" not in mounts or mounts["/tmp"] not in volumes:
             problems.append(f"{where}: read-only root but no volume at /tmp")
+        # Caches (the demo model import, Hugging Face, torch) go under a mounted volume, not ~.
+        env = {item["name"]: item.get("value", "") for item in container.get("env", [])}
+        for variable in ("XDG_CACHE_HOME", "WHISPER_MOE_CACHE"):
+            value = env.get(variable)
+            if not value or not any(value == path or value.startswith(path.rstrip("/") + "/")
+                                    for path in mounts):
+                problems.append(f"{where}: {variable}={value!r} is not under a mounted volume")
         resources = container.get("resources", {})
         for bound in ("requests", "limits"):
             for resource in ("cpu", "memory"):
