@@ -43,9 +43,10 @@ HADOLINT ?= $(firstword $(wildcard .venv/bin/hadolint) hadolint)
 DOCKERFILES := $(wildcard docker/Dockerfile*)
 
 ifeq ($(IMAGE_BUILD),airgap)
-CPU_BUILD_ARGS = --pull=false --build-arg PYTHON_IMAGE=$(BASE_IMAGE_CPU) \
+# --network=none: the build itself proves it needs nothing from outside.
+CPU_BUILD_ARGS = --pull=false --network=none --build-arg PYTHON_IMAGE=$(BASE_IMAGE_CPU) \
 	--build-arg WHEELHOUSE=/build/wheelhouse/cpu
-CUDA_BUILD_ARGS = --pull=false --build-arg PYTHON_IMAGE=$(BASE_IMAGE_CUDA) \
+CUDA_BUILD_ARGS = --pull=false --network=none --build-arg PYTHON_IMAGE=$(BASE_IMAGE_CUDA) \
 	--build-arg WHEELHOUSE=/build/wheelhouse/cuda
 CPU_PREREQS = base-image-cpu $(WHEELHOUSE)/cpu/.complete-$(LOCK_HASH)
 CUDA_PREREQS = base-image-cuda $(WHEELHOUSE)/cuda/.complete-$(LOCK_HASH)
@@ -58,7 +59,7 @@ else
 $(error IMAGE_BUILD=$(IMAGE_BUILD): use airgap or registry)
 endif
 
-.PHONY: images image-cpu image-cuda push-images lint-dockerfiles print-images wheelhouse \
+.PHONY: images image-cpu image-cuda push-images lint-dockerfiles print-images print-version wheelhouse \
 	base-image-cpu base-image-cuda image-test
 
 images: image-cpu image-cuda
@@ -116,3 +117,6 @@ lint-dockerfiles:
 print-images:
 	@echo $(CPU_IMAGE)
 	@echo $(CUDA_IMAGE)
+
+print-version:
+	@echo $(PROJECT_VERSION)
