@@ -193,8 +193,9 @@ def run_checks(args, report: Report, docker_env: dict, work: Path, started_all: 
 
     started = time.monotonic()
     if not args.skip_build:
-        result = sh("make", "--no-print-directory", "image-cpu", "DOCKER=docker", env=docker_env,
-                    check=False)
+        # -j2: the base image (mmdebstrap) and the wheelhouse (pip) are made side by side.
+        result = sh("make", "--no-print-directory", "-j2", "image-cpu", "DOCKER=docker",
+                    env=docker_env, check=False)
         if not report.check(f"make image-cpu ({built})", result.returncode == 0, started,
                             "" if result.returncode == 0 else f"exit {result.returncode}"):
             return report.summary(time.monotonic() - started_all)

@@ -286,7 +286,7 @@ def test_every_direct_requirement_is_locked_where_it_belongs():
         for line in path.read_text().splitlines():
             line = line.split("#", 1)[0].strip()
             if line and not line.startswith("-"):
-                found.add(re.sub(r"[-_.]+", "-", re.split(r"[\[=<>~!; ]", line, 1)[0]).lower())
+                found.add(re.sub(r"[-_.]+", "-", re.split(r"[\[=<>~!; ]", line, maxsplit=1)[0]).lower())
         return found
 
     runtime = lock_pins(REPO / "requirements-runtime.lock")
