@@ -1,9 +1,11 @@
 # whisper-moe: `make demo` runs the demo pipeline, `make test` runs the tests.
-# Both create (or reuse) .venv from the pinned requirements.lock.
+# Both create (or reuse) .venv from the pinned requirements-dev.lock (which includes
+# requirements-runtime.lock, the set the images install).
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell sha256sum requirements.lock pyproject.toml | sha256sum | cut -c1-12)
+LOCKS := requirements-runtime.lock requirements-dev.lock
+STAMP := $(VENV)/.installed-$(shell sha256sum $(LOCKS) pyproject.toml | sha256sum | cut -c1-12)
 
 include mk/images.mk
 
@@ -11,11 +13,11 @@ include mk/images.mk
 
 venv: $(STAMP)
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): $(LOCKS) pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet -r requirements-dev.lock
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	rm -f $(VENV)/.installed-*
 	touch $@
@@ -35,9 +37,10 @@ test: venv
 lint: venv
 	$(BIN)/ruff check src tests benchmarks components pipelines scripts
 
+## Both locks from the venv: install what requirements-*.in name into it first.
 lock:
-	$(BIN)/python -m pip freeze --exclude-editable | sed -e 's/^torch==\(.*\)+cpu/torch==\1/' \
-	  -e 's/^\([A-Za-z0-9_.-]*\) @ file:.*-\([0-9][0-9.]*\)-py.*/\1==\2/' > requirements.lock
+	$(BIN)/python -m pip freeze --all --exclude-editable > $(VENV)/freeze.txt
+	$(BIN)/python scripts/split_lock.py $(VENV)/freeze.txt
 
 clean-venv:
 	rm -rf $(VENV)

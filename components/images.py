@@ -4,7 +4,10 @@
 The repository and tag are read when the components are defined (compile time):
 WHISPER_MOE_IMAGE_REPO (default ghcr.io/whisper-moe/whisper-moe) and
 WHISPER_MOE_IMAGE_TAG (default: the version in pyproject.toml); `pipelines/compile.py
---image-repo/--image-tag` set them.
+--image-repo/--image-tag` set them. WHISPER_MOE_CPU_IMAGE and WHISPER_MOE_CUDA_IMAGE name
+one image each in full and win over both (`--cpu-image/--cuda-image`): CI compiles against
+the exact images it built and pushed, by digest (repo@sha256:...), so a scheduled run never
+pulls an image built from other code.
 """
 
 import os
@@ -26,5 +29,7 @@ def project_version() -> str:
 
 IMAGE_REPO = os.environ.get("WHISPER_MOE_IMAGE_REPO") or DEFAULT_IMAGE_REPO
 IMAGE_TAG = os.environ.get("WHISPER_MOE_IMAGE_TAG") or project_version()
-CPU_IMAGE = f"{IMAGE_REPO}:{IMAGE_TAG}-cpu"  # data, clustering, gate pretraining, publishing
-CUDA_IMAGE = f"{IMAGE_REPO}:{IMAGE_TAG}-cuda"  # embedding, expert pretraining, training, evaluation
+# data, clustering, gate pretraining, publishing
+CPU_IMAGE = os.environ.get("WHISPER_MOE_CPU_IMAGE") or f"{IMAGE_REPO}:{IMAGE_TAG}-cpu"
+# embedding, expert pretraining, training, evaluation
+CUDA_IMAGE = os.environ.get("WHISPER_MOE_CUDA_IMAGE") or f"{IMAGE_REPO}:{IMAGE_TAG}-cuda"

@@ -1,4 +1,4 @@
-"""Install requirements.lock with the torch build that fits the machine (CPU or one CUDA version).
+"""Install a requirements lock with the torch build that fits the machine (CPU or one CUDA version).
 
 The lock pins one torch version, but PyPI's Linux torch wheel drags in CUDA libraries that a
 CPU image never uses, and a GPU image needs the wheel built for its CUDA version. So the torch
@@ -6,8 +6,14 @@ family (torch, torchvision, torchaudio) is installed at its locked version from 
 index given on the command line, together with the runtime that this build of torch asks for
 (triton, nvidia-* libraries); the rest of the lock is then installed exactly as pinned.
 
-    python docker/install_python_deps.py requirements.lock \\
+    python docker/install_python_deps.py requirements-runtime.lock \\
         --torch-index-url https://download.pytorch.org/whl/cu130
+
+Air-gapped builds: `--download DIR` fills a wheelhouse on a machine with package access (torch
+from `--torch-index-url`, or from a local wheel folder with `--torch-find-links`; packages that
+ship only sources are built into wheels there), and `--wheelhouse DIR` installs from that folder
+alone with no index, so an image build needs no network. `-r other.lock` lines are followed
+(requirements-dev.lock includes requirements-runtime.lock).
 
 `--only NAME ...` installs just those packages at their locked versions (CI jobs that need a
 linter and nothing else). Used by docker/Dockerfile and by the CI workflows, so images and CI
@@ -59,6 +65,21 @@ def logical_lines(lock_text: str) -> list[str]:
     return entries
 
 
+def read_lock(path: Path) -> str:
+    """The lock's text with `-r FILE` / `--requirement FILE` includes inlined (relative to it)."""
+    lines = []
+    for line in path.read_text().splitlines():
+        include = re.match(r"^\s*(?:-r|--requirement)[\s=]+(\S+)", line)
+        if include:
+            target = path.parent / include.group(1)
+            if not target.is_file():
+                raise FileNotFoundError(f"{path}: includes {include.group(1)}, which is missing")
+            lines.append(read_lock(target))
+        else:
+            lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
 def split_lock(lock_text: str) -> tuple[dict[str, str], list[str]]:
     """Locked torch-family versions (local label such as +cpu removed) and every other entry."""
     torch_versions: dict[str, str] = {}
@@ -81,6 +102,10 @@ def split_lock(lock_text: str) -> tuple[dict[str, str], list[str]]:
     return torch_versions, remaining
 
 
+def torch_pins(torch_versions: dict[str, str]) -> list[str]:
+    return [f"{name}=={version}" for name, version in sorted(torch_versions.items())]
+
+
 def install_commands(
     torch_versions: dict[str, str], rest_file: Path, torch_index_url: str
 ) -> list[list[str]]:
@@ -88,9 +113,35 @@ def install_commands(
     pip = [sys.executable, "-m", "pip", "install"]
     commands = []
     if torch_versions:
-        pins = [f"{name}=={version}" for name, version in sorted(torch_versions.items())]
-        commands.append(pip + ["--index-url", torch_index_url] + pins)
+        commands.append(pip + ["--index-url", torch_index_url] + torch_pins(torch_versions))
     commands.append(pip + ["-r", str(rest_file)])
+    return commands
+
+
+def wheelhouse_install_commands(
+    torch_versions: dict[str, str], rest_file: Path, wheelhouse: Path
+) -> list[list[str]]:
+    """One pip run that reads only the wheelhouse: no index, so no network is touched."""
+    return [[sys.executable, "-m", "pip", "install", "--no-index", "--find-links", str(wheelhouse),
+             *torch_pins(torch_versions), "-r", str(rest_file)]]
+
+
+def download_commands(
+    torch_versions: dict[str, str], rest_file: Path, dest: Path,
+    torch_index_url: str | None, torch_find_links: Path | None,
+) -> list[list[str]]:
+    """Fill a wheelhouse: the torch family (with the runtime its build asks for when it comes
+    from a PyTorch index; alone from a local folder), then every other pin as a wheel."""
+    pip = [sys.executable, "-m", "pip"]
+    commands = []
+    if torch_versions:
+        if torch_find_links is not None:
+            source = ["--no-index", "--find-links", str(torch_find_links), "--no-deps"]
+        else:
+            source = ["--index-url", str(torch_index_url)]
+        commands.append(pip + ["download", "--dest", str(dest), "--only-binary", ":all:",
+                               *source, *torch_pins(torch_versions)])
+    commands.append(pip + ["wheel", "--no-deps", "--wheel-dir", str(dest), "-r", str(rest_file)])
     return commands
 
 
@@ -119,11 +170,18 @@ def run_pip(commands: list[list[str]], dry_run: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("lock", type=Path, help="pinned requirements (requirements.lock)")
+    parser.add_argument("lock", type=Path, help="pinned requirements (requirements-runtime.lock)")
     parser.add_argument(
         "--torch-index-url",
         help="PyTorch wheel index: https://download.pytorch.org/whl/cpu, .../cu130, ...",
     )
+    parser.add_argument("--torch-find-links", type=Path, metavar="DIR",
+                        help="with --download: take the torch wheels from this local folder")
+    parser.add_argument("--download", type=Path, metavar="DIR",
+                        help="fill this wheelhouse instead of installing")
+    parser.add_argument("--wheelhouse", type=Path, metavar="DIR",
+                        help="install from this folder only, with no package index "
+                             "(an empty value means: use the indexes)")
     parser.add_argument(
         "--only", nargs="+", metavar="NAME", help="install only these locked packages"
     )
@@ -132,9 +190,14 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.lock.is_file():
         parser.error(
-            f"{args.lock} not found: run this from the repository root, where requirements.lock is"
+            f"{args.lock} not found: run this from the repository root, where the locks are"
         )
-    torch_versions, remaining = split_lock(args.lock.read_text())
+    try:
+        torch_versions, remaining = split_lock(read_lock(args.lock))
+    except FileNotFoundError as error:
+        parser.error(str(error))
+    if args.wheelhouse is not None and str(args.wheelhouse) in ("", "."):
+        args.wheelhouse = None
     if args.only:
         try:
             pins = select_entries(remaining, args.only, args.lock)
@@ -142,17 +205,31 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(error))
         run_pip([[sys.executable, "-m", "pip", "install", *pins]], args.dry_run)
         return 0
-    if not args.torch_index_url:
-        parser.error("--torch-index-url is required unless --only is given")
     if "torch" not in torch_versions:
-        parser.error(
-            f"{args.lock} pins no torch==VERSION line; regenerate the lock from requirements.in"
-        )
+        parser.error(f"{args.lock} pins no torch==VERSION line; regenerate it with `make lock`")
+    if args.wheelhouse is not None:
+        wheels = sorted(args.wheelhouse.glob("*.whl")) if args.wheelhouse.is_dir() else []
+        if not wheels:
+            parser.error(f"--wheelhouse {args.wheelhouse}: no wheels there; fill it first "
+                         "(`make wheelhouse`, or this script with --download)")
+    elif args.download is not None:
+        if not (args.torch_index_url or args.torch_find_links):
+            parser.error("--download needs --torch-index-url or --torch-find-links")
+    elif not args.torch_index_url:
+        parser.error("--torch-index-url is required unless --only or --wheelhouse is given")
 
     with tempfile.TemporaryDirectory() as scratch:
         rest_file = Path(scratch) / "requirements-without-torch.txt"
         rest_file.write_text("\n".join(remaining) + "\n")
-        run_pip(install_commands(torch_versions, rest_file, args.torch_index_url), args.dry_run)
+        if args.wheelhouse is not None:
+            commands = wheelhouse_install_commands(torch_versions, rest_file, args.wheelhouse)
+        elif args.download is not None:
+            args.download.mkdir(parents=True, exist_ok=True)
+            commands = download_commands(torch_versions, rest_file, args.download,
+                                         args.torch_index_url, args.torch_find_links)
+        else:
+            commands = install_commands(torch_versions, rest_file, args.torch_index_url)
+        run_pip(commands, args.dry_run)
     return 0
 
 

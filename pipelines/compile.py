@@ -35,6 +35,8 @@ FLAG_ENV = {  # flag destination -> environment variable read at definition time
     "gpus": "WHISPER_MOE_GPUS",
     "image_repo": "WHISPER_MOE_IMAGE_REPO",
     "image_tag": "WHISPER_MOE_IMAGE_TAG",
+    "cpu_image": "WHISPER_MOE_CPU_IMAGE",
+    "cuda_image": "WHISPER_MOE_CUDA_IMAGE",
     "params": "WHISPER_MOE_PARAMS",
 }
 
@@ -56,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gpus", type=int, help="GPUs per GPU task (default 1)")
     parser.add_argument("--image-repo", help="image repository (default ghcr.io/whisper-moe/whisper-moe)")
     parser.add_argument("--image-tag", help="image tag before -cpu/-cuda (default: the project version)")
+    parser.add_argument("--cpu-image", help="the whole cpu image reference, e.g. "
+                        "REPO@sha256:DIGEST (wins over --image-repo/--image-tag)")
+    parser.add_argument("--cuda-image", help="the whole cuda image reference (as --cpu-image)")
     parser.add_argument("--params", help="params.yaml the parameter defaults come from")
     return parser
 

@@ -196,3 +196,15 @@ def test_tiny_random_model_round_trips_as_a_base_model_directory(tmp_path, engli
             input_features=features, decoder_input_ids=torch.tensor([[50257, 50362]])
         ).logits
     assert logits.shape == (1, 2, 51864)
+
+
+def test_demo_cache_follows_whisper_moe_cache_then_xdg_then_home(monkeypatch, tmp_path):
+    """Images set XDG_CACHE_HOME=/cache and keep ~ read-only: the demo import must go there."""
+    monkeypatch.delenv(base.CACHE_ENV, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert base.default_cache_dir() == tmp_path / "home" / ".cache" / "whisper-moe" / "tiny.en"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert base.default_cache_dir() == tmp_path / "xdg" / "whisper-moe" / "tiny.en"
+    monkeypatch.setenv(base.CACHE_ENV, str(tmp_path / "ours"))
+    assert base.default_cache_dir() == tmp_path / "ours" / "tiny.en"

@@ -149,6 +149,21 @@ def test_gke_pool_and_other_placement_flags(tmp_path):
     assert container["image"] == "registry.example.com/asr/whisper-moe:1.2.3-cuda"
 
 
+def test_whole_image_references_by_digest_win_over_repo_and_tag(tmp_path):
+    """CI compiles against the digests it pushed: every task must name exactly those."""
+    cpu = "registry.example.com/asr/whisper-moe@sha256:" + "c" * 64
+    cuda = "registry.example.com/asr/whisper-moe@sha256:" + "d" * 64
+    result = compile_cli("--out-dir", str(tmp_path), "--image-tag", "ignored",
+                         "--cpu-image", cpu, "--cuda-image", cuda)
+    assert result.returncode == 0, result.stderr
+    for name in SPECS:
+        pipeline, _ = load_spec(name, tmp_path)
+        images = {executor_name: executor["container"]["image"]
+                  for executor_name, executor in pipeline["deploymentSpec"]["executors"].items()}
+        for executor_name, image in images.items():
+            assert image == (cuda if executor_name in GPU_EXECUTORS else cpu), (executor_name, image)
+
+
 def test_placement_settings_parse_and_refuse_bad_values():
     from pipelines import placement
 

