@@ -71,3 +71,15 @@ def test_train_stops_when_too_much_of_its_manifest_is_bad(tmp_path, tiny_corpus,
     assert "max_skip_fraction" in message and "whisper-moe-validation" in message
     assert "Traceback" not in capsys.readouterr().err
     assert not (tmp_path / "out" / "checkpoint").exists()
+
+
+def test_the_stage_report_carries_its_validation(tmp_path, tiny_corpus, tiny_params):
+    manifest = corrupted_copy(tiny_corpus, tmp_path / "data", bad_share=0.1)
+    params = {**tiny_params, "data": {**tiny_params["data"], "max_skip_fraction": 0.2}}
+    params["train"] = {**tiny_params["train"], "epochs": 1}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert main(["train", "--params", str(tmp_path / "params.yaml"), "--train-manifest", str(manifest),
+                 "--dev-manifest", str(tiny_corpus / "dev.jsonl"), "--out", str(tmp_path / "out")]) == 0
+    metrics = json.loads((tmp_path / "out" / "train_metrics.json").read_text())
+    assert metrics["input_validation"]["train"]["skipped"] == {"empty_transcript": 1}
+    assert metrics["input_validation"]["dev"]["kept"] == 6

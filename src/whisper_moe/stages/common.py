@@ -98,8 +98,11 @@ def utterance_set(params: dict, manifest, split: str, tokenizer, model: WhisperM
     """The mode's rows of one split as decoder targets: the forced prefix, the text, end-of-text."""
     prefix = decoder_prefix_ids(tokenizer, model.base.config)
     max_labels = min(int(params["train"]["max_label_tokens"]), model.base.config.max_target_positions)
-    return UtteranceDataset(mode_rows(params, manifest, split), tokenizer, prefix,
-                            special_ids(tokenizer)["eot"], max_labels)
+    validation: dict = {}
+    dataset = UtteranceDataset(mode_rows(params, manifest, split, validation), tokenizer, prefix,
+                               special_ids(tokenizer)["eot"], max_labels)
+    dataset.input_validation = validation.get(str(manifest))  # None: the data stage's manifest
+    return dataset
 
 
 def training_set(params: dict, manifest, tokenizer, model: WhisperMoE) -> UtteranceDataset:

@@ -67,7 +67,8 @@ def run(params: dict, checkpoint_dir=None, test_manifest=None, out_dir=None, bas
         model.eval()
     prefix = decoder_prefix_ids(tokenizer, whisper.config)
     ids = special_ids(tokenizer)
-    rows = mode_rows(params, test_manifest, "test")
+    validation: dict = {}
+    rows = mode_rows(params, test_manifest, "test", validation)
     dataset = UtteranceDataset(rows, tokenizer, prefix, ids["eot"], whisper.config.max_target_positions)
     generation = whisper.generation_config
     suppress = suppressed_token_ids(tokenizer, generation, ids["eot"])
@@ -127,6 +128,7 @@ def run(params: dict, checkpoint_dir=None, test_manifest=None, out_dir=None, bas
         )
     metrics = summarise(predictions, model.config.num_experts if model else 0)
     metrics["skipped"] = {**dataset.skipped, **skipped}
+    metrics["input_validation"] = validation.get(str(test_manifest))  # None: the data stage's
     metrics["checkpoint"] = str(checkpoint_dir) if checkpoint_dir else None
     metrics["base_model"] = str(base_model or model.config.base_model)
     write_text_atomic(out_dir / artifacts.PREDICTIONS,

@@ -130,6 +130,7 @@ def run(params: dict, train_manifest, cluster_dir, gate_dir, out_dir, resume: bo
         "first_train_loss": steps[0]["ce_loss"] if steps else None,
         "final_train_loss": steps[-1]["ce_loss"] if steps else None,
         "skipped": {**train_set.skipped, **trainer.skipped_audio},
+        "input_validation": train_set.input_validation,
         "train_time_s": elapsed_s,
         "checkpoint": str(checkpoint_dir),
     }

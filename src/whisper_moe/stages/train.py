@@ -91,6 +91,7 @@ def run(params: dict, train_manifest, dev_manifest, out_dir, init_dir=None, resu
         "train_utterances": len(train_set),
         "dev_utterances": len(dev_set),
         "skipped": {**train_set.skipped, **trainer.skipped_audio},
+        "input_validation": {"train": train_set.input_validation, "dev": dev_set.input_validation},
         "nonfinite_steps_skipped": trainer.nonfinite_total,
         "epochs": settings.epochs,
         "optimizer_steps": trainer.step,
