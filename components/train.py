@@ -35,14 +35,17 @@ def train_moe(
 
     from whisper_moe import artifacts
     from whisper_moe.stages import train
+    from whisper_moe.training.runtime import init_distributed
     from whisper_moe_kfp import runtime
     from whisper_moe_kfp.parameters import params_from_yaml
 
     params = params_from_yaml(params_yaml)
+    rank, world_size = init_distributed(params)  # the same set-up as the CLI and the k8s job
     train_dir = Path(training_log.path)
     result = train.run(params, artifacts.split_manifest(dataset.path, "train"),
                        artifacts.split_manifest(dataset.path, "dev"), train_dir,
-                       init_dir=init.path if init is not None else None)
+                       init_dir=init.path if init is not None else None, rank=rank,
+                       world_size=world_size)
     runtime.finish_training_folder(train_dir, checkpoint.path)
     checkpoint.metadata.update({"num_experts": result["num_experts"], "framework": "whisper-moe"})
     runtime.log_numbers(training_metrics, result)
