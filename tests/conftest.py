@@ -50,3 +50,21 @@ def tiny_params(tiny_base_dir, tiny_corpus):
     params["routing"].update(mode="soft", noise_std=0.0)
     params["evaluate"].update(batch_size=4, max_new_tokens=8)
     return params
+
+
+@pytest.fixture
+def tiny_moe(tiny_base_dir):
+    """make(num_experts, rank=4, gate_hidden=16, seed=0): a fresh WhisperMoE on the tiny base."""
+    import torch
+
+    from whisper_moe.model.base import load_base_model
+    from whisper_moe.model.moe import MoEConfig, WhisperMoE
+
+    def make(num_experts: int, rank: int = 4, gate_hidden: int = 16, seed: int = 0) -> WhisperMoE:
+        base, _ = load_base_model(str(tiny_base_dir))
+        torch.manual_seed(seed)
+        return WhisperMoE(base, MoEConfig(base_model=str(tiny_base_dir), num_experts=num_experts,
+                                          rank=rank, alpha=2 * rank, dropout=0.0,
+                                          gate_hidden=gate_hidden))
+
+    return make

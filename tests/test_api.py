@@ -7,16 +7,11 @@ import json
 import torch
 
 from whisper_moe import api
-from whisper_moe.model.moe import MoEConfig, WhisperMoE
+from whisper_moe.model.moe import WhisperMoE
 
 
-def test_save_and_load_pretrained_round_trip(tmp_path, tiny_base_dir, tiny_corpus):
-    from whisper_moe.model.base import load_base_model
-
-    base, _ = load_base_model(str(tiny_base_dir))
-    torch.manual_seed(0)
-    model = WhisperMoE(base, MoEConfig(base_model=str(tiny_base_dir), num_experts=2, rank=4,
-                                       alpha=8, dropout=0.0, gate_hidden=16))
+def test_save_and_load_pretrained_round_trip(tmp_path, tiny_moe, tiny_corpus):
+    model = tiny_moe(2)
     for _, layer in model.expert_layers():
         layer.lora_B.data.normal_(0, 0.05)
     folder = model.save_pretrained(tmp_path / "ckpt")

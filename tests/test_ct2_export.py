@@ -43,15 +43,10 @@ def split_gate(model, audio: list[str]) -> None:
 
 
 @pytest.fixture
-def checkpoint(tmp_path, tiny_base_dir, tiny_corpus):
-    from whisper_moe.model.base import load_base_model
+def checkpoint(tmp_path, tiny_moe, tiny_corpus):
     from whisper_moe.model.io import save_moe
-    from whisper_moe.model.moe import MoEConfig, WhisperMoE
 
-    base, _ = load_base_model(str(tiny_base_dir))
-    torch.manual_seed(0)
-    model = WhisperMoE(base, MoEConfig(base_model=str(tiny_base_dir), num_experts=2, rank=4,
-                                       alpha=8, dropout=0.0, gate_hidden=16))
+    model = tiny_moe(2)
     for _, layer in model.expert_layers():
         layer.lora_B.data.normal_(0, 0.2)  # experts that change the output
     model.eval()

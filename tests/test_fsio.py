@@ -93,20 +93,10 @@ def test_atomic_files_honour_the_umask(tmp_path, umask, mode):
     assert path.stat().st_mode & 0o777 == mode
 
 
-def test_export_peft_replaces_the_whole_folder(tmp_path, tiny_base_dir):
-    import torch
-
-    from whisper_moe.model.base import load_base_model
+def test_export_peft_replaces_the_whole_folder(tmp_path, tiny_moe):
     from whisper_moe.model.export import write_peft_adapters
-    from whisper_moe.model.moe import MoEConfig, WhisperMoE
 
-    def model(num_experts):
-        base, _ = load_base_model(str(tiny_base_dir))
-        torch.manual_seed(0)
-        return WhisperMoE(base, MoEConfig(base_model=str(tiny_base_dir), num_experts=num_experts,
-                                          rank=2, alpha=4, dropout=0.0, gate_hidden=8))
-
-    write_peft_adapters(model(3), tmp_path / "peft")
-    write_peft_adapters(model(2), tmp_path / "peft")
+    write_peft_adapters(tiny_moe(3, rank=2, gate_hidden=8), tmp_path / "peft")
+    write_peft_adapters(tiny_moe(2, rank=2, gate_hidden=8), tmp_path / "peft")
     assert sorted(p.name for p in (tmp_path / "peft").iterdir()) == ["expert_0", "expert_1"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 import yaml
 
 from whisper_moe.cli import main
@@ -40,16 +39,10 @@ def test_short_audio_is_one_window():
 
 
 @pytest.fixture
-def checkpoint(tmp_path, tiny_base_dir):
-    from whisper_moe.model.base import load_base_model
+def checkpoint(tmp_path, tiny_moe):
     from whisper_moe.model.io import save_moe
-    from whisper_moe.model.moe import MoEConfig, WhisperMoE
 
-    base, _ = load_base_model(str(tiny_base_dir))
-    torch.manual_seed(0)
-    model = WhisperMoE(base, MoEConfig(base_model=str(tiny_base_dir), num_experts=2, rank=4,
-                                       alpha=8, dropout=0.0, gate_hidden=16))
-    return save_moe(model, tmp_path / "ckpt")
+    return save_moe(tiny_moe(2), tmp_path / "ckpt")
 
 
 def test_a_bad_file_is_reported_and_the_others_transcribed(tmp_path, checkpoint, tiny_params,
