@@ -31,7 +31,8 @@ from pathlib import Path
 
 TORCH_FAMILY = ("torch", "torchvision", "torchaudio")
 # Packages whose right version depends on the torch build: the torch index resolves them.
-TORCH_RUNTIME_PATTERN = re.compile(r"^(triton|pytorch-triton(-.+)?|nvidia-.+)$")
+# nvidia-ml-py (NVML bindings, from dvclive) is an ordinary PyPI package, not a CUDA library of torch.
+TORCH_RUNTIME_PATTERN = re.compile(r"^(triton|pytorch-triton(-.+)?|nvidia-(?!ml-py$).+)$")
 # Index and link options name the machine the lock was made on; the image uses PyPI.
 LOCAL_OPTION_PATTERN = re.compile(
     r"^(-i|--index-url|--extra-index-url|-f|--find-links|--trusted-host)\b"
