@@ -52,9 +52,18 @@ def test_sample_is_stratified_by_group(embed_params, tiny_corpus, tmp_path):
 
 
 def test_unreadable_audio_is_skipped_and_counted(embed_params, tiny_corpus, tmp_path):
+    """A file that disappears after validation is skipped and counted, not a crash."""
+    import shutil
+
+    from whisper_moe.data.validate import validate_manifest
+
     rows = read_manifest(tiny_corpus / "train.jsonl")
+    shutil.copy(rows[1]["audio_filepath"], tmp_path / "gone.wav")
     rows[1]["audio_filepath"] = str(tmp_path / "gone.wav")
-    write_manifest(tmp_path / "train.jsonl", rows)
+    write_manifest(tmp_path / "raw.jsonl", rows)
+    validate_manifest(tmp_path / "raw.jsonl", tmp_path / "train.jsonl", tmp_path / "train_report.json",
+                      max_skip_fraction=0.0, progress=False)
+    (tmp_path / "gone.wav").unlink()
     embed.run(embed_params, tmp_path / "train.jsonl", tmp_path / "embed")
     embeddings, index = artifacts.load_embeddings(tmp_path / "embed")
     report = json.loads((tmp_path / "embed" / "embed_report.json").read_text())

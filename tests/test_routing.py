@@ -240,7 +240,8 @@ def tiny_params_module(tiny_base_dir, tiny_corpus):
     params["data"].update(source="manifest", manifest_dir=str(tiny_corpus))
     params["model"].update(base_model=str(tiny_base_dir), num_experts=3, gate_hidden=16)
     params["model"]["lora"]["rank"] = 4
-    params["train"].update(lr=5e-3, gate_lr=5e-3, device="cpu")
+    params["train"].update(lr=5e-3, gate_lr=5e-3)
+    params["runtime"]["device"] = "cpu"
     params["evaluate"].update(batch_size=4, max_new_tokens=8)
     return params
 

@@ -76,8 +76,9 @@ def read_windows(path: str) -> tuple[list[np.ndarray], list[tuple[float, float]]
 def torch_decoder(params: dict, checkpoint_dir, routing: str | None = None):
     """decode(windows) -> [(text, top expert)] with our PyTorch model and greedy decoder.
 
-    routing "top1" sends each window to its gate's top expert alone (what the CT2
-    export runs); None uses the checkpoint's own routing.
+    routing "top1" sends each window to its gate's top expert alone at full weight (what
+    the CT2 export runs); None uses the checkpoint's own routing (top-1 weighted by its
+    probability, top-k renormalised, or soft).
     """
     params = check_params(params)
     device = resolve_device(params["runtime"]["device"])
@@ -100,8 +101,10 @@ def torch_decoder(params: dict, checkpoint_dir, routing: str | None = None):
                                             whisper.config, device, whisper.dtype)
         with autocast(device, amp_dtype):
             pooled = model.pooled_embeddings(features, frames)
-            if routing == "top1":
+            if routing == "top1":  # the top expert at full weight: what an export-ct2 model is
                 routed = model.route(pooled, "topk", 1)
+                routed["weights"] = torch.nn.functional.one_hot(
+                    routed["weights"].argmax(-1), model.config.num_experts).to(routed["weights"].dtype)
             else:
                 routed = model.route(pooled, model.config.routing_mode, model.config.top_k)
             with model.routed(routed["weights"]):
