@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 import signal
 import sys
@@ -173,6 +174,12 @@ def setup_logging(log_file: str | Path | None = None, level: int = logging.INFO)
             handler = logging.FileHandler(path)
             handler.setFormatter(formatter)
             root.addHandler(handler)
+    if not sys.stderr.isatty():  # bars of libraries we call would fill pod logs with \r lines
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        with contextlib.suppress(ImportError):
+            from transformers.utils import logging as transformers_logging
+
+            transformers_logging.disable_progress_bar()
 
 
 def init_distributed(params: dict) -> tuple[int, int]:
