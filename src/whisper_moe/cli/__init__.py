@@ -39,7 +39,7 @@ def output_lock(args):
     from whisper_moe.runlock import output_folder_lock
 
     folder = getattr(args, "out", None)
-    is_folder_output = args.command not in ("import-sap", "export-peft", "export-ct2")
+    is_folder_output = args.command not in ("export-peft", "export-ct2")  # swapped whole
     if folder is None or not is_folder_output or os.environ.get("RANK", "0") != "0":
         return contextlib.nullcontext()
     return output_folder_lock(folder)
