@@ -17,6 +17,16 @@ def write_params(params, path):
     return path
 
 
+def torchrun_train(params_path, train_manifest, dev_manifest, out) -> subprocess.CompletedProcess:
+    """`whisper-moe train` under torchrun with 2 gloo processes, one torch thread each."""
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "whisper_moe.cli", "train", "--params", str(params_path),
+         "--train-manifest", str(train_manifest), "--dev-manifest", str(dev_manifest),
+         "--out", str(out)],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300, capture_output=True, text=True)
+
+
 def test_two_gloo_processes_match_one_process(tmp_path, tiny_params, tiny_corpus):
     params = copy.deepcopy(tiny_params)
     params["model"]["lora"]["dropout"] = 0.0  # random streams differ per process count
@@ -64,14 +74,8 @@ def test_data_that_does_not_divide_evenly_across_processes_still_trains(tmp_path
     params = copy.deepcopy(tiny_params)
     params["train"].update(epochs=1, batch_size=2, gradient_accumulation_steps=1)
     params["runtime"]["device"] = "cpu"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "whisper_moe.cli", "train", "--params",
-         str(write_params(params, tmp_path / "ddp.yaml")),
-         "--train-manifest", str(tiny_corpus / "train.jsonl"),
-         "--dev-manifest", str(tiny_corpus / "dev.jsonl"), "--out", str(tmp_path / "ddp")],
-        env=env, timeout=300, capture_output=True, text=True)
+    result = torchrun_train(write_params(params, tmp_path / "ddp.yaml"), tiny_corpus / "train.jsonl",
+                            tiny_corpus / "dev.jsonl", tmp_path / "ddp")
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "ddp" / "checkpoint" / "model.safetensors").exists()
 
@@ -95,13 +99,8 @@ def test_a_process_whose_micro_batch_is_unreadable_does_not_stall_the_others(tmp
     params = copy.deepcopy(tiny_params)
     params["train"].update(epochs=1, batch_size=1, gradient_accumulation_steps=1)
     params["runtime"]["device"] = "cpu"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "whisper_moe.cli", "train", "--params",
-         str(write_params(params, tmp_path / "ddp.yaml")),
-         "--train-manifest", str(data / "checked" / "train.jsonl"),
-         "--dev-manifest", str(tiny_corpus / "dev.jsonl"), "--out", str(tmp_path / "ddp")],
-        env=env, timeout=300, capture_output=True, text=True)
+    result = torchrun_train(write_params(params, tmp_path / "ddp.yaml"),
+                            data / "checked" / "train.jsonl", tiny_corpus / "dev.jsonl",
+                            tmp_path / "ddp")
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "ddp" / "checkpoint" / "model.safetensors").exists()
