@@ -12,8 +12,10 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -139,3 +141,48 @@ def test_regular_pipeline_repro_is_incremental(project):
     assert (lr_change["old"], lr_change["new"]) == (0.005, 0.002)
     assert "dvc_runs/regular/evaluate/metrics.json" in dvc("metrics", "diff", "--all", "--json",
                                                            cwd=root, env=env).stdout
+
+
+def live_step(metrics_file: Path) -> int:
+    """The step DVCLive last wrote to metrics_file; -1 before it exists or while half written."""
+    try:
+        return int(json.loads(metrics_file.read_text())["step"])
+    except (OSError, ValueError, KeyError):
+        return -1
+
+
+@pytest.mark.slow
+def test_exp_show_lists_live_metrics_while_training(project):
+    """`dvc exp show` during `dvc exp run` shows the running experiment's live metrics."""
+    root, env = project
+    dvc("repro", "data", cwd=root, env=env)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-q", "-m", "data"], root, env)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["quick"]["epochs"] = 12  # long enough to be caught mid-run
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    live_metrics = root / "dvc_runs/regular/train/live/metrics.json"
+    training = subprocess.Popen([sys.executable, "-m", "dvc", "exp", "run", "regular_train"],
+                                cwd=root, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + STAGE_TIMEOUT_S
+        while live_step(live_metrics) < 1 and training.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert training.poll() is None, "training ended before its live metrics could be read"
+        os.killpg(training.pid, signal.SIGSTOP)  # held mid-run however slow `exp show` is
+        try:
+            shown = json.loads(dvc("exp", "show", "--json", cwd=root, env=env).stdout)
+        finally:
+            os.killpg(training.pid, signal.SIGCONT)
+    finally:
+        output, _ = training.communicate(timeout=STAGE_TIMEOUT_S)
+    assert training.returncode == 0, output[-4000:]
+    running = [exp for baseline in shown for exp in baseline.get("experiments") or []
+               if exp.get("executor", {}).get("state") == "running"]
+    assert running, json.dumps(shown)[:2000]
+    workspace = shown[0]["data"]["metrics"]
+    live = workspace["dvc_runs/regular/train/live/metrics.json"]["data"]
+    assert 1 <= live["step"] < 12 * 2 and live["train"]["ce_loss"] > 0
+    final = json.loads(live_metrics.read_text())
+    assert final["step"] > live["step"]
