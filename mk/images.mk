@@ -11,7 +11,8 @@
 # IMAGE_BUILD=airgap (the default) needs no container registry and no network inside the
 # build: the base image is made from Debian packages (scripts/make_base_image.sh, mmdebstrap)
 # and every Python package comes from docker/wheelhouse/<variant>, filled beforehand on the
-# host from requirements-runtime.lock (`make wheelhouse`). IMAGE_BUILD=registry pulls
+# host from requirements-runtime.lock (`make wheelhouse`, downloaded once per lock into
+# WHEELHOUSE_CACHE, default ~/.cache/whisper-moe/wheelhouse). IMAGE_BUILD=registry pulls
 # PYTHON_IMAGE and lets pip use PyPI and the PyTorch index inside the build.
 #
 # The tag is the project version from pyproject.toml, so an image always says which code
@@ -37,6 +38,7 @@ TORCH_CUDA_FIND_LINKS ?=
 BASE_IMAGE_CPU ?= whisper-moe-base:bookworm
 BASE_IMAGE_CUDA ?= whisper-moe-base:bookworm-gcc
 WHEELHOUSE := docker/wheelhouse
+WHEELHOUSE_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/whisper-moe/wheelhouse
 RUNTIME_LOCK := requirements-runtime.lock
 LOCK_HASH := $(shell sha256sum $(RUNTIME_LOCK) docker/install_python_deps.py | sha256sum | cut -c1-12)
 HADOLINT ?= $(firstword $(wildcard .venv/bin/hadolint) hadolint)
@@ -81,17 +83,28 @@ image-cuda: $(CUDA_PREREQS)
 ## The wheelhouse of air-gapped builds, made where PyPI (and the torch wheel) can be reached.
 wheelhouse: $(WHEELHOUSE)/cpu/.complete-$(LOCK_HASH)
 
+# Each variant's wheels are downloaded once per lock into WHEELHOUSE_CACHE (outside the
+# checkout, so a fresh clone reuses them) and linked into the build context from there.
 $(WHEELHOUSE)/cpu/.complete-$(LOCK_HASH): $(RUNTIME_LOCK) docker/install_python_deps.py
-	rm -rf $(WHEELHOUSE)/cpu
-	$(WHEEL_PYTHON) docker/install_python_deps.py $(RUNTIME_LOCK) --download $(WHEELHOUSE)/cpu \
-		$(if $(TORCH_CPU_FIND_LINKS),--torch-find-links $(TORCH_CPU_FIND_LINKS),--torch-index-url $(TORCH_CPU_INDEX_URL))
+	$(call cached_wheels,cpu,$(if $(TORCH_CPU_FIND_LINKS),--torch-find-links $(TORCH_CPU_FIND_LINKS),--torch-index-url $(TORCH_CPU_INDEX_URL)))
 	touch $@
 
 $(WHEELHOUSE)/cuda/.complete-$(LOCK_HASH): $(RUNTIME_LOCK) docker/install_python_deps.py
-	rm -rf $(WHEELHOUSE)/cuda
-	$(WHEEL_PYTHON) docker/install_python_deps.py $(RUNTIME_LOCK) --download $(WHEELHOUSE)/cuda \
-		$(if $(TORCH_CUDA_FIND_LINKS),--torch-find-links $(TORCH_CUDA_FIND_LINKS),--torch-index-url $(TORCH_CUDA_INDEX_URL))
+	$(call cached_wheels,cuda,$(if $(TORCH_CUDA_FIND_LINKS),--torch-find-links $(TORCH_CUDA_FIND_LINKS),--torch-index-url $(TORCH_CUDA_INDEX_URL)))
 	touch $@
+
+# $(call cached_wheels,VARIANT,TORCH_SOURCE): fill the cache entry unless complete, then
+# hard-link it into docker/wheelhouse/VARIANT (a copy across file systems).
+define cached_wheels
+	set -e; cached=$(WHEELHOUSE_CACHE)/$(1)-$(LOCK_HASH); \
+	if [ ! -f "$$cached/.complete" ]; then \
+		rm -rf "$$cached.partial"; \
+		$(WHEEL_PYTHON) docker/install_python_deps.py $(RUNTIME_LOCK) --download "$$cached.partial" $(2); \
+		touch "$$cached.partial/.complete"; rm -rf "$$cached"; mv "$$cached.partial" "$$cached"; \
+	else echo "wheelhouse $(1): reusing $$cached"; fi; \
+	rm -rf $(WHEELHOUSE)/$(1); mkdir -p $(WHEELHOUSE); \
+	cp -al "$$cached" $(WHEELHOUSE)/$(1) 2>/dev/null || cp -a "$$cached" $(WHEELHOUSE)/$(1)
+endef
 
 ## Local base images from Debian packages (made once; remove the image to remake it).
 base-image-cpu:

@@ -5,9 +5,11 @@ demo settings), every task container as uid 10001 with a read-only root filesyst
 /tmp, /cache and /workspace writable (plus the pipeline root kfp.local binds in to pass
 artifacts): the securityContext of k8s/. The cpu image also stands in for the cuda tag, since
 the GPU tasks run on CPU here. Then `whisper-moe pipeline --mode quick --skip-pretraining
---num-experts 2` runs with the README's `docker run` flags. It installs what it lacks (Debian
+--num-experts 2` runs with the README's `docker run` flags. The three runs go side by side,
+each container on one torch thread: the demo's small models scale better across processes
+than across threads, so that keeps two cores busy. It installs what it lacks (Debian
 packages), starts a private Docker daemon and stops it afterwards, prints one line per check
-and exits non-zero when any failed.
+and exits non-zero when any failed. Each run's log is in the work folder (`<run>.log`).
 
     .venv/bin/python scripts/run_image_test.py [--skip-build] [--keep-daemon]
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -54,8 +57,11 @@ class Report:
     rows: list[tuple[str, bool, float, str]] = field(default_factory=list)
 
     def check(self, name: str, ok: bool, started: float, detail: str = "") -> bool:
-        seconds = time.monotonic() - started
-        self.rows.append((name, ok, seconds, detail))
+        return self.add((name, ok, time.monotonic() - started, detail))
+
+    def add(self, row: tuple[str, bool, float, str]) -> bool:
+        self.rows.append(row)
+        name, ok, seconds, detail = row
         print(f"[{'PASS' if ok else 'FAIL'}] {name} ({seconds:.0f} s){': ' + detail if detail else ''}",
               flush=True)
         return ok
@@ -203,6 +209,7 @@ def run_checks(args, report: Report, docker_env: dict, work: Path, started_all: 
     if not args.skip_build:
         # -j2: the base image (mmdebstrap) and the wheelhouse (pip) are made side by side.
         result = sh("make", "--no-print-directory", "-j2", "image-cpu", "DOCKER=docker",
+                    f"WHEELHOUSE_CACHE={args.daemon_dir / 'wheelhouse'}",
                     env=docker_env, check=False)
         if not report.check(f"make image-cpu ({built})", result.returncode == 0, started,
                             "" if result.returncode == 0 else f"exit {result.returncode}"):
@@ -223,45 +230,97 @@ def run_checks(args, report: Report, docker_env: dict, work: Path, started_all: 
                  f"{len(names)} packages" + (f"; found {present}" if present else "")
                  + ("" if listed.returncode == 0 else f"; pip list failed: {listed.stderr[-300:]}"))
 
-    for name in [] if args.no_pipelines else (args.pipeline or PIPELINES):
-        started = time.monotonic()
-        root = work / name
-        root.mkdir(exist_ok=True)
-        try:
-            outputs = run_compiled_pipeline(name, root, docker_env)
-        except Exception as error:  # a failed task raises; its log is above
-            report.check(f"{name}: every task SUCCESS in DockerRunner", False, started,
-                         f"{type(error).__name__}: {str(error)[-400:]}")
-            continue
-        report.check(f"{name}: every task SUCCESS in DockerRunner", True, started, str(root))
-        started = time.monotonic()
-        ok, detail = check_pipeline_outputs(outputs)
-        report.check(f"{name}: metrics, checkpoint, report", ok, started, detail)
-
-    if args.no_quick_run:
-        return report.summary(time.monotonic() - started_all)
-    started = time.monotonic()
-    sh("docker", "volume", "rm", "-f", "whisper-moe-workspace", env=docker_env, check=False,
-       capture=True)
-    result = sh("docker", *README_DOCKER_RUN, built, "whisper-moe", "pipeline",
-                "--params", "/app/params.yaml", "--mode", "quick", "--skip-pretraining",
-                "--num-experts", "2", "--output-dir", "/workspace/runs/quick", env=docker_env,
-                check=False, capture=True)
-    print(result.stdout[-3000:], result.stderr[-3000:], sep="\n")
-    detail = f"exit {result.returncode}"
-    ok = result.returncode == 0
-    if ok:
-        shown = sh("docker", "run", "--rm", "--network", "none", "-v",
-                   "whisper-moe-workspace:/workspace", built, "python", "-c",
-                   "import json,pathlib;p=sorted(pathlib.Path('/workspace/runs/quick').rglob('metrics.json'));"
-                   "print(json.dumps([str(x) for x in p]))", env=docker_env, capture=True, check=False)
-        found = json.loads(shown.stdout or "[]") if shown.returncode == 0 else []
-        ok = bool(found)
-        detail = f"metrics: {found}" if found else "no metrics.json under /workspace/runs/quick"
-    report.check("whisper-moe pipeline --mode quick --skip-pretraining --num-experts 2 "
-                 "(README docker run)", ok, started, detail)
+    names = [] if args.no_pipelines else (args.pipeline or list(PIPELINES))
+    context = multiprocessing.get_context("spawn")  # kfp.local's settings are per process
+    pipelines = [context.Process(target=pipeline_checks, name=name,
+                                 args=(name, work, docker_env["DOCKER_HOST"])) for name in names]
+    for process in pipelines:
+        process.start()
+    quick = None if args.no_quick_run else QuickRun.start(built, docker_env, work)
+    for process in pipelines:
+        process.join()
+        for row in pipeline_rows(process.name, process.exitcode, work):
+            report.add(row)
+    if quick is not None:
+        report.add(quick.finish())
     return report.summary(time.monotonic() - started_all)
 
+
+def pipeline_checks(name: str, work: Path, docker_host: str) -> None:
+    """In a process of its own: run one compiled pipeline and check its outputs.
+
+    The check rows go to work/<name>.rows.json, the tasks' logs to work/<name>.log.
+    """
+    log = work / f"{name}.log"
+    with log.open("w") as sink:  # not interleaved with the other runs' logs
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+    sys.path.insert(0, str(REPO))
+    started = time.monotonic()
+    root = work / name
+    root.mkdir(exist_ok=True)
+    title = f"{name}: every task SUCCESS in DockerRunner"
+    try:
+        outputs = run_compiled_pipeline(name, root, {"DOCKER_HOST": docker_host})
+    except Exception as error:  # a failed task raises; its log says why
+        rows = [(title, False, time.monotonic() - started,
+                 f"{type(error).__name__}: {str(error)[-400:]} (log: {log})")]
+    else:
+        rows = [(title, True, time.monotonic() - started, str(root))]
+        started = time.monotonic()
+        ok, detail = check_pipeline_outputs(outputs)
+        rows.append((f"{name}: metrics, checkpoint, report", ok, time.monotonic() - started, detail))
+    (work / f"{name}.rows.json").write_text(json.dumps(rows))
+
+
+def pipeline_rows(name: str, exitcode: int | None, work: Path) -> list[tuple[str, bool, float, str]]:
+    """The check rows one pipeline's process left; a process that died is a failed row."""
+    try:
+        return [tuple(row) for row in json.loads((work / f"{name}.rows.json").read_text())]
+    except (OSError, ValueError):
+        return [(f"{name}: every task SUCCESS in DockerRunner", False, 0.0,
+                 f"its process exited {exitcode} without a result (log: {work / f'{name}.log'})")]
+
+
+@dataclass
+class QuickRun:
+    """The README's `docker run` of `whisper-moe pipeline`, started in the background."""
+
+    process: subprocess.Popen
+    log: Path
+    image: str
+    docker_env: dict
+    started: float
+    NAME = "whisper-moe pipeline --mode quick --skip-pretraining --num-experts 2 (README docker run)"
+
+    @classmethod
+    def start(cls, image: str, docker_env: dict, work: Path) -> QuickRun:
+        sh("docker", "volume", "rm", "-f", "whisper-moe-workspace", env=docker_env, check=False,
+           capture=True)
+        log = work / "docker-run-quick.log"
+        command = ["docker", *README_DOCKER_RUN, image, "whisper-moe", "pipeline",
+                   "--params", "/app/params.yaml", "--mode", "quick", "--skip-pretraining",
+                   "--num-experts", "2", "--output-dir", "/workspace/runs/quick"]
+        print("+", " ".join(command), f"> {log}", flush=True)
+        with log.open("w") as sink:
+            process = subprocess.Popen(command, cwd=REPO, env=docker_env, stdout=sink,
+                                       stderr=subprocess.STDOUT)
+        return cls(process, log, image, docker_env, time.monotonic())
+
+    def finish(self) -> tuple[str, bool, float, str]:
+        """Waits for the run; passes when it exited 0 and left metrics in the volume."""
+        code = self.process.wait()
+        seconds = time.monotonic() - self.started
+        if code != 0:
+            return self.NAME, False, seconds, f"exit {code} (log: {self.log})"
+        shown = sh("docker", "run", "--rm", "--network", "none", "-v",
+                   "whisper-moe-workspace:/workspace", self.image, "python", "-c",
+                   "import json,pathlib;p=sorted(pathlib.Path('/workspace/runs/quick').rglob('metrics.json'));"
+                   "print(json.dumps([str(x) for x in p]))", env=self.docker_env, capture=True,
+                   check=False)
+        found = json.loads(shown.stdout or "[]") if shown.returncode == 0 else []
+        detail = f"metrics: {found}" if found else "no metrics.json under /workspace/runs/quick"
+        return self.NAME, bool(found), seconds, detail
 
 if __name__ == "__main__":
     sys.exit(main())
