@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -138,6 +139,54 @@ def test_every_task_has_a_timeout_and_a_cache_volume_and_gpu_tasks_a_shared_memo
             assert mounts["/dev/shm"]["sizeLimit"] == "16Gi"
         else:
             assert "/dev/shm" not in mounts, executor_name
+
+
+# What the oldest backend the README names (Kubeflow Pipelines 2.15) reads from a compiled
+# spec's Kubernetes platform section: a driver that meets a field it does not know stops the
+# task ("unknown field \"optional\" in kfp_kubernetes.SecretAsEnv", kubeflow/pipelines#12495).
+# A new field here means checking which backend release reads it, and the README.
+MIN_BACKEND_PLATFORM_FIELDS = {
+    "activeDeadlineSeconds", "emptyDirMounts.medium", "emptyDirMounts.mountPath",
+    "emptyDirMounts.sizeLimit", "emptyDirMounts.volumeName", "nodeAffinity.matchExpressions.key",
+    "nodeAffinity.matchExpressions.operator", "nodeAffinity.matchExpressions.values",
+    "nodeSelector.labels", "secretAsEnv.keyToEnv.envVar", "secretAsEnv.keyToEnv.secretKey",
+    "secretAsEnv.optional", "secretAsEnv.secretName",
+    "secretAsEnv.secretNameParameter.runtimeValue.constant", "tolerations.effect",
+    "tolerations.key", "tolerations.operator", "tolerations.value",
+}
+# Placeholders a 2.15 backend fills in ({{$.pipeline_job_uuid}} only from 2.4, kubeflow/pipelines#10453)
+MIN_BACKEND_PLACEHOLDERS = {"{{$.pipeline_job_uuid}}", "{{$.pipeline_job_name}}"}
+
+
+def field_paths(value, prefix: str = "") -> set[str]:
+    """Dotted paths of every leaf field (lists are looked through; map keys of labels end a path)."""
+    if isinstance(value, list):
+        return set().union(*(field_paths(item, prefix) for item in value)) if value else {prefix}
+    if isinstance(value, dict) and not prefix.endswith(".labels"):
+        return set().union(*(field_paths(item, f"{prefix}.{key}" if prefix else key)
+                             for key, item in value.items()))
+    return {prefix}
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_compiled_specs_use_only_fields_the_oldest_supported_backend_reads(name, tmp_path):
+    pipeline, k8s = load_spec(name)
+    used = set().union(*(field_paths(config) for config in k8s.values()))
+    assert used <= MIN_BACKEND_PLATFORM_FIELDS, sorted(used - MIN_BACKEND_PLATFORM_FIELDS)
+    placeholders = set(re.findall(r"\{\{\$\.pipeline_[a-z_]+\}\}", yaml.safe_dump(pipeline)))
+    assert placeholders and placeholders <= MIN_BACKEND_PLACEHOLDERS, placeholders
+    # the custom selector flag emits nodeSelector, which the list covers as well
+    result = compile_cli("--out-dir", str(tmp_path), "--node-selector", "pool=a100",
+                         "--toleration", "gpu=yes:NoSchedule")
+    assert result.returncode == 0, result.stderr
+    custom = set().union(*(field_paths(config) for config in load_spec(name, tmp_path)[1].values()))
+    assert custom <= MIN_BACKEND_PLATFORM_FIELDS, sorted(custom - MIN_BACKEND_PLATFORM_FIELDS)
+
+
+def test_the_backend_field_check_catches_a_field_the_list_lacks():
+    config = {"securityContext": {"runAsUser": 10001}, "activeDeadlineSeconds": "60"}
+    assert field_paths(config) - MIN_BACKEND_PLATFORM_FIELDS == {"securityContext.runAsUser"}
+    assert field_paths({"nodeSelector": {"labels": {"a/b": "c"}}}) == {"nodeSelector.labels"}
 
 
 @pytest.mark.parametrize("name", SPECS)
