@@ -16,6 +16,8 @@ into the spec), through pipelines/compile.py flags or these environment variable
   WHISPER_MOE_TOLERATION      KEY[=VALUE]:EFFECT[,...] (default nvidia.com/gpu:NoSchedule)
   WHISPER_MOE_S3_SECRET       Secret with the S3 keys (default whisper-moe-s3)
   WHISPER_MOE_GPUS            GPUs per GPU task (default 1)
+  WHISPER_MOE_CHECKPOINT_PVC  PersistentVolumeClaim the training tasks checkpoint to
+                              (default whisper-moe-checkpoints, k8s/base)
 """
 
 from __future__ import annotations
@@ -40,7 +42,12 @@ GPU_POOLS = {
 # (`kubectl taint nodes NODE nvidia.com/gpu=present:NoSchedule`). A toleration without a
 # value (operator Exists) matches both.
 DEFAULT_TOLERATIONS = "nvidia.com/gpu:NoSchedule"
-DEFAULT_S3_SECRET = "whisper-moe-s3"  # k8s/templates/s3-credentials.secret.yaml
+DEFAULT_S3_SECRET = "whisper-moe-s3"
+# Training tasks checkpoint to this claim, mounted where their components look for it
+# (checkpoint_root), under <run id>/<task>: a retried attempt resumes from there.
+DEFAULT_CHECKPOINT_PVC = "whisper-moe-checkpoints"  # k8s/base/checkpoints-pvc.yaml
+CHECKPOINT_ROOT = "/checkpoints"
+RESUMABLE = {"pretrain_experts", "train"}  # k8s/templates/s3-credentials.secret.yaml
 S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL")
 GPU_RESOURCE = "nvidia.com/gpu"
 
@@ -133,6 +140,7 @@ class Settings:
     node_affinity: tuple[str, tuple[str, ...]] | None = None
     s3_secret: str = DEFAULT_S3_SECRET
     gpus: int = 1
+    checkpoint_pvc: str = DEFAULT_CHECKPOINT_PVC
 
 
 def settings_from_env(env=None) -> Settings:
@@ -151,6 +159,7 @@ def settings_from_env(env=None) -> Settings:
         tolerations=parse_tolerations(env.get("WHISPER_MOE_TOLERATION") or DEFAULT_TOLERATIONS),
         s3_secret=env.get("WHISPER_MOE_S3_SECRET") or DEFAULT_S3_SECRET,
         gpus=int(gpus),
+        checkpoint_pvc=env.get("WHISPER_MOE_CHECKPOINT_PVC") or DEFAULT_CHECKPOINT_PVC,
     )
 
 
@@ -203,6 +212,8 @@ def place(task, kind: str, settings: Settings | None = None):
                                    medium="Memory", size_limit=SHM_SIZE)
     kubernetes.empty_dir_mount(task, volume_name="cache", mount_path=CACHE_PATH,
                                size_limit=CACHE_SIZE[resources.gpu])
+    if kind in RESUMABLE:
+        kubernetes.mount_pvc(task, pvc_name=settings.checkpoint_pvc, mount_path=CHECKPOINT_ROOT)
     kubernetes.set_timeout(task, seconds=TIMEOUT_S[kind])
     # optional: a run that touches no S3 (the demo) needs no Secret; storage errors
     # name the missing keys when one is needed.
