@@ -42,12 +42,12 @@ GPU_POOLS = {
 # (`kubectl taint nodes NODE nvidia.com/gpu=present:NoSchedule`). A toleration without a
 # value (operator Exists) matches both.
 DEFAULT_TOLERATIONS = "nvidia.com/gpu:NoSchedule"
-DEFAULT_S3_SECRET = "whisper-moe-s3"
+DEFAULT_S3_SECRET = "whisper-moe-s3"  # k8s/templates/s3-credentials.secret.yaml
 # Training tasks checkpoint to this claim, mounted where their components look for it
 # (checkpoint_root), under <run id>/<task>: a retried attempt resumes from there.
 DEFAULT_CHECKPOINT_PVC = "whisper-moe-checkpoints"  # k8s/base/checkpoints-pvc.yaml
 CHECKPOINT_ROOT = "/checkpoints"
-RESUMABLE = {"pretrain_experts", "train"}  # k8s/templates/s3-credentials.secret.yaml
+RESUMABLE = {"pretrain_experts", "train"}
 S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL")
 GPU_RESOURCE = "nvidia.com/gpu"
 
