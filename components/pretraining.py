@@ -108,6 +108,8 @@ def pretrain_experts(
     gate: Input[Model],
     experts: Output[Model],
     experts_metrics: Output[Metrics],
+    run_id: str = "",
+    checkpoint_root: str = "/checkpoints",
 ):
     """Train every expert on the utterances the pretrained gate routes to it, in one pass.
 
@@ -116,6 +118,9 @@ def pretrain_experts(
         dataset: Validated manifests; the training split is used.
         clusters: Output of the cluster task (group to expert table for oracle routing).
         gate: The pretrained gate.
+        run_id: The run's id; with checkpoint_root it names the folder a retry resumes from.
+        checkpoint_root: Volume that outlives the pod (pipelines/placement.py mounts it);
+            a retried attempt of the same run resumes from the checkpoints there.
 
     Returns:
         experts: A full MoE checkpoint (pretrained gate and experts) that joint training starts from.
@@ -130,8 +135,11 @@ def pretrain_experts(
     from whisper_moe_kfp.parameters import params_from_yaml
 
     params = params_from_yaml(params_yaml)
-    work_dir = Path(tempfile.mkdtemp(prefix="pretrain-experts-"))
+    durable_dir = runtime.durable_work_dir(checkpoint_root, run_id, "pretrain-experts")
+    work_dir = durable_dir or Path(tempfile.mkdtemp(prefix="pretrain-experts-"))
     result = stage.run(params, artifacts.split_manifest(dataset.path, "train"), clusters.path,
-                       gate.path, work_dir)
+                       gate.path, work_dir, resume=durable_dir is not None)
     runtime.move_folder(result["checkpoint"], experts.path)
+    if durable_dir is not None:
+        runtime.remove_durable_folder(durable_dir)
     runtime.log_numbers(experts_metrics, result)

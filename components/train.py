@@ -14,6 +14,8 @@ def train_moe(
     training_log: Output[Artifact],
     training_metrics: Output[Metrics],
     init: Input[Model] = None,
+    run_id: str = "",
+    checkpoint_root: str = "/checkpoints",
 ):
     """Train the gate and all LoRA experts together on the training split.
 
@@ -25,6 +27,9 @@ def train_moe(
         params_yaml: Resolved configuration (YAML).
         dataset: Validated train/dev/test manifests with audio.
         init: Optional checkpoint of pretrained gate and experts.
+        run_id: The run's id; with checkpoint_root it names the folder a retry resumes from.
+        checkpoint_root: Volume that outlives the pod (pipelines/placement.py mounts it);
+            training checkpoints there and a retried attempt of the same run resumes.
 
     Returns:
         checkpoint: The MoE checkpoint (moe_config.json + model.safetensors).
@@ -41,11 +46,14 @@ def train_moe(
 
     params = params_from_yaml(params_yaml)
     rank, world_size = init_distributed(params)  # the same set-up as the CLI and the k8s job
-    train_dir = Path(training_log.path)
+    durable_dir = runtime.durable_work_dir(checkpoint_root, run_id, "train-moe")
+    train_dir = durable_dir or Path(training_log.path)
     result = train.run(params, artifacts.split_manifest(dataset.path, "train"),
                        artifacts.split_manifest(dataset.path, "dev"), train_dir,
-                       init_dir=init.path if init is not None else None, rank=rank,
-                       world_size=world_size)
+                       init_dir=init.path if init is not None else None,
+                       resume=durable_dir is not None, rank=rank, world_size=world_size)
     runtime.finish_training_folder(train_dir, checkpoint.path)
+    if durable_dir is not None:
+        runtime.finish_durable_folder(durable_dir, training_log.path)
     checkpoint.metadata.update({"num_experts": result["num_experts"], "framework": "whisper-moe"})
     runtime.log_numbers(training_metrics, result)

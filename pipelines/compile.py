@@ -33,6 +33,7 @@ FLAG_ENV = {  # flag destination -> environment variable read at definition time
     "toleration": "WHISPER_MOE_TOLERATION",
     "s3_secret": "WHISPER_MOE_S3_SECRET",
     "gpus": "WHISPER_MOE_GPUS",
+    "checkpoint_pvc": "WHISPER_MOE_CHECKPOINT_PVC",
     "image_repo": "WHISPER_MOE_IMAGE_REPO",
     "image_tag": "WHISPER_MOE_IMAGE_TAG",
     "cpu_image": "WHISPER_MOE_CPU_IMAGE",
@@ -56,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "nvidia.com/gpu:NoSchedule)")
     parser.add_argument("--s3-secret", help="Secret holding the S3 keys (default whisper-moe-s3)")
     parser.add_argument("--gpus", type=int, help="GPUs per GPU task (default 1)")
+    parser.add_argument("--checkpoint-pvc", help="PersistentVolumeClaim the training tasks "
+                        "checkpoint to and resume from (default whisper-moe-checkpoints)")
     parser.add_argument("--image-repo", help="image repository (default ghcr.io/whisper-moe/whisper-moe)")
     parser.add_argument("--image-tag", help="image tag before -cpu/-cuda (default: the project version)")
     parser.add_argument("--cpu-image", help="the whole cpu image reference, e.g. "

@@ -2,17 +2,22 @@
 
 Every task in both pipelines passes through `place(task, kind)` right where the
 pipeline creates it: resources sized for whisper-large-v2, the A100 pool (GPU request,
-node selector, toleration) for GPU kinds, S3 credentials from a Kubernetes Secret,
-retries with exponential backoff, and caching off where a rerun must really rerun.
+node affinity, toleration, a memory-backed /dev/shm) for GPU kinds, a /cache volume and
+a per-attempt timeout for every task, S3 credentials from a Kubernetes Secret, retries
+with exponential backoff over a window longer than all attempts together, and caching
+off where a rerun must really rerun.
 
 The pool and the Secret are chosen when the pipelines are compiled (they are baked
 into the spec), through pipelines/compile.py flags or these environment variables:
 
-  WHISPER_MOE_GPU_POOL        gpu-operator (default) or gke: a preset node selector
-  WHISPER_MOE_NODE_SELECTOR   KEY=VALUE[,KEY=VALUE]: replaces the preset's selector
+  WHISPER_MOE_GPU_POOL        gpu-operator (default) or gke: a preset node affinity
+                              (any A100, 40GB or 80GB)
+  WHISPER_MOE_NODE_SELECTOR   KEY=VALUE[,KEY=VALUE]: a node selector replacing the preset
   WHISPER_MOE_TOLERATION      KEY[=VALUE]:EFFECT[,...] (default nvidia.com/gpu:NoSchedule)
   WHISPER_MOE_S3_SECRET       Secret with the S3 keys (default whisper-moe-s3)
   WHISPER_MOE_GPUS            GPUs per GPU task (default 1)
+  WHISPER_MOE_CHECKPOINT_PVC  PersistentVolumeClaim the training tasks checkpoint to
+                              (default whisper-moe-checkpoints, k8s/base)
 """
 
 from __future__ import annotations
@@ -22,11 +27,15 @@ from dataclasses import dataclass
 
 from kfp import kubernetes
 
-# Node labels of an A100 pool. The NVIDIA GPU operator's feature discovery labels each
-# GPU node with its product name; GKE labels accelerator node pools itself.
+# Node label and accepted values of an A100 pool, 40GB and 80GB alike (batch 16 of
+# whisper-large-v2 fits in 30 GiB): a node-affinity `In` term, which one node selector
+# label cannot express. The NVIDIA GPU operator's feature discovery labels each GPU node
+# with its product name; GKE labels accelerator node pools itself.
 GPU_POOLS = {
-    "gpu-operator": {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-40GB"},
-    "gke": {"cloud.google.com/gke-accelerator": "nvidia-tesla-a100"},
+    "gpu-operator": ("nvidia.com/gpu.product", (
+        "NVIDIA-A100-SXM4-40GB", "NVIDIA-A100-SXM4-80GB", "NVIDIA-A100-PCIE-40GB",
+        "NVIDIA-A100-PCIE-80GB", "NVIDIA-A100-80GB-PCIe")),
+    "gke": ("cloud.google.com/gke-accelerator", ("nvidia-tesla-a100", "nvidia-a100-80gb")),
 }
 # GPU pools are tainted so that only pods asking for them land there: GKE adds
 # nvidia.com/gpu=present:NoSchedule; with the GPU operator the cluster admin does
@@ -34,6 +43,11 @@ GPU_POOLS = {
 # value (operator Exists) matches both.
 DEFAULT_TOLERATIONS = "nvidia.com/gpu:NoSchedule"
 DEFAULT_S3_SECRET = "whisper-moe-s3"  # k8s/templates/s3-credentials.secret.yaml
+# Training tasks checkpoint to this claim, mounted where their components look for it
+# (checkpoint_root), under <run id>/<task>: a retried attempt resumes from there.
+DEFAULT_CHECKPOINT_PVC = "whisper-moe-checkpoints"  # k8s/base/checkpoints-pvc.yaml
+CHECKPOINT_ROOT = "/checkpoints"
+RESUMABLE = {"pretrain_experts", "train"}
 S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL")
 GPU_RESOURCE = "nvidia.com/gpu"
 
@@ -69,11 +83,38 @@ RESOURCES = {
 # run), the data fetch (a DVC branch or an S3 prefix can change under the same
 # name) and publishing (a side effect).
 NOT_CACHED = {"data", "train", "evaluate", "publish"}
-# Pods are preempted and nodes fail; a retry starts the task again after 1, 2, 4 minutes.
+# Pods are preempted and nodes fail; a retry starts the task again after 1, 2, 4 minutes
+# (training resumes from its durable checkpoint).
 RETRIES = 3
-BACKOFF_DURATION = "60s"
+BACKOFF_S = 60
 BACKOFF_FACTOR = 2.0
-BACKOFF_MAX_DURATION = "3600s"
+# One attempt of a task may run this long (the pod's activeDeadlineSeconds); a task stuck
+# on a hung node or a dead collective fails instead of holding GPUs forever, and is retried.
+TIMEOUT_S = {
+    "light": 15 * 60,
+    "data": 24 * 3600,
+    "embed": 12 * 3600,
+    "cluster": 4 * 3600,
+    "pretrain_gate": 2 * 3600,
+    "pretrain_experts": 48 * 3600,
+    "train": 96 * 3600,  # a full SAP run is 60-80 GPU-hours on one A100
+    "evaluate": 12 * 3600,
+    "publish": 3600,
+}
+# GPU tasks: NCCL and DataLoader workers share memory through /dev/shm, 64 MiB in a pod by
+# default. A memory emptyDir counts against the pod's memory limit.
+SHM_SIZE = "16Gi"
+# Every task: $XDG_CACHE_HOME and $WHISPER_MOE_CACHE point at /cache in the image (a
+# downloaded base model, torch.compile kernels); the size limit caps the node's disk use.
+CACHE_SIZE = {True: "60Gi", False: "10Gi"}  # GPU task, CPU task
+CACHE_PATH = "/cache"
+
+
+def retry_window_s(kind: str) -> int:
+    """Argo's backoff.maxDuration counts from the first attempt's start and ends all retries
+    once passed, so it must outlast every attempt at its timeout plus the waits between."""
+    waits = sum(BACKOFF_S * BACKOFF_FACTOR ** attempt for attempt in range(RETRIES))
+    return int((RETRIES + 1) * TIMEOUT_S[kind] + waits)
 
 
 @dataclass(frozen=True)
@@ -89,12 +130,17 @@ class Toleration:
 
 @dataclass(frozen=True)
 class Settings:
-    """The compile-time choices: GPU pool labels, taints, Secret, GPUs per task."""
+    """The compile-time choices: GPU pool labels, taints, Secret, GPUs per task.
+
+    node_affinity is (label, accepted values) or None; node_selector, when given, is used
+    instead of it."""
 
     node_selector: dict[str, str]
     tolerations: tuple[Toleration, ...]
+    node_affinity: tuple[str, tuple[str, ...]] | None = None
     s3_secret: str = DEFAULT_S3_SECRET
     gpus: int = 1
+    checkpoint_pvc: str = DEFAULT_CHECKPOINT_PVC
 
 
 def settings_from_env(env=None) -> Settings:
@@ -108,10 +154,12 @@ def settings_from_env(env=None) -> Settings:
     if not gpus.isdigit() or int(gpus) < 1:
         raise ValueError(f"WHISPER_MOE_GPUS={gpus!r}: expected a whole number >= 1")
     return Settings(
-        node_selector=parse_node_selector(selector_text) if selector_text else dict(GPU_POOLS[pool]),
+        node_selector=parse_node_selector(selector_text) if selector_text else {},
+        node_affinity=None if selector_text else GPU_POOLS[pool],
         tolerations=parse_tolerations(env.get("WHISPER_MOE_TOLERATION") or DEFAULT_TOLERATIONS),
         s3_secret=env.get("WHISPER_MOE_S3_SECRET") or DEFAULT_S3_SECRET,
         gpus=int(gpus),
+        checkpoint_pvc=env.get("WHISPER_MOE_CHECKPOINT_PVC") or DEFAULT_CHECKPOINT_PVC,
     )
 
 
@@ -141,7 +189,7 @@ def parse_tolerations(text: str) -> tuple[Toleration, ...]:
 
 
 def place(task, kind: str, settings: Settings | None = None):
-    """Apply this kind's resources, pool, Secret, retries and caching to a pipeline task."""
+    """Apply this kind's resources, pool, volumes, timeout, Secret, retries and caching to a task."""
     settings = settings or settings_from_env()
     resources = RESOURCES[kind]
     task.set_cpu_request(resources.cpu)
@@ -153,15 +201,26 @@ def place(task, kind: str, settings: Settings | None = None):
         task.set_accelerator_limit(settings.gpus)
         for key, value in settings.node_selector.items():
             kubernetes.add_node_selector(task, label_key=key, label_value=value)
+        if settings.node_affinity and not settings.node_selector:
+            label, values = settings.node_affinity
+            kubernetes.add_node_affinity(task, match_expressions=[
+                {"key": label, "operator": "In", "values": list(values)}])
         for toleration in settings.tolerations:
             kubernetes.add_toleration(task, key=toleration.key, operator=toleration.operator,
                                       value=toleration.value, effect=toleration.effect)
+        kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm",
+                                   medium="Memory", size_limit=SHM_SIZE)
+    kubernetes.empty_dir_mount(task, volume_name="cache", mount_path=CACHE_PATH,
+                               size_limit=CACHE_SIZE[resources.gpu])
+    if kind in RESUMABLE:
+        kubernetes.mount_pvc(task, pvc_name=settings.checkpoint_pvc, mount_path=CHECKPOINT_ROOT)
+    kubernetes.set_timeout(task, seconds=TIMEOUT_S[kind])
     # optional: a run that touches no S3 (the demo) needs no Secret; storage errors
     # name the missing keys when one is needed.
     kubernetes.use_secret_as_env(task, secret_name=settings.s3_secret,
                                  secret_key_to_env={key: key for key in S3_SECRET_KEYS},
                                  optional=True)
-    task.set_retry(num_retries=RETRIES, backoff_duration=BACKOFF_DURATION,
-                   backoff_factor=BACKOFF_FACTOR, backoff_max_duration=BACKOFF_MAX_DURATION)
+    task.set_retry(num_retries=RETRIES, backoff_duration=f"{BACKOFF_S}s",
+                   backoff_factor=BACKOFF_FACTOR, backoff_max_duration=f"{retry_window_s(kind)}s")
     task.set_caching_options(enable_caching=kind not in NOT_CACHED)
     return task

@@ -82,7 +82,8 @@ def regular_moe(
     data = place(prepare_data(
         params_yaml=params.output, dvc_repo=dvc_repo, dvc_rev=dvc_rev, dvc_path=dvc_path,
         data_s3_uri=data_s3_uri, data_dir=data_dir), "data")
-    training = place(train_moe(params_yaml=params.output, dataset=data.outputs["dataset"]), "train")
+    training = place(train_moe(params_yaml=params.output, dataset=data.outputs["dataset"],
+                               run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER), "train")
     evaluation = place(evaluate_moe(
         params_yaml=params.output, dataset=data.outputs["dataset"],
         checkpoint=training.outputs["checkpoint"], training_log=training.outputs["training_log"]),

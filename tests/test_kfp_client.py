@@ -184,7 +184,7 @@ def test_run_sends_params_yaml_overrides_and_data_arguments(kfp_api, tmp_path, c
     # the package itself travels in the run: pipeline spec plus the Kubernetes platform spec
     assert body["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "whisper-moe-regular"
     executors = body["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]
-    assert "nodeSelector" in executors["executors"]["exec-train-moe"]
+    assert "nodeAffinity" in executors["executors"]["exec-train-moe"]
 
 
 def test_run_wait_writes_the_published_metrics(kfp_api, tmp_path, moto_s3):  # noqa: F811

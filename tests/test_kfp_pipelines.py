@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,9 @@ COMPILED = REPO_ROOT / "pipelines" / "compiled"
 SPECS = ("pretrained_moe", "regular_moe")
 GPU_EXECUTORS = {"exec-embed-utterances", "exec-pretrain-experts", "exec-train-moe", "exec-evaluate-moe"}
 UNCACHED_TASKS = {"prepare-data", "train-moe", "evaluate-moe", "publish-model"}
+# Every A100 that GPU feature discovery reports, 40GB and 80GB (pipelines/placement.py)
+A100_PRODUCTS = ["NVIDIA-A100-SXM4-40GB", "NVIDIA-A100-SXM4-80GB", "NVIDIA-A100-PCIE-40GB",
+                 "NVIDIA-A100-PCIE-80GB", "NVIDIA-A100-80GB-PCIe"]
 
 if str(REPO_ROOT) not in sys.path:  # components/ and pipelines/ live at the repository root
     sys.path.insert(0, str(REPO_ROOT))
@@ -89,25 +93,101 @@ def test_gpu_tasks_request_an_a100_with_toleration_and_s3_secret(name):
         if executor_name in gpu_here:
             assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
             assert resources["accelerator"]["resourceCount"] == "1"
-            assert platform["nodeSelector"]["labels"] == {
-                "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-40GB"}
+            assert "nodeSelector" not in platform
+            assert platform["nodeAffinity"] == [{"matchExpressions": [{
+                "key": "nvidia.com/gpu.product", "operator": "In", "values": A100_PRODUCTS}]}]
             assert platform["tolerations"] == [
                 {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
             assert executor["container"]["image"].endswith("-cuda")
         else:
-            assert "accelerator" not in resources and "nodeSelector" not in platform
+            assert "accelerator" not in resources and "nodeAffinity" not in platform
+            assert "tolerations" not in platform
             assert executor["container"]["image"].endswith("-cpu")
         assert "pip install" not in " ".join(executor["container"]["command"])  # all in the image
 
 
 @pytest.mark.parametrize("name", SPECS)
 def test_every_task_retries_with_backoff_and_training_is_never_cached(name):
-    pipeline, _ = load_spec(name)
+    pipeline, k8s = load_spec(name)
     for task_name, task in pipeline["root"]["dag"]["tasks"].items():
-        assert task["retryPolicy"] == {"maxRetryCount": 3, "backoffDuration": "60s",
-                                       "backoffFactor": 2.0, "backoffMaxDuration": "3600s"}
+        policy = task["retryPolicy"]
+        assert {key: policy[key] for key in ("maxRetryCount", "backoffDuration", "backoffFactor")} == {
+            "maxRetryCount": 3, "backoffDuration": "60s", "backoffFactor": 2.0}
+        # Argo ends all retries once backoff.maxDuration has passed since the first attempt
+        # began: the window must outlast every attempt at its timeout plus the waits.
+        timeout_s = int(k8s[task["componentRef"]["name"].replace("comp-", "exec-", 1)]
+                        ["activeDeadlineSeconds"])
+        window_s = int(policy["backoffMaxDuration"].removesuffix("s"))
+        assert window_s >= 4 * timeout_s + 60 + 120 + 240, (task_name, window_s, timeout_s)
         cached = task["cachingOptions"].get("enableCache", False)
         assert cached is (task_name not in UNCACHED_TASKS), task_name
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_every_task_has_a_timeout_and_a_cache_volume_and_gpu_tasks_a_shared_memory(name):
+    pipeline, k8s = load_spec(name)
+    executors = pipeline["deploymentSpec"]["executors"]
+    train_timeout_s = int(k8s["exec-train-moe"]["activeDeadlineSeconds"])
+    assert train_timeout_s >= 80 * 3600  # a full SAP run: 60-80 GPU-hours
+    for executor_name in executors:
+        platform = k8s[executor_name]
+        assert 0 < int(platform["activeDeadlineSeconds"]) <= train_timeout_s, executor_name
+        mounts = {mount["mountPath"]: mount for mount in platform["emptyDirMounts"]}
+        assert mounts["/cache"]["sizeLimit"] and "medium" not in mounts["/cache"], executor_name
+        if executor_name in GPU_EXECUTORS:
+            assert mounts["/dev/shm"]["medium"] == "Memory", executor_name
+            assert mounts["/dev/shm"]["sizeLimit"] == "16Gi"
+        else:
+            assert "/dev/shm" not in mounts, executor_name
+
+
+# What the oldest backend the README names (Kubeflow Pipelines 2.15) reads from a compiled
+# spec's Kubernetes platform section: a driver that meets a field it does not know stops the
+# task ("unknown field \"optional\" in kfp_kubernetes.SecretAsEnv", kubeflow/pipelines#12495).
+# A new field here means checking which backend release reads it, and the README.
+MIN_BACKEND_PLATFORM_FIELDS = {
+    "activeDeadlineSeconds", "emptyDirMounts.medium", "emptyDirMounts.mountPath",
+    "emptyDirMounts.sizeLimit", "emptyDirMounts.volumeName", "nodeAffinity.matchExpressions.key",
+    "nodeAffinity.matchExpressions.operator", "nodeAffinity.matchExpressions.values",
+    "nodeSelector.labels", "pvcMount.constant", "pvcMount.mountPath",
+    "pvcMount.pvcNameParameter.runtimeValue.constant", "secretAsEnv.keyToEnv.envVar", "secretAsEnv.keyToEnv.secretKey",
+    "secretAsEnv.optional", "secretAsEnv.secretName",
+    "secretAsEnv.secretNameParameter.runtimeValue.constant", "tolerations.effect",
+    "tolerations.key", "tolerations.operator", "tolerations.value",
+}
+# Placeholders a 2.15 backend fills in ({{$.pipeline_job_uuid}} only from 2.4, kubeflow/pipelines#10453)
+MIN_BACKEND_PLACEHOLDERS = {"{{$.pipeline_job_uuid}}", "{{$.pipeline_job_name}}"}
+
+
+def field_paths(value, prefix: str = "") -> set[str]:
+    """Dotted paths of every leaf field (lists are looked through; map keys of labels end a path)."""
+    if isinstance(value, list):
+        return set().union(*(field_paths(item, prefix) for item in value)) if value else {prefix}
+    if isinstance(value, dict) and not prefix.endswith(".labels"):
+        return set().union(*(field_paths(item, f"{prefix}.{key}" if prefix else key)
+                             for key, item in value.items()))
+    return {prefix}
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_compiled_specs_use_only_fields_the_oldest_supported_backend_reads(name, tmp_path):
+    pipeline, k8s = load_spec(name)
+    used = set().union(*(field_paths(config) for config in k8s.values()))
+    assert used <= MIN_BACKEND_PLATFORM_FIELDS, sorted(used - MIN_BACKEND_PLATFORM_FIELDS)
+    placeholders = set(re.findall(r"\{\{\$\.pipeline_[a-z_]+\}\}", yaml.safe_dump(pipeline)))
+    assert placeholders and placeholders <= MIN_BACKEND_PLACEHOLDERS, placeholders
+    # the custom selector flag emits nodeSelector, which the list covers as well
+    result = compile_cli("--out-dir", str(tmp_path), "--node-selector", "pool=a100",
+                         "--toleration", "gpu=yes:NoSchedule")
+    assert result.returncode == 0, result.stderr
+    custom = set().union(*(field_paths(config) for config in load_spec(name, tmp_path)[1].values()))
+    assert custom <= MIN_BACKEND_PLATFORM_FIELDS, sorted(custom - MIN_BACKEND_PLATFORM_FIELDS)
+
+
+def test_the_backend_field_check_catches_a_field_the_list_lacks():
+    config = {"securityContext": {"runAsUser": 10001}, "activeDeadlineSeconds": "60"}
+    assert field_paths(config) - MIN_BACKEND_PLATFORM_FIELDS == {"securityContext.runAsUser"}
+    assert field_paths({"nodeSelector": {"labels": {"a/b": "c"}}}) == {"nodeSelector.labels"}
 
 
 @pytest.mark.parametrize("name", SPECS)
@@ -140,13 +220,22 @@ def test_gke_pool_and_other_placement_flags(tmp_path):
     assert result.returncode == 0, result.stderr
     pipeline, k8s = load_spec("regular_moe", tmp_path)
     train = k8s["exec-train-moe"]
-    assert train["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-tesla-a100"}
+    assert train["nodeAffinity"] == [{"matchExpressions": [{
+        "key": "cloud.google.com/gke-accelerator", "operator": "In",
+        "values": ["nvidia-tesla-a100", "nvidia-a100-80gb"]}]}]
     assert train["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Equal", "value": "present",
                                      "effect": "NoSchedule"}]
     assert train["secretAsEnv"][0]["secretName"] == "team-s3"
     container = pipeline["deploymentSpec"]["executors"]["exec-train-moe"]["container"]
     assert container["resources"]["accelerator"]["resourceCount"] == "2"
     assert container["image"] == "registry.example.com/asr/whisper-moe:1.2.3-cuda"
+
+
+def test_a_node_selector_flag_replaces_the_pools_affinity(tmp_path):
+    result = compile_cli("--out-dir", str(tmp_path), "--node-selector", "pool=a100")
+    assert result.returncode == 0, result.stderr
+    train = load_spec("regular_moe", tmp_path)[1]["exec-train-moe"]
+    assert train["nodeSelector"]["labels"] == {"pool": "a100"} and "nodeAffinity" not in train
 
 
 def test_whole_image_references_by_digest_win_over_repo_and_tag(tmp_path):
@@ -171,7 +260,10 @@ def test_placement_settings_parse_and_refuse_bad_values():
                                             "WHISPER_MOE_TOLERATION": "gpu:NoExecute"})
     assert settings.node_selector == {"pool": "a100", "zone": "b"}
     assert settings.tolerations == (placement.Toleration("gpu", "NoExecute"),)
-    assert placement.settings_from_env({}).node_selector == placement.GPU_POOLS["gpu-operator"]
+    assert settings.node_affinity is None  # a given selector replaces the pool's affinity
+    defaults = placement.settings_from_env({})
+    assert defaults.node_selector == {}
+    assert defaults.node_affinity == ("nvidia.com/gpu.product", tuple(A100_PRODUCTS))
     for bad in ({"WHISPER_MOE_GPU_POOL": "azure"}, {"WHISPER_MOE_NODE_SELECTOR": "novalue"},
                 {"WHISPER_MOE_TOLERATION": "gpu:Sometimes"}, {"WHISPER_MOE_GPUS": "0"}):
         with pytest.raises(ValueError):

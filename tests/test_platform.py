@@ -14,6 +14,7 @@ import copy
 import functools
 import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -361,8 +362,55 @@ def test_kustomization_renders(kustomization):
     objects = rendered(kustomization)
     assert objects, f"{kustomization} renders nothing"
     kinds = {obj["kind"] for obj in objects}
-    assert {"Namespace", "ServiceAccount", "Role", "RoleBinding", "PyTorchJob"} <= kinds
+    assert {"ServiceAccount", "Role", "RoleBinding", "PyTorchJob"} <= kinds
+    # a profile's namespace belongs to Kubeflow's profile controller, kubeflow to KFP itself
+    assert ("Namespace" in kinds) is (kustomization.name not in NAMESPACE_OWNED_ELSEWHERE)
     assert "Secret" not in kinds, "credentials never come from kustomize: use k8s/templates"
+
+
+NAMESPACE_OWNED_ELSEWHERE = {"kubeflow-profile": "kubeflow-user-example-com", "standalone-kfp": "kubeflow"}
+
+
+def check_everything_in_one_namespace(objects: tuple[dict, ...], namespace: str) -> None:
+    """Every namespaced object, and every RoleBinding subject, in `namespace`."""
+    service_accounts = set()
+    for obj in objects:
+        if obj["kind"] == "Namespace":
+            assert obj["metadata"]["name"] == namespace
+            continue
+        assert obj["metadata"].get("namespace") == namespace, (obj["kind"], obj["metadata"])
+        if obj["kind"] == "ServiceAccount":
+            service_accounts.add(obj["metadata"]["name"])
+    bindings = [obj for obj in objects if obj["kind"] == "RoleBinding"]
+    assert bindings
+    for binding in bindings:
+        for subject in binding["subjects"]:
+            assert subject["kind"] == "ServiceAccount"
+            assert subject.get("namespace") == namespace, (
+                f"RoleBinding {binding['metadata']['name']} grants rights to "
+                f"{subject.get('namespace')}/{subject['name']}, not to the pods in {namespace}")
+            assert subject["name"] in service_accounts
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS, ids=lambda p: str(p.relative_to(K8S)))
+def test_the_runner_is_bound_in_the_namespace_its_pods_run_in(kustomization):
+    namespace = NAMESPACE_OWNED_ELSEWHERE.get(kustomization.name, "whisper-moe")
+    check_everything_in_one_namespace(rendered(kustomization), namespace)
+
+
+def test_an_overlay_of_ones_own_moves_the_rbac_into_its_namespace(tmp_path):
+    """The README's way of using a profile: a copy of the profile overlay with the namespace set."""
+    overlay = tmp_path / "team-asr"
+    overlay.mkdir()
+    source = (K8S / "overlays" / "kubeflow-profile" / "kustomization.yaml").read_text()
+    (overlay / "kustomization.yaml").write_text(
+        source.replace("namespace: kubeflow-user-example-com", "namespace: team-asr").replace(
+            "../nvidia-gpu-operator", os.path.relpath(K8S / "overlays" / "gke", overlay)))
+    result = run_tool(tool("kubectl"), "kustomize", str(overlay))
+    assert result.returncode == 0, result.stderr
+    objects = tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
+    assert "Namespace" not in {obj["kind"] for obj in objects}
+    check_everything_in_one_namespace(objects, "team-asr")
 
 
 def test_there_are_overlays_for_both_gpu_pools():

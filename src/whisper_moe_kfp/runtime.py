@@ -153,6 +153,42 @@ def finish_training_folder(train_dir: str | Path, checkpoint_dir: str | Path) ->
     shutil.rmtree(train_dir / artifacts.RESUMABLE_CHECKPOINTS, ignore_errors=True)
 
 
+# ------------------------------------------------------------------ preemption
+def durable_work_dir(checkpoint_root: str, run_id: str, task: str) -> Path | None:
+    """The task's folder on storage that outlives the pod: <root>/<run id>/<task>, or None.
+
+    A retried attempt of the same run (a preempted pod, a retried run) finds the same folder
+    and resumes from its newest valid checkpoint. None when there is no such storage here
+    (the root is not mounted, e.g. a local run) or the backend did not fill in the run id:
+    the task then trains in a scratch folder and a retry starts over.
+    """
+    if not checkpoint_root or not Path(checkpoint_root).is_dir():
+        log.info("no checkpoint volume at %r: a retried attempt will start over", checkpoint_root)
+        return None
+    if not run_id or "{{" in run_id:
+        log.warning("the run id is not known (%r): checkpoints stay in the pod", run_id)
+        return None
+    return Path(checkpoint_root) / re.sub(r"[^A-Za-z0-9._-]+", "-", run_id) / task
+
+
+def finish_durable_folder(work_dir: str | Path, dest_dir: str | Path) -> Path:
+    """Move a finished task's outputs (resumable state dropped) into its artifact folder."""
+    work_dir = Path(work_dir)
+    shutil.rmtree(work_dir / artifacts.RESUMABLE_CHECKPOINTS, ignore_errors=True)
+    dest = move_folder(work_dir, dest_dir)
+    remove_durable_folder(work_dir)
+    return dest
+
+
+def remove_durable_folder(work_dir: str | Path) -> None:
+    """Drop a finished task's durable folder, and its run's once empty, so the volume holds
+    only runs still in progress."""
+    work_dir = Path(work_dir)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    if work_dir.parent.is_dir() and not any(work_dir.parent.iterdir()):
+        work_dir.parent.rmdir()
+
+
 def image_page(title: str, png_paths: list[str | Path], details: str = "") -> str:
     """A self-contained HTML page (images inlined) for Kubeflow's HTML viewer."""
     import base64
