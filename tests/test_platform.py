@@ -734,47 +734,6 @@ def test_retrain_workflow_gates_and_records_the_model():
     assert "${{ secrets." not in scripts, "secrets reach scripts through env:, never inline"
 
 
-# ---------------------------------------------------------------------------------- regression gate
-@pytest.fixture
-def regression_gate():
-    return load_module("scripts/check_regression.py")
-
-
-def write_metrics(path: Path, moe_wer: float) -> Path:
-    path.write_text(json.dumps({"base": {"wer": 0.4, "cer": 0.2},
-                                "moe": {"wer": moe_wer, "cer": 0.1,
-                                        "per_group": {"en-us": {"wer": moe_wer, "cer": 0.1}}}}))
-    return path
-
-
-@pytest.mark.parametrize(("new_wer", "exit_code"), [(0.205, 0), (0.2101, 1), (0.15, 0)])
-def test_regression_gate_on_test_wer(regression_gate, tmp_path, capsys, new_wer, exit_code):
-    new = write_metrics(tmp_path / "new.json", new_wer)
-    baseline = write_metrics(tmp_path / "accepted.json", 0.2)
-    code = regression_gate.main(["--new", str(new), "--baseline", str(baseline),
-                                 "--max-wer-increase", "0.01"])
-    output = capsys.readouterr().out
-    assert code == exit_code
-    assert "moe.wer" in output and "<- gate" in output and "moe.per_group.en-us.wer" in output
-    assert ("REGRESSION" in output) == (exit_code == 1)
-
-
-def test_regression_gate_accepts_a_first_model_and_rejects_unreadable_metrics(regression_gate,
-                                                                            tmp_path, capsys):
-    new = write_metrics(tmp_path / "new.json", 0.3)
-    assert regression_gate.main(["--new", str(new), "--baseline", str(tmp_path / "none.json")]) == 0
-    assert "no baseline" in capsys.readouterr().out
-    (tmp_path / "broken.json").write_text('{"loss": 1.0}')
-    assert regression_gate.main(["--new", str(tmp_path / "broken.json"),
-                                 "--baseline", str(new)]) == 2
-    assert "no finite test WER" in capsys.readouterr().err
-    flat_new = tmp_path / "flat.json"
-    flat_new.write_text('{"test_wer": 0.5}')
-    flat_old = tmp_path / "flat_old.json"
-    flat_old.write_text('{"test_wer": 0.2}')
-    assert regression_gate.main(["--new", str(flat_new), "--baseline", str(flat_old)]) == 1
-
-
 # ---------------------------------------------------------------------------------- compiled KFP specs
 def kfp_documents(path: Path) -> tuple[dict, dict]:
     """(pipeline spec, kubernetes platform spec or {}) of a compiled KFP YAML."""

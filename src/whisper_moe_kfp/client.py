@@ -93,7 +93,8 @@ def cmd_run(args, params: dict) -> int:
     state = str(run.state)
     print(f"run {run_id} finished: {state}")
     if args.metrics_out:
-        write_run_metrics(args.metrics_out, run_id, state, arguments.get("output_s3_uri", ""))
+        write_run_metrics(args.metrics_out, run_id, state, arguments.get("output_s3_uri", ""),
+                          pipeline=args.pipeline)
     return 0 if state.upper() == FINISHED_OK else 1
 
 
@@ -196,14 +197,15 @@ def six_field_cron(expression: str) -> str:
     return expression
 
 
-def write_run_metrics(path: Path, run_id: str, state: str, output_s3_uri: str) -> bool:
+def write_run_metrics(path: Path, run_id: str, state: str, output_s3_uri: str,
+                      pipeline: str = "") -> bool:
     """Write the finished run's metrics from the pointer.json it published; False when none.
 
     Kubeflow keeps metrics in its metadata store, which its REST API does not serve, so
     the published pointer (output_s3_uri/<run id>/pointer.json) is the source. The file
     holds the evaluation figures at the top ({"moe": {"wer", "cer", "per_group"},
-    "base": ...}, as scripts/check_regression.py reads them) plus the run and where the
-    model and its pointer are.
+    "base": ..., "test_set": ...}, as scripts/check_regression.py reads them) plus the
+    pipeline, the run and where the published run folder, model and pointer are.
     """
     if not output_s3_uri:
         log.warning("--metrics-out: the run published nothing (no --output-s3-uri), so there are no "
@@ -219,8 +221,9 @@ def write_run_metrics(path: Path, run_id: str, state: str, output_s3_uri: str) -
     except storage.StorageError as error:
         log.warning("--metrics-out: cannot fetch %s: %s", pointer_uri, error)
         return False
-    payload = {**(pointer.get("metrics") or {}), "run_id": run_id, "state": state,
-               "model_uri": pointer.get("uri"), "model_pointer": pointer_uri}
+    payload = {**(pointer.get("metrics") or {}), "pipeline": pipeline or None, "run_id": run_id,
+               "state": state, "model_uri": pointer.get("uri"), "model_pointer": pointer_uri,
+               "run_uri": pointer_uri.rsplit("/", 1)[0]}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"metrics written to {path}")

@@ -210,9 +210,11 @@ def run_folder_name(run_id: str, run_name: str) -> str:
 
 def headline_metrics(evaluation: dict) -> dict:
     """The figures a pointer carries: WER/CER overall and per group of each system, in the
-    evaluate stage's own layout ({"moe": {"wer", "cer", "per_group": {group: {...}}}})."""
+    evaluate stage's own layout ({"moe": {"wer", "cer", "per_group": {group: {...}}}}), and
+    the identity of the test set they were measured on."""
     summary = {system: evaluation[system] for system in ("moe", "base", "oracle") if system in evaluation}
     summary["test_utterances"] = evaluation.get("utterances")
+    summary["test_set"] = evaluation.get("test_set")  # what a regression gate compares on
     return summary
 
 
