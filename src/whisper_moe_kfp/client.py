@@ -1,4 +1,4 @@
-"""The Kubeflow Pipelines client behind `whisper-moe kfp upload|run|schedule`.
+"""The Kubeflow Pipelines client behind `whisper-moe kfp upload|run|schedule|terminate`.
 
 The command line (whisper_moe.cli.kfp) parses the flags and the configuration; here
 the whole configuration travels as the `params_yaml` parameter, and the pipeline's tuned
@@ -44,6 +44,8 @@ def run_command(args, params: dict | None) -> int:
     try:
         if args.kfp_command == "upload":
             return cmd_upload(args)
+        if args.kfp_command == "terminate":
+            return cmd_terminate(args)
         command = {"run": cmd_run, "schedule": cmd_schedule}[args.kfp_command]
         return command(args, params)
     except ApiException as error:
@@ -87,6 +89,9 @@ def cmd_run(args, params: dict) -> int:
         enable_caching=False if args.no_cache else None, service_account=args.service_account)
     run_id = result.run_id
     print(f"run id: {run_id}")
+    if args.run_id_file:  # before the wait, so a cancelled job can still terminate the run
+        args.run_id_file.parent.mkdir(parents=True, exist_ok=True)
+        args.run_id_file.write_text(run_id + "\n")
     if not args.wait:
         return 0
     run = client.wait_for_run_completion(run_id, timeout=args.timeout, sleep_duration=10)
@@ -96,6 +101,14 @@ def cmd_run(args, params: dict) -> int:
         write_run_metrics(args.metrics_out, run_id, state, arguments.get("output_s3_uri", ""),
                           pipeline=args.pipeline)
     return 0 if state.upper() == FINISHED_OK else 1
+
+
+def cmd_terminate(args) -> int:
+    """Stop a run: a cancelled or timed-out retrain job must not leave GPUs busy."""
+    client = connect(args)
+    client.terminate_run(args.run_id)
+    print(f"run {args.run_id}: termination requested")
+    return 0
 
 
 def cmd_schedule(args, params: dict) -> int:

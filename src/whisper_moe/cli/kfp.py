@@ -1,4 +1,4 @@
-"""`whisper-moe kfp upload|run|schedule`: the compiled pipelines on a Kubeflow Pipelines server.
+"""`whisper-moe kfp upload|run|schedule|terminate`: the compiled pipelines on a Kubeflow Pipelines server.
 
     whisper-moe kfp upload --host http://localhost:8080
     whisper-moe kfp run --pipeline regular -S train.lr=3e-4 --output-s3-uri s3://bucket/runs \\
@@ -41,6 +41,12 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--timeout", type=int, default=48 * 3600, help="seconds --wait waits (default 48 h)")
     p.add_argument("--metrics-out", type=Path,
                    help="with --wait: write the run's final metrics (from its published pointer.json)")
+    p.add_argument("--run-id-file", type=Path,
+                   help="write the run id here as soon as the run exists (for `kfp terminate`)")
+
+    p = commands.add_parser("terminate", help="terminate a run (its running pods are stopped)")
+    add_connection_flags(p)
+    p.add_argument("--run-id", required=True)
 
     p = commands.add_parser("schedule", help="create a recurring run (one at a time)")
     add_common(p)
