@@ -41,7 +41,7 @@ def test_the_workflow_gates_per_pipeline_then_records_the_model_and_opens_a_pull
     assert positions == sorted(positions)
     assert "dvc import-url" not in scripts
     pull_request = next(s for s in steps() if "create-pull-request" in s.get("uses", ""))
-    paths = pull_request["with"]["add-paths"].split()
+    paths = pull_request["with"]["add-paths"].splitlines()
     assert paths == ["metrics/accepted/${{ env.PIPELINE }}.json", "models/${{ env.PIPELINE }}.dvc",
                      "models/.gitignore"]
     text = WORKFLOW.read_text()
