@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import functools
 import importlib.util
-import json
 import re
 import shutil
 import subprocess
