@@ -87,3 +87,11 @@ def test_the_demo_is_refused_unless_asked(tmp_path, variables, ok, message):
     result = run_check(tmp_path, **variables)
     assert (result.returncode == 0) == ok, result.stdout + result.stderr
     assert message in result.stdout
+
+
+def test_releases_upload_a_pipeline_version_that_runs_can_reference():
+    ci = yaml.safe_load((WORKFLOW.parent / "ci.yml").read_text())
+    upload = next(s for s in ci["jobs"]["images"]["steps"] if s.get("name", "").startswith("Upload a pipeline version"))
+    assert "refs/tags/v" in upload["if"]
+    assert "kfp upload" in upload["run"] and '--version-name "${GITHUB_REF_NAME#v}"' in upload["run"]
+    assert "--pipeline-version" in step("Run the ")["run"]

@@ -83,10 +83,18 @@ def cmd_run(args, params: dict) -> int:
     package = find_package(args.pipeline, args.package)
     arguments = run_arguments(args, params, package)
     client = connect(args)
-    result = client.create_run_from_pipeline_package(
-        str(package), arguments=arguments, run_name=args.run_name,
-        experiment_name=args.experiment, namespace=args.namespace,
-        enable_caching=False if args.no_cache else None, service_account=args.service_account)
+    if args.pipeline_version:
+        pipeline_id, version_id = uploaded_version(client, package, args.pipeline_version)
+        experiment = client.create_experiment(name=args.experiment, namespace=args.namespace)
+        result = client.run_pipeline(
+            experiment.experiment_id, args.run_name or f"{args.pipeline} {args.pipeline_version}",
+            params=arguments, pipeline_id=pipeline_id, version_id=version_id,
+            enable_caching=False if args.no_cache else None, service_account=args.service_account)
+    else:
+        result = client.create_run_from_pipeline_package(
+            str(package), arguments=arguments, run_name=args.run_name,
+            experiment_name=args.experiment, namespace=args.namespace,
+            enable_caching=False if args.no_cache else None, service_account=args.service_account)
     run_id = result.run_id
     print(f"run id: {run_id}")
     if args.run_id_file:  # before the wait, so a cancelled job can still terminate the run
@@ -116,10 +124,14 @@ def cmd_schedule(args, params: dict) -> int:
     arguments = run_arguments(args, params, package)
     client = connect(args)
     experiment = client.create_experiment(name=args.experiment, namespace=args.namespace)
+    pipeline_id = version_id = None
+    if args.pipeline_version:
+        pipeline_id, version_id = uploaded_version(client, package, args.pipeline_version)
     recurring = client.create_recurring_run(
         experiment_id=experiment.experiment_id, job_name=args.name or f"whisper-moe-{args.pipeline}",
         cron_expression=six_field_cron(args.cron), max_concurrency=1, no_catchup=not args.catchup,
-        params=arguments, pipeline_package_path=str(package),
+        params=arguments, pipeline_package_path=None if version_id else str(package),
+        pipeline_id=pipeline_id, version_id=version_id,
         enable_caching=False if args.no_cache else None, service_account=args.service_account)
     print(f"recurring run id: {recurring.recurring_run_id} (cron {six_field_cron(args.cron)!r})")
     return 0
@@ -173,10 +185,29 @@ def run_arguments(args, params: dict, package: Path) -> dict:
     return arguments
 
 
+def uploaded_version(client, package: Path, version_name: str) -> tuple[str, str]:
+    """(pipeline id, version id) of an uploaded version of the package's pipeline."""
+    name = pipeline_name(package)
+    pipeline_id = client.get_pipeline_id(name)
+    if pipeline_id is None:
+        raise KfpCommandError(f"no pipeline {name} on the server: upload it first (`whisper-moe kfp upload`)")
+    name_filter = json.dumps({"predicates": [{"operation": "EQUALS", "key": "display_name",
+                                              "stringValue": version_name}]})
+    versions = client.list_pipeline_versions(pipeline_id, filter=name_filter).pipeline_versions or []
+    if not versions:
+        raise KfpCommandError(f"pipeline {name} has no version {version_name!r}: upload it with "
+                              f"`whisper-moe kfp upload --version-name {version_name}`")
+    return pipeline_id, versions[0].pipeline_version_id
+
+
+def pipeline_name(package: Path) -> str:
+    with open(package) as handle:
+        return next(yaml.safe_load_all(handle))["pipelineInfo"]["name"]
+
+
 def upload(client, package: Path, version_name: str | None, namespace: str | None) -> str:
     """Upload as a new pipeline, or as a new version of the pipeline with the same name."""
-    with open(package) as handle:
-        name = next(yaml.safe_load_all(handle))["pipelineInfo"]["name"]
+    name = pipeline_name(package)
     pipeline_id = client.get_pipeline_id(name)
     if pipeline_id is None:
         pipeline = client.upload_pipeline(str(package), pipeline_name=name, namespace=namespace)

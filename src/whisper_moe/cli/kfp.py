@@ -72,6 +72,9 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     add_connection_flags(parser)
     parser.add_argument("--pipeline", choices=list(PIPELINE_CHOICES), required=True)
     parser.add_argument("--package", type=Path, help="compiled spec (default: pipelines/compiled/)")
+    parser.add_argument("--pipeline-version",
+                        help="run this uploaded version of the pipeline (`kfp upload`'s version name) "
+                             "instead of sending the spec, so the UI shows which code ran")
     parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT,
                         help=f"experiment to file the run under (default {DEFAULT_EXPERIMENT})")
     parser.add_argument("--service-account", help="Kubernetes service account of the run's pods, e.g. "
