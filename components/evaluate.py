@@ -28,7 +28,7 @@ def evaluate_moe(
         gate: Optional pretrained gate; its confusion matrix is shown when it has one.
 
     Returns:
-        evaluation: metrics.json, predictions.jsonl, per-group tables and plots.
+        evaluation: metrics.json (with the test set's sha256), predictions.jsonl, per-group tables, plots and data_source.json.
         metrics: WER and CER overall and per group for the MoE, the base model and oracle routing.
         report: The evaluation report (WER per group, expert usage, training curves, worst utterances).
         gate_confusion: The pretrained gate's confusion matrix on its held-out embeddings (pretrained MoE only).
@@ -46,6 +46,7 @@ def evaluate_moe(
                           test_manifest=artifacts.split_manifest(dataset.path, "test"), out_dir=out_dir,
                           train_dir=training_log.path)
     runtime.log_evaluation(metrics, result)
+    runtime.carry_data_source(dataset.path, out_dir)
     runtime.write_text(report.path, (out_dir / artifacts.EVALUATION_REPORT).read_text())
     confusion = artifacts.gate_confusion(gate.path) if gate is not None else None
     if confusion is not None:

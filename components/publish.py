@@ -1,4 +1,4 @@
-"""publish-model: the model, metrics and report to S3 under the run's id, plus a DVC pointer."""
+"""publish-model: the model folder (with lineage and model card), metrics and report to S3."""
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Input, Model, Output
@@ -17,12 +17,15 @@ def publish_model(
     run_id: str = "",
     run_name: str = "",
 ):
-    """Upload the checkpoint, metrics, report and params to output_s3_uri/<run id>/.
+    """Upload the model folder, metrics, report and params to output_s3_uri/<run id>/.
 
-    Also writes pointer.json there ({"uri", "metrics", "run", ...}): `dvc import-url` of
-    it, or of the model folder, versions the result in a DVC project. S3 credentials and
-    endpoint come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_ENDPOINT_URL.
-    With an empty output_s3_uri nothing is uploaded and the pointer names Kubeflow's copy.
+    The model folder holds the checkpoint, lineage.json (code commit, image digest, data
+    revision and md5, base model, params, run id) and a model card (README.md). Also
+    writes pointer.json there ({"uri", "run_uri", "metrics", "lineage", ...});
+    scripts/record_model.py versions the run folder by content in a DVC project. S3
+    credentials and endpoint come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and
+    AWS_ENDPOINT_URL. With an empty output_s3_uri nothing is uploaded and the pointer
+    names Kubeflow's copy.
 
     Args:
         params_yaml: Resolved configuration (YAML), saved beside the model.
@@ -34,7 +37,7 @@ def publish_model(
         run_name: The Kubeflow run name (recorded in the pointer).
 
     Returns:
-        pointer: pointer.json naming the published model, its metrics and the run.
+        pointer: pointer.json naming the published model, its metrics, lineage and the run.
     """
     import json
 
@@ -43,5 +46,9 @@ def publish_model(
     published = runtime.publish(output_s3_uri, run_id, run_name, checkpoint.path, checkpoint.uri,
                                 evaluation.path, report.path, params_yaml)
     runtime.write_text(pointer.path, json.dumps(published, indent=2) + "\n")
-    pointer.metadata.update({"uri": published["uri"], "published": published["published"]})
+    made = published["lineage"]
+    pointer.metadata.update({"uri": published["uri"], "published": published["published"],
+                             "code_commit": made["code"]["commit"], "image_digest": made["image_digest"],
+                             "data": json.dumps(made["data"]), "base_model": made["base_model"],
+                             "run_id": made["run_id"]})
     print(f"pointer: {json.dumps(published)}")

@@ -57,6 +57,15 @@ class FakeKfpApi:
             return 200, {"run_id": "run-1", "state": "PENDING", **json.loads(body)}
         if method == "GET" and path == f"{api}/runs/run-1":
             return 200, {"run_id": "run-1", "state": self.run_state}
+        if method == "GET" and path == f"{api}/pipelines/pipeline-7/versions":
+            wanted = json.loads(query["filter"][0])["predicates"][0]["stringValue"]
+            known = {"0.2.0": "version-0.2.0"}
+            if wanted in known:
+                return 200, {"pipeline_versions": [{"pipeline_id": "pipeline-7", "display_name": wanted,
+                                                    "pipeline_version_id": known[wanted]}], "total_size": 1}
+            return 200, {"total_size": 0}
+        if method == "POST" and path == f"{api}/runs/run-1:terminate":
+            return 200, {}
         if method == "POST" and path == f"{api}/recurringruns":
             return 200, {"recurring_run_id": "recurring-1", **json.loads(body)}
         return 404, {"message": f"no route {method} {path}", "code": 5}
@@ -195,7 +204,8 @@ def test_run_wait_writes_the_published_metrics(kfp_api, tmp_path, moto_s3):  # n
     metrics_out = tmp_path / "out" / "metrics.json"
     code = run_cli(["kfp", "run", "--host", kfp_api.host, "--pipeline", "pretrained",
                     "--params", str(defaults_only_params(tmp_path)), "--output-s3-uri", "s3://results/runs",
-                    "--wait", "--metrics-out", str(metrics_out), "--no-cache", "--token", "t0ken"])
+                    "--wait", "--metrics-out", str(metrics_out), "--no-cache", "--token", "t0ken",
+                    "--run-id-file", str(tmp_path / "run-id.txt")])
     assert code == 0
     assert kfp_api.find("GET", "/apis/v2beta1/healthz")  # no namespace: the client probes the server
     [run] = kfp_api.find("POST", "/apis/v2beta1/runs")
@@ -209,6 +219,15 @@ def test_run_wait_writes_the_published_metrics(kfp_api, tmp_path, moto_s3):  # n
     assert written["state"] == "SUCCEEDED" and written["moe"] == {"wer": 0.25}
     assert written["model_pointer"] == "s3://results/runs/run-1/pointer.json"
     assert written["model_uri"] == "s3://results/runs/run-1/model"
+    assert written["pipeline"] == "pretrained"  # the gate picks this pipeline's baseline
+    assert written["run_uri"] == "s3://results/runs/run-1"  # what record_model.py versions
+    assert (tmp_path / "run-id.txt").read_text().strip() == "run-1"
+
+
+def test_terminate_stops_the_run(kfp_api, capsys):
+    assert run_cli(["kfp", "terminate", "--host", kfp_api.host, "--namespace", "ns", "--run-id", "run-1"]) == 0
+    assert kfp_api.find("POST", "/apis/v2beta1/runs/run-1:terminate")
+    assert "termination requested" in capsys.readouterr().out
 
 
 def test_run_wait_fails_when_the_run_fails(kfp_api, tmp_path):
@@ -261,3 +280,25 @@ def defaults_only_params(folder):
     path = folder / "defaults.yaml"
     path.write_text("{}\n")
     return path
+
+
+def test_a_run_and_a_schedule_reference_an_uploaded_pipeline_version(kfp_api, tmp_path):
+    kfp_api.existing_pipeline_id = "pipeline-7"
+    params = str(defaults_only_params(tmp_path))
+    assert run_cli(["kfp", "run", "--host", kfp_api.host, "--namespace", "ns", "--pipeline", "regular",
+                    "--params", params, "--pipeline-version", "0.2.0"]) == 0
+    [run] = kfp_api.find("POST", "/apis/v2beta1/runs")
+    body = json.loads(run["body"])
+    assert body["pipeline_version_reference"] == {"pipeline_id": "pipeline-7",
+                                                  "pipeline_version_id": "version-0.2.0"}
+    assert "pipeline_spec" not in body  # the server's copy runs, not one sent with the run
+    assert "params_yaml" in body["runtime_config"]["parameters"]
+
+    assert run_cli(["kfp", "schedule", "--host", kfp_api.host, "--namespace", "ns", "--pipeline", "regular",
+                    "--params", params, "--cron", "0 3 * * 1", "--pipeline-version", "0.2.0"]) == 0
+    [recurring] = kfp_api.find("POST", "/apis/v2beta1/recurringruns")
+    assert json.loads(recurring["body"])["pipeline_version_reference"]["pipeline_version_id"] == "version-0.2.0"
+
+    with pytest.raises(kfp_cli.KfpCommandError, match="has no version '9.9.9'"):
+        run_cli(["kfp", "run", "--host", kfp_api.host, "--namespace", "ns", "--pipeline", "regular",
+                 "--params", params, "--pipeline-version", "9.9.9"])

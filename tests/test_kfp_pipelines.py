@@ -362,7 +362,9 @@ def test_fetch_from_a_dvc_repository_at_a_revision(tmp_path, tiny_corpus):
 
     dest = tmp_path / "dataset" / "source"
     source = fetch_training_data(dest, dvc_repo=str(repo), dvc_rev=revision, dvc_path="data/corpus")
-    assert source["kind"] == "dvc" and source["rev"] == revision
+    assert source["kind"] == "dvc" and source["rev"] == revision and source["commit"] == revision
+    assert source["md5"].endswith(".dir")  # the folder's DVC md5, as data/corpus.dvc records it
+    assert source["md5"] in (repo / "data" / "corpus.dvc").read_text()
     assert (dest / "train.jsonl").read_text() == (tiny_corpus / "train.jsonl").read_text()
     first_audio = json.loads((dest / "train.jsonl").read_text().splitlines()[0])["audio_filepath"]
     assert (dest / first_audio).read_bytes() == (tiny_corpus / first_audio).read_bytes()
@@ -435,7 +437,8 @@ def test_regular_pipeline_end_to_end_from_s3_to_s3(local_kfp, moto_s3, tiny_base
     assert storage.read_json(f"{run_prefix}/pointer.json") == pointer
     assert storage.read_json(f"{run_prefix}/metrics.json")["moe"]["wer"] == pointer["metrics"]["moe"]["wer"]
     copy = storage.download_prefix(f"{run_prefix}/model", local_kfp / "published")
-    assert sorted(p.name for p in copy) == ["model.safetensors", "moe_config.json"]
+    assert sorted(p.name for p in copy) == ["README.md", "lineage.json", "model.safetensors",
+                                            "moe_config.json"]
     assert yaml.safe_load(storage.s3_client().get_object(
         Bucket="results", Key=f"runs/{pointer['run']}/params.yaml")["Body"].read())["mode"] == "quick"
 

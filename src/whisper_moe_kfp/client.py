@@ -1,4 +1,4 @@
-"""The Kubeflow Pipelines client behind `whisper-moe kfp upload|run|schedule`.
+"""The Kubeflow Pipelines client behind `whisper-moe kfp upload|run|schedule|terminate`.
 
 The command line (whisper_moe.cli.kfp) parses the flags and the configuration; here
 the whole configuration travels as the `params_yaml` parameter, and the pipeline's tuned
@@ -44,6 +44,8 @@ def run_command(args, params: dict | None) -> int:
     try:
         if args.kfp_command == "upload":
             return cmd_upload(args)
+        if args.kfp_command == "terminate":
+            return cmd_terminate(args)
         command = {"run": cmd_run, "schedule": cmd_schedule}[args.kfp_command]
         return command(args, params)
     except ApiException as error:
@@ -81,20 +83,40 @@ def cmd_run(args, params: dict) -> int:
     package = find_package(args.pipeline, args.package)
     arguments = run_arguments(args, params, package)
     client = connect(args)
-    result = client.create_run_from_pipeline_package(
-        str(package), arguments=arguments, run_name=args.run_name,
-        experiment_name=args.experiment, namespace=args.namespace,
-        enable_caching=False if args.no_cache else None, service_account=args.service_account)
+    if args.pipeline_version:
+        pipeline_id, version_id = uploaded_version(client, package, args.pipeline_version)
+        experiment = client.create_experiment(name=args.experiment, namespace=args.namespace)
+        result = client.run_pipeline(
+            experiment.experiment_id, args.run_name or f"{args.pipeline} {args.pipeline_version}",
+            params=arguments, pipeline_id=pipeline_id, version_id=version_id,
+            enable_caching=False if args.no_cache else None, service_account=args.service_account)
+    else:
+        result = client.create_run_from_pipeline_package(
+            str(package), arguments=arguments, run_name=args.run_name,
+            experiment_name=args.experiment, namespace=args.namespace,
+            enable_caching=False if args.no_cache else None, service_account=args.service_account)
     run_id = result.run_id
     print(f"run id: {run_id}")
+    if args.run_id_file:  # before the wait, so a cancelled job can still terminate the run
+        args.run_id_file.parent.mkdir(parents=True, exist_ok=True)
+        args.run_id_file.write_text(run_id + "\n")
     if not args.wait:
         return 0
     run = client.wait_for_run_completion(run_id, timeout=args.timeout, sleep_duration=10)
     state = str(run.state)
     print(f"run {run_id} finished: {state}")
     if args.metrics_out:
-        write_run_metrics(args.metrics_out, run_id, state, arguments.get("output_s3_uri", ""))
+        write_run_metrics(args.metrics_out, run_id, state, arguments.get("output_s3_uri", ""),
+                          pipeline=args.pipeline)
     return 0 if state.upper() == FINISHED_OK else 1
+
+
+def cmd_terminate(args) -> int:
+    """Stop a run: a cancelled or timed-out retrain job must not leave GPUs busy."""
+    client = connect(args)
+    client.terminate_run(args.run_id)
+    print(f"run {args.run_id}: termination requested")
+    return 0
 
 
 def cmd_schedule(args, params: dict) -> int:
@@ -102,10 +124,14 @@ def cmd_schedule(args, params: dict) -> int:
     arguments = run_arguments(args, params, package)
     client = connect(args)
     experiment = client.create_experiment(name=args.experiment, namespace=args.namespace)
+    pipeline_id = version_id = None
+    if args.pipeline_version:
+        pipeline_id, version_id = uploaded_version(client, package, args.pipeline_version)
     recurring = client.create_recurring_run(
         experiment_id=experiment.experiment_id, job_name=args.name or f"whisper-moe-{args.pipeline}",
         cron_expression=six_field_cron(args.cron), max_concurrency=1, no_catchup=not args.catchup,
-        params=arguments, pipeline_package_path=str(package),
+        params=arguments, pipeline_package_path=None if version_id else str(package),
+        pipeline_id=pipeline_id, version_id=version_id,
         enable_caching=False if args.no_cache else None, service_account=args.service_account)
     print(f"recurring run id: {recurring.recurring_run_id} (cron {six_field_cron(args.cron)!r})")
     return 0
@@ -159,10 +185,29 @@ def run_arguments(args, params: dict, package: Path) -> dict:
     return arguments
 
 
+def uploaded_version(client, package: Path, version_name: str) -> tuple[str, str]:
+    """(pipeline id, version id) of an uploaded version of the package's pipeline."""
+    name = pipeline_name(package)
+    pipeline_id = client.get_pipeline_id(name)
+    if pipeline_id is None:
+        raise KfpCommandError(f"no pipeline {name} on the server: upload it first (`whisper-moe kfp upload`)")
+    name_filter = json.dumps({"predicates": [{"operation": "EQUALS", "key": "display_name",
+                                              "stringValue": version_name}]})
+    versions = client.list_pipeline_versions(pipeline_id, filter=name_filter).pipeline_versions or []
+    if not versions:
+        raise KfpCommandError(f"pipeline {name} has no version {version_name!r}: upload it with "
+                              f"`whisper-moe kfp upload --version-name {version_name}`")
+    return pipeline_id, versions[0].pipeline_version_id
+
+
+def pipeline_name(package: Path) -> str:
+    with open(package) as handle:
+        return next(yaml.safe_load_all(handle))["pipelineInfo"]["name"]
+
+
 def upload(client, package: Path, version_name: str | None, namespace: str | None) -> str:
     """Upload as a new pipeline, or as a new version of the pipeline with the same name."""
-    with open(package) as handle:
-        name = next(yaml.safe_load_all(handle))["pipelineInfo"]["name"]
+    name = pipeline_name(package)
     pipeline_id = client.get_pipeline_id(name)
     if pipeline_id is None:
         pipeline = client.upload_pipeline(str(package), pipeline_name=name, namespace=namespace)
@@ -196,14 +241,15 @@ def six_field_cron(expression: str) -> str:
     return expression
 
 
-def write_run_metrics(path: Path, run_id: str, state: str, output_s3_uri: str) -> bool:
+def write_run_metrics(path: Path, run_id: str, state: str, output_s3_uri: str,
+                      pipeline: str = "") -> bool:
     """Write the finished run's metrics from the pointer.json it published; False when none.
 
     Kubeflow keeps metrics in its metadata store, which its REST API does not serve, so
     the published pointer (output_s3_uri/<run id>/pointer.json) is the source. The file
     holds the evaluation figures at the top ({"moe": {"wer", "cer", "per_group"},
-    "base": ...}, as scripts/check_regression.py reads them) plus the run and where the
-    model and its pointer are.
+    "base": ..., "test_set": ...}, as scripts/check_regression.py reads them) plus the
+    pipeline, the run and where the published run folder, model and pointer are.
     """
     if not output_s3_uri:
         log.warning("--metrics-out: the run published nothing (no --output-s3-uri), so there are no "
@@ -219,8 +265,9 @@ def write_run_metrics(path: Path, run_id: str, state: str, output_s3_uri: str) -
     except storage.StorageError as error:
         log.warning("--metrics-out: cannot fetch %s: %s", pointer_uri, error)
         return False
-    payload = {**(pointer.get("metrics") or {}), "run_id": run_id, "state": state,
-               "model_uri": pointer.get("uri"), "model_pointer": pointer_uri}
+    payload = {**(pointer.get("metrics") or {}), "pipeline": pipeline or None, "run_id": run_id,
+               "state": state, "model_uri": pointer.get("uri"), "model_pointer": pointer_uri,
+               "run_uri": pointer_uri.rsplit("/", 1)[0]}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"metrics written to {path}")

@@ -11,6 +11,7 @@ module needs no kfp import. DVC is imported only inside `fetch_from_dvc`.
 from __future__ import annotations
 
 import html
+import json
 import logging
 import math
 import re
@@ -18,7 +19,7 @@ import shutil
 import time
 from pathlib import Path
 
-from whisper_moe import artifacts
+from whisper_moe import artifacts, lineage, model_card
 from whisper_moe.data.manifest import SPLIT_NAMES
 from whisper_moe.fsio import write_text_atomic
 from whisper_moe.stages.data import SOURCE_INPUTS
@@ -26,6 +27,7 @@ from whisper_moe.stages.data import SOURCE_INPUTS
 log = logging.getLogger("whisper_moe_kfp")
 
 SOURCE_FOLDER = "source"  # inside the dataset artifact: the fetched or synthesised corpus
+DATA_SOURCE = "data_source.json"  # in the dataset and evaluation artifacts: where the data came from
 
 
 # ------------------------------------------------------------------ data in
@@ -50,13 +52,14 @@ def fetch_training_data(dest: str | Path, dvc_repo: str = "", dvc_rev: str = "",
     if dvc_repo:
         if not dvc_path:
             raise ValueError(f"dvc_repo={dvc_repo!r} needs dvc_path: the data folder inside the repository")
-        fetch_from_dvc(dvc_repo, dvc_rev, dvc_path, dest)
-        return {"kind": "dvc", "repo": dvc_repo, "rev": dvc_rev or "(default branch)", "path": dvc_path}
+        resolved = fetch_from_dvc(dvc_repo, dvc_rev, dvc_path, dest)
+        return {"kind": "dvc", "repo": dvc_repo, "rev": dvc_rev or "(default branch)", "path": dvc_path,
+                **resolved}
     if data_s3_uri:
         from whisper_moe.storage import download_prefix
 
         download_prefix(data_s3_uri, dest)
-        return {"kind": "s3", "uri": data_s3_uri}
+        return {"kind": "s3", "uri": data_s3_uri, "sha256": lineage.folder_sha256(dest)}
     if data_dir:
         source = Path(data_dir)
         if not source.is_dir():
@@ -64,14 +67,17 @@ def fetch_training_data(dest: str | Path, dvc_repo: str = "", dvc_rev: str = "",
                                     "container; mount the volume or use data_s3_uri / dvc_repo")
         # Copied into the dataset artifact so later tasks (other pods) find the audio too.
         shutil.copytree(source, dest, dirs_exist_ok=True)
-        return {"kind": "folder", "path": str(source)}
+        return {"kind": "folder", "path": str(source), "sha256": lineage.folder_sha256(dest)}
     return {"kind": "params"}
 
 
-def fetch_from_dvc(repo: str, rev: str, path: str, dest: Path) -> None:
+def fetch_from_dvc(repo: str, rev: str, path: str, dest: Path) -> dict:
     """Download a DVC-tracked folder (what `dvc get REPO PATH --rev REV` does) to dest.
 
-    DVC reads its remote's credentials from the environment (the same AWS_* variables).
+    Returns the revision resolved to a commit and the folder's DVC md5 (null for a path
+    inside a tracked folder), so lineage names the data exactly even when rev was a
+    branch that has moved on. DVC reads its remote's credentials from the environment
+    (the same AWS_* variables).
     """
     from dvc.api import DVCFileSystem
 
@@ -79,8 +85,10 @@ def fetch_from_dvc(repo: str, rev: str, path: str, dest: Path) -> None:
     if not filesystem.exists(path):
         raise FileNotFoundError(f"{path!r} is not in the DVC repository {repo} at revision "
                                 f"{rev or '(default branch)'}; check dvc_path and dvc_rev")
+    resolved = {"commit": filesystem.repo.scm.get_rev(), "md5": filesystem.info(path).get("md5")}
     dest.parent.mkdir(parents=True, exist_ok=True)
     filesystem.get(path.rstrip("/"), str(dest), recursive=True)
+    return resolved
 
 
 def point_data_stage_at(params: dict, source: dict, dataset_dir: str | Path) -> dict:
@@ -94,6 +102,8 @@ def point_data_stage_at(params: dict, source: dict, dataset_dir: str | Path) -> 
     """
     dataset_dir = Path(dataset_dir)
     data = params["data"]
+    record = source if source["kind"] != "params" else {**source, "source": data["source"]}
+    write_text(dataset_dir / DATA_SOURCE, json.dumps(record, indent=2) + "\n")  # lineage travels with the data
     fetched = dataset_dir / SOURCE_FOLDER
     if source["kind"] != "params":
         if all(artifacts.split_manifest(fetched, split).exists() for split in SPLIT_NAMES):
@@ -116,7 +126,8 @@ def point_data_stage_at(params: dict, source: dict, dataset_dir: str | Path) -> 
 
 def describe_source(source: dict) -> str:
     if source["kind"] == "dvc":
-        return f"DVC {source['repo']}@{source['rev']}:{source['path']}"
+        commit = f" (commit {source['commit'][:12]})" if source.get("commit") else ""
+        return f"DVC {source['repo']}@{source['rev']}{commit}:{source['path']}"
     return source.get("uri") or source.get("path") or source["kind"]
 
 
@@ -246,25 +257,60 @@ def run_folder_name(run_id: str, run_name: str) -> str:
 
 def headline_metrics(evaluation: dict) -> dict:
     """The figures a pointer carries: WER/CER overall and per group of each system, in the
-    evaluate stage's own layout ({"moe": {"wer", "cer", "per_group": {group: {...}}}})."""
+    evaluate stage's own layout ({"moe": {"wer", "cer", "per_group": {group: {...}}}}), and
+    the identity of the test set they were measured on."""
     summary = {system: evaluation[system] for system in ("moe", "base", "oracle") if system in evaluation}
     summary["test_utterances"] = evaluation.get("utterances")
+    summary["test_set"] = evaluation.get("test_set")  # what a regression gate compares on
     return summary
+
+
+def carry_data_source(dataset_dir: str | Path, evaluation_dir: str | Path) -> None:
+    """Copy the dataset's data_source.json into the evaluation folder, which publish reads."""
+    recorded = Path(dataset_dir) / DATA_SOURCE
+    if recorded.exists():
+        shutil.copyfile(recorded, Path(evaluation_dir) / DATA_SOURCE)
+
+
+def model_lineage(params_yaml: str, evaluation_dir: str | Path, run_id: str) -> dict:
+    """lineage.json of a pipeline's model: code, image, the data's resolved revision, params, run."""
+    from whisper_moe_kfp.parameters import params_from_yaml
+
+    recorded = Path(evaluation_dir) / DATA_SOURCE
+    data = json.loads(recorded.read_text()) if recorded.exists() else {"kind": "unknown"}
+    evaluation = artifacts.load_evaluation_metrics(evaluation_dir)
+    return lineage.build(params_from_yaml(params_yaml), data, run_id=run_id or None,
+                         base_model=evaluation.get("base_model"))
+
+
+def model_folder(checkpoint_dir: str | Path, dest: str | Path, evaluation: dict, model_lineage: dict) -> Path:
+    """The published model folder: the checkpoint with its lineage.json and model card (README.md)."""
+    dest = Path(dest)
+    shutil.copytree(checkpoint_dir, dest, dirs_exist_ok=True)
+    lineage.write(dest, model_lineage)
+    model_card.write(dest, evaluation, model_lineage)
+    return dest
 
 
 def publish(output_s3_uri: str, run_id: str, run_name: str, checkpoint_dir: str | Path,
             checkpoint_uri: str, evaluation_dir: str | Path, report_path: str | Path,
             params_yaml: str) -> dict:
-    """Upload model, metrics, report and params under output_s3_uri/<run>/; return the pointer.
+    """Upload the model folder (checkpoint, lineage.json, model card), metrics, report and
+    params under output_s3_uri/<run>/; return the pointer.
 
-    The pointer ({"uri", "metrics", "run", ...}) is uploaded beside them as pointer.json,
-    so `dvc import-url s3://.../<run>/pointer.json` (or .../model) versions the result.
-    With no output_s3_uri nothing is uploaded and the pointer names Kubeflow's own copy.
+    The pointer ({"uri", "run_uri", "metrics", "lineage", ...}) is uploaded beside them as
+    pointer.json. The retrain workflow copies the whole <run>/ folder into the repository
+    and records it with `dvc add` (scripts/record_model.py), so the bytes are versioned by
+    content. With no output_s3_uri nothing is uploaded and the pointer names Kubeflow's copy.
     """
+    import tempfile
+
     evaluation = artifacts.load_evaluation_metrics(evaluation_dir)
     folder = run_folder_name(run_id, run_name)
+    made = model_lineage(params_yaml, evaluation_dir, folder)
     pointer = {"uri": checkpoint_uri, "metrics": headline_metrics(evaluation), "run": folder,
-               "run_name": run_name if "{{" not in run_name else None, "published": False}
+               "run_name": run_name if "{{" not in run_name else None, "published": False,
+               "lineage": {key: made[key] for key in ("code", "image_digest", "data", "base_model", "run_id")}}
     if not output_s3_uri:
         log.info("output_s3_uri is empty: nothing uploaded; the model stays at %s", checkpoint_uri)
         return pointer
@@ -272,13 +318,15 @@ def publish(output_s3_uri: str, run_id: str, run_name: str, checkpoint_dir: str 
 
     base = storage.join_uri(output_s3_uri, folder)
     client = storage.s3_client()
-    storage.upload_folder(checkpoint_dir, storage.join_uri(base, artifacts.PUBLISHED_MODEL), client=client)
+    with tempfile.TemporaryDirectory(prefix="publish-") as staging:
+        model_dir = model_folder(checkpoint_dir, Path(staging) / artifacts.PUBLISHED_MODEL, evaluation, made)
+        storage.upload_folder(model_dir, storage.join_uri(base, artifacts.PUBLISHED_MODEL), client=client)
     storage.upload_file(Path(evaluation_dir) / artifacts.EVALUATION_METRICS,
                         storage.join_uri(base, artifacts.PUBLISHED_METRICS), client=client)
     storage.upload_file(report_path, storage.join_uri(base, artifacts.PUBLISHED_REPORT), client=client)
     storage.upload_bytes(params_yaml.encode(), storage.join_uri(base, artifacts.PUBLISHED_PARAMS),
                          content_type="application/yaml", client=client)
-    pointer.update(uri=storage.join_uri(base, artifacts.PUBLISHED_MODEL), published=True,
+    pointer.update(uri=storage.join_uri(base, artifacts.PUBLISHED_MODEL), published=True, run_uri=base,
                    metrics_uri=storage.join_uri(base, artifacts.PUBLISHED_METRICS),
                    report_uri=storage.join_uri(base, artifacts.PUBLISHED_REPORT),
                    params_uri=storage.join_uri(base, artifacts.PUBLISHED_PARAMS))

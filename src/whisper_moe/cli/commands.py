@@ -82,6 +82,17 @@ def add_subcommands(commands) -> None:
     p.add_argument("--mode", choices=["quick", "full"])
     p.set_defaults(handler=cmd_evaluate)
 
+    p = commands.add_parser("model-card", help="lineage.json and a model card (README.md) for an "
+                                               "evaluated model folder")
+    add_common(p)
+    p.add_argument("--evaluation", required=True, help="the evaluate stage's folder (metrics.json)")
+    p.add_argument("--out", required=True, help="the model folder to write them into")
+    p.add_argument("--pipeline", choices=["pretrained", "regular"])
+    p.add_argument("--run-id", help="what names the run (default: the evaluation folder's parent)")
+    p.add_argument("--dvc-lock", help="dvc.lock that recorded the data folder (its DVC md5)")
+    p.add_argument("--data", default="dvc_runs/data", help="the data folder (default dvc_runs/data)")
+    p.set_defaults(handler=cmd_model_card)
+
     p = commands.add_parser("export-peft", help="write each expert as a PEFT LoRA adapter")
     p.add_argument("checkpoint")
     p.add_argument("--out", required=True)
@@ -191,6 +202,21 @@ def cmd_evaluate(args) -> int:
         if system in metrics:
             print(f"{system:>6}: WER {metrics[system]['wer']:.4f}  CER {metrics[system]['cer']:.4f}")
     print(f"report: {Path(args.out) / 'report.html'}")
+    return 0
+
+
+def cmd_model_card(args) -> int:
+    from whisper_moe import artifacts, lineage, model_card
+
+    params = params_from_args(args)
+    evaluation = artifacts.load_evaluation_metrics(args.evaluation)
+    source = params["data"]["source"]
+    data = (lineage.dvc_stage_data(args.dvc_lock, args.data, source) if args.dvc_lock
+            else lineage.manifests_data(args.data, source))
+    made = lineage.build(params, data, run_id=args.run_id or Path(args.evaluation).resolve().parent.name,
+                         pipeline=args.pipeline, base_model=evaluation.get("base_model"))
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    print(f"wrote {lineage.write(args.out, made)} and {model_card.write(args.out, evaluation, made)}")
     return 0
 
 

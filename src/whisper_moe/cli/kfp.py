@@ -1,4 +1,4 @@
-"""`whisper-moe kfp upload|run|schedule`: the compiled pipelines on a Kubeflow Pipelines server.
+"""`whisper-moe kfp upload|run|schedule|terminate`: the compiled pipelines on a Kubeflow Pipelines server.
 
     whisper-moe kfp upload --host http://localhost:8080
     whisper-moe kfp run --pipeline regular -S train.lr=3e-4 --output-s3-uri s3://bucket/runs \\
@@ -41,6 +41,12 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--timeout", type=int, default=48 * 3600, help="seconds --wait waits (default 48 h)")
     p.add_argument("--metrics-out", type=Path,
                    help="with --wait: write the run's final metrics (from its published pointer.json)")
+    p.add_argument("--run-id-file", type=Path,
+                   help="write the run id here as soon as the run exists (for `kfp terminate`)")
+
+    p = commands.add_parser("terminate", help="terminate a run (its running pods are stopped)")
+    add_connection_flags(p)
+    p.add_argument("--run-id", required=True)
 
     p = commands.add_parser("schedule", help="create a recurring run (one at a time)")
     add_common(p)
@@ -66,6 +72,9 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     add_connection_flags(parser)
     parser.add_argument("--pipeline", choices=list(PIPELINE_CHOICES), required=True)
     parser.add_argument("--package", type=Path, help="compiled spec (default: pipelines/compiled/)")
+    parser.add_argument("--pipeline-version",
+                        help="run this uploaded version of the pipeline (`kfp upload`'s version name) "
+                             "instead of sending the spec, so the UI shows which code ran")
     parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT,
                         help=f"experiment to file the run under (default {DEFAULT_EXPERIMENT})")
     parser.add_argument("--service-account", help="Kubernetes service account of the run's pods, e.g. "

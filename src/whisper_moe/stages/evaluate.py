@@ -8,6 +8,7 @@ group, oracle routing, so users see what the experts and the gate each contribut
 from __future__ import annotations
 
 import functools
+import hashlib
 import html
 import json
 import logging
@@ -21,7 +22,7 @@ from whisper_moe import artifacts
 from whisper_moe.config import check_params
 from whisper_moe.data.batching import UtteranceDataset, collate_utterances
 from whisper_moe.data.features import whisper_features
-from whisper_moe.fsio import write_json_atomic, write_text_atomic
+from whisper_moe.fsio import sha256_of, write_json_atomic, write_text_atomic
 from whisper_moe.metrics import cer, wer
 from whisper_moe.model.base import decoder_prefix_ids, load_base_model
 from whisper_moe.model.decode import greedy_decode, suppressed_token_ids
@@ -131,6 +132,7 @@ def run(params: dict, checkpoint_dir=None, test_manifest=None, out_dir=None, bas
     metrics["input_validation"] = validation.get(str(test_manifest))  # None: the data stage's
     metrics["checkpoint"] = str(checkpoint_dir) if checkpoint_dir else None
     metrics["base_model"] = str(base_model or model.config.base_model)
+    metrics["test_set"] = evaluated_set_identity(test_manifest, predictions)
     write_text_atomic(out_dir / artifacts.PREDICTIONS,
                       "".join(json.dumps(prediction) + "\n" for prediction in predictions))
     write_json_atomic(out_dir / artifacts.EVALUATION_METRICS, metrics)
@@ -141,6 +143,17 @@ def run(params: dict, checkpoint_dir=None, test_manifest=None, out_dir=None, bas
              metrics["base"]["wer"] if "base" in metrics else float("nan"),
              len(predictions), out_dir / artifacts.EVALUATION_REPORT)
     return metrics
+
+
+def evaluated_set_identity(test_manifest, predictions: list[dict]) -> dict:
+    """What makes two evaluations comparable: the manifest's bytes and the utterances decoded.
+
+    A regression gate compares WERs only when both hashes agree; the ids hash also
+    catches quick mode's caps and skipped utterances on the same manifest.
+    """
+    ids = "\n".join(sorted(p["id"] for p in predictions)).encode()
+    return {"manifest": Path(test_manifest).name, "manifest_sha256": sha256_of(test_manifest),
+            "ids_sha256": hashlib.sha256(ids).hexdigest(), "utterances": len(predictions)}
 
 
 def error_rates(references: list[str], hypotheses: list[str]) -> dict[str, float]:

@@ -13,7 +13,7 @@ import logging
 import time
 from pathlib import Path
 
-from whisper_moe import artifacts
+from whisper_moe import artifacts, lineage, model_card
 from whisper_moe.config import check_params
 from whisper_moe.fsio import write_json_atomic
 from whisper_moe.stages import (
@@ -62,6 +62,8 @@ def run(params: dict, output_dir: Path, skip_pretraining: bool, resume: bool = F
     eval_out = run_stage("evaluate", output_dir / "evaluate", resume, lambda: evaluate.run(
         params, checkpoint_dir=train_out["checkpoint"], test_manifest=data_out["test"],
         out_dir=output_dir / "evaluate", train_dir=output_dir / "train"))
+    describe_model(params, output_dir, Path(train_out["checkpoint"]), eval_out,
+                   "regular" if skip_pretraining else "pretrained")
     summary = {
         "output_dir": str(output_dir),
         "checkpoint": train_out["checkpoint"],
@@ -73,6 +75,16 @@ def run(params: dict, output_dir: Path, skip_pretraining: bool, resume: bool = F
     log.info("done: test WER %s (base %s); report %s", summary["test_wer"], summary["base_test_wer"],
              summary["report"])
     return summary
+
+
+def describe_model(params: dict, output_dir: Path, checkpoint: Path, evaluation: dict,
+                   pipeline: str) -> None:
+    """lineage.json and the model card (README.md) beside the checkpoint's weights."""
+    made = lineage.build(params, lineage.manifests_data(output_dir / "data", params["data"]["source"]),
+                         run_id=output_dir.resolve().name, pipeline=pipeline,
+                         base_model=evaluation.get("base_model"))
+    lineage.write(checkpoint, made)
+    model_card.write(checkpoint, evaluation, made)
 
 
 def run_pretraining(params: dict, output_dir: Path, data_out: dict, resume: bool) -> Path:

@@ -1,0 +1,127 @@
+"""A published model is versioned by content with DVC (scripts/record_model.py, as the
+retrain workflow runs it) on a real S3 server (SeaweedFS): a fresh clone at the recording
+commit pulls byte-identical weights, and weights overwritten in the bucket are caught,
+both in the published folder and in the DVC remote itself.
+
+The model is published by the publish-model task's code (runtime.publish) on a tiny
+checkpoint rather than by a whole kfp.local pipeline run, which takes minutes on two
+cores; tests/test_kfp_pipelines.py runs the pipelines end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from s3_server import S3Server, s3_server  # noqa: F401  (fixture)
+from test_dvc_storage import clean_env, dvc, run
+
+pytest.importorskip("dvc_s3")
+pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+
+REPO = Path(__file__).resolve().parents[1]
+RECORD = [sys.executable, str(REPO / "scripts" / "record_model.py")]
+
+
+@pytest.fixture
+def published_run(tmp_path, monkeypatch, s3_server: S3Server, tiny_moe, tiny_params):  # noqa: F811
+    """A tiny checkpoint published by the publish-model task's code (runtime.publish) to the
+    S3 server, with an evaluation folder as the evaluate stage lays it out."""
+    import yaml
+
+    from whisper_moe.model.io import save_moe
+    from whisper_moe_kfp import runtime
+
+    for name, value in {**s3_server.env(), "AWS_ENDPOINT_URL": s3_server.endpoint_url,
+                        "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        monkeypatch.setenv(name, value)
+    checkpoint = save_moe(tiny_moe(2), tmp_path / "checkpoint")
+    evaluation = tmp_path / "evaluation"
+    evaluation.mkdir()
+    groups = {"en-us": {"wer": 0.5, "cer": 0.25, "n": 2}, "en-029": {"wer": 0.75, "cer": 0.5, "n": 2}}
+    (evaluation / "metrics.json").write_text(json.dumps({
+        "utterances": 4, "base_model": tiny_params["model"]["base_model"],
+        "moe": {"wer": 0.625, "cer": 0.375, "per_group": groups},
+        "test_set": {"manifest": "test.jsonl", "manifest_sha256": "0" * 64, "ids_sha256": "1" * 64,
+                     "utterances": 4}}))
+    (evaluation / runtime.DATA_SOURCE).write_text(json.dumps({"kind": "s3", "uri": "s3://data/v1",
+                                                              "sha256": "2" * 64}))
+    report = tmp_path / "report.html"
+    report.write_text("<h1>whisper-moe evaluation</h1>")
+    pointer = runtime.publish(f"s3://{s3_server.bucket}/runs", "run-42", "nightly", checkpoint,
+                              str(checkpoint), evaluation, report, yaml.safe_dump(tiny_params))
+    assert pointer["published"] is True
+    return pointer, Path(checkpoint)
+
+
+def new_repository(root: Path, env: dict, server: S3Server) -> None:
+    """git + DVC with the bucket as its remote; `verify` re-hashes what `dvc pull` downloads."""
+    root.mkdir()
+    run(["git", "init", "-q"], root, env)
+    dvc("init", "-q", cwd=root, env=env)
+    dvc("remote", "add", "-d", "storage", f"s3://{server.bucket}/dvc-models", cwd=root, env=env)
+    dvc("remote", "modify", "storage", "endpointurl", server.endpoint_url, cwd=root, env=env)
+    dvc("remote", "modify", "storage", "verify", "true", cwd=root, env=env)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "DVC with an S3 remote"], root, env)
+
+
+def fresh_clone(origin: Path, commit: str, dest: Path, env: dict):
+    run(["git", "clone", "-q", str(origin), str(dest)], origin.parent, env)
+    run(["git", "checkout", "-q", commit], dest, env)
+    return dvc("pull", cwd=dest, env=env, check=False)
+
+
+def remote_key_of(root: Path, recorded: str, relpath: str) -> str:
+    """The DVC remote's object key holding one file of a recorded folder."""
+    md5 = next(line.split(": ")[1] for line in (root / f"{recorded}.dvc").read_text().splitlines()
+               if line.strip().startswith("- md5:"))
+    listing = json.loads((root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]).read_text())
+    file_md5 = next(entry["md5"] for entry in listing if entry["relpath"] == relpath)
+    return f"dvc-models/files/md5/{file_md5[:2]}/{file_md5[2:]}"
+
+
+def test_a_published_model_is_restored_byte_for_byte_and_tampering_is_caught(
+        published_run, tmp_path, s3_server: S3Server):  # noqa: F811
+    pointer, checkpoint = published_run
+    env = clean_env(tmp_path) | s3_server.env() | {"AWS_ENDPOINT_URL": s3_server.endpoint_url}
+    origin = tmp_path / "origin"
+    new_repository(origin, env, s3_server)
+
+    recorded = run([*RECORD, "record", "--run-uri", pointer["run_uri"], "--dest", "models/regular"],
+                   origin, env)
+    assert recorded.stdout.split() == ["models/regular.dvc", "models/.gitignore"]
+    run(["git", "add", "models/regular.dvc", "models/.gitignore"], origin, env)
+    run(["git", "commit", "-qm", "Retrained regular model"], origin, env)
+    commit = run(["git", "rev-parse", "HEAD"], origin, env).stdout.strip()
+    card = (origin / "models" / "regular" / "model" / "README.md").read_text()
+    assert "model-index" in card and pointer["lineage"]["code"]["commit"] in card
+
+    clone = tmp_path / "clone"
+    pull = fresh_clone(origin, commit, clone, env)
+    assert pull.returncode == 0, pull.stderr
+    weights = clone / "models" / "regular" / "model" / "model.safetensors"
+    assert weights.read_bytes() == (checkpoint / "model.safetensors").read_bytes()
+    assert json.loads((clone / "models" / "regular" / "model" / "lineage.json").read_text())["run_id"] == pointer["run"]
+
+    # Weights overwritten in the published folder: `check` names the file.
+    unchanged = run([*RECORD, "check", "--run-uri", pointer["run_uri"], "--dest", "models/regular"], clone, env)
+    assert "unchanged" in unchanged.stdout
+    bucket_key = pointer["uri"].split(f"s3://{s3_server.bucket}/", 1)[1] + "/model.safetensors"
+    s3_server.client().put_object(Bucket=s3_server.bucket, Key=bucket_key, Body=b"other weights")
+    changed = run([*RECORD, "check", "--run-uri", pointer["run_uri"], "--dest", "models/regular"], clone,
+                  env, check=False)
+    assert changed.returncode == 1 and "CHANGED" in changed.stdout
+    assert "model/model.safetensors" in changed.stdout and "model/moe_config.json" not in changed.stdout
+
+    # Weights overwritten in the DVC remote: `dvc pull` re-hashes them and refuses.
+    key = remote_key_of(origin, "models/regular", "model/model.safetensors")
+    s3_server.client().put_object(Bucket=s3_server.bucket, Key=key, Body=b"tampered weights")
+    tampered = fresh_clone(origin, commit, tmp_path / "clone-after-tampering", env)
+    assert tampered.returncode != 0
+    assert "Checkout failed" in tampered.stderr, tampered.stderr
+    restored = tmp_path / "clone-after-tampering" / "models" / "regular" / "model" / "model.safetensors"
+    assert not restored.exists() or restored.read_bytes() != b"tampered weights"
