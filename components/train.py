@@ -16,6 +16,7 @@ def train_moe(
     init: Input[Model] = None,
     run_id: str = "",
     checkpoint_root: str = "/checkpoints",
+    processes: int = 0,
 ):
     """Train the gate and all LoRA experts together on the training split.
 
@@ -30,6 +31,8 @@ def train_moe(
         run_id: The run's id; with checkpoint_root it names the folder a retry resumes from.
         checkpoint_root: Volume that outlives the pod (pipelines/placement.py mounts it);
             training checkpoints there and a retried attempt of the same run resumes.
+        processes: Data-parallel training processes; 0: one per GPU of the pod (its
+            nvidia.com/gpu limit), one on CPU. Above 1 torchrun starts them and rank 0 writes.
 
     Returns:
         checkpoint: The MoE checkpoint (moe_config.json + model.safetensors).
@@ -45,15 +48,22 @@ def train_moe(
     from whisper_moe_kfp.parameters import params_from_yaml
 
     params = params_from_yaml(params_yaml)
-    rank, world_size = init_distributed(params)  # the same set-up as the CLI and the k8s job
     durable_dir = runtime.durable_work_dir(checkpoint_root, run_id, "train-moe")
     train_dir = durable_dir or Path(training_log.path)
-    result = train.run(params, artifacts.split_manifest(dataset.path, "train"),
-                       artifacts.split_manifest(dataset.path, "dev"), train_dir,
-                       init_dir=init.path if init is not None else None,
-                       resume=durable_dir is not None, rank=rank, world_size=world_size)
+    train_manifest = artifacts.split_manifest(dataset.path, "train")
+    dev_manifest = artifacts.split_manifest(dataset.path, "dev")
+    init_dir = init.path if init is not None else None
+    world = runtime.training_processes(processes, params)
+    if world > 1:  # the same CLI command as the Kubernetes job, under torchrun
+        result = runtime.train_in_processes(world, params_yaml, train_manifest, dev_manifest,
+                                            train_dir, init_dir, resume=durable_dir is not None)
+    else:
+        rank, world_size = init_distributed(params)  # the set-up of the CLI (1 unless under torchrun)
+        result = train.run(params, train_manifest, dev_manifest, train_dir, init_dir=init_dir,
+                           resume=durable_dir is not None, rank=rank, world_size=world_size)
     runtime.finish_training_folder(train_dir, checkpoint.path)
     if durable_dir is not None:
         runtime.finish_durable_folder(durable_dir, training_log.path)
-    checkpoint.metadata.update({"num_experts": result["num_experts"], "framework": "whisper-moe"})
+    checkpoint.metadata.update({"num_experts": result["num_experts"], "framework": "whisper-moe",
+                                "training_processes": world})
     runtime.log_numbers(training_metrics, result)

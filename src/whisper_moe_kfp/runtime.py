@@ -14,8 +14,10 @@ import html
 import json
 import logging
 import math
+import os
 import re
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -198,6 +200,79 @@ def remove_durable_folder(work_dir: str | Path) -> None:
     shutil.rmtree(work_dir, ignore_errors=True)
     if work_dir.parent.is_dir() and not any(work_dir.parent.iterdir()):
         work_dir.parent.rmdir()
+
+
+# ------------------------------------------------------------------ several GPUs
+def training_processes(requested: int, params: dict) -> int:
+    """How many training processes a task runs: `requested` when > 0, else one per GPU the
+    pod sees (its nvidia.com/gpu limit), one on CPU."""
+    if requested > 0:
+        return requested
+    if params["runtime"]["device"] == "cpu":
+        return 1
+    import torch
+
+    return max(torch.cuda.device_count(), 1)
+
+
+def torchrun_train_command(processes: int, params_file: str | Path, train_manifest: str | Path,
+                           dev_manifest: str | Path, out_dir: str | Path, init_dir: str | Path | None,
+                           resume: bool) -> list[str]:
+    """`whisper-moe train` under torchrun on this node: the same command as the Kubernetes job."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={processes}", "-m", "whisper_moe.cli", "train",
+               "--params", str(params_file), "--train-manifest", str(train_manifest),
+               "--dev-manifest", str(dev_manifest), "--out", str(out_dir)]
+    if init_dir is not None:
+        command += ["--init", str(init_dir)]
+    return command + (["--resume"] if resume else [])
+
+
+# torchrun's wait for its workers after passing on a SIGTERM, before it kills them: time for
+# the checkpoint the workers save at the next step boundary.
+WORKER_SHUTDOWN_S = 240
+
+
+def train_in_processes(processes: int, params_yaml: str, train_manifest: str | Path,
+                       dev_manifest: str | Path, out_dir: str | Path, init_dir=None,
+                       resume: bool = False) -> dict:
+    """Joint training in `processes` data-parallel processes started by torchrun; rank 0
+    writes out_dir exactly as one process would. Returns its train_metrics.json.
+
+    SIGTERM and SIGINT to this process (a preempted pod) are passed on to torchrun, which
+    passes them to the workers: they agree to stop, save a checkpoint and exit non-zero, and a
+    retry with resume=True continues from it.
+    """
+    import signal
+    import subprocess
+    import tempfile
+
+    out_dir = Path(out_dir)
+    with tempfile.TemporaryDirectory(prefix="train-params-") as folder:
+        params_file = Path(folder) / "params.yaml"
+        params_file.write_text(params_yaml)
+        command = torchrun_train_command(processes, params_file, train_manifest, dev_manifest,
+                                         out_dir, init_dir, resume)
+        env = {**os.environ, "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(WORKER_SHUTDOWN_S)}
+        log.info("training in %d processes: %s", processes, " ".join(command))
+        launcher = subprocess.Popen(command, env=env)
+        forward = lambda signum, frame: launcher.send_signal(signum)  # noqa: E731
+        previous = {}
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            try:
+                previous[signum] = signal.signal(signum, forward)
+            except ValueError:  # not the main thread: the caller keeps its signals
+                pass
+        try:
+            code = launcher.wait()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+    if code != 0:
+        raise RuntimeError(f"torchrun with {processes} training processes exited with {code} "
+                           f"(its log is above); a retry resumes from {out_dir}/"
+                           f"{artifacts.RESUMABLE_CHECKPOINTS} when that is on the checkpoint volume")
+    return json.loads((out_dir / artifacts.TRAIN_METRICS).read_text())
 
 
 def image_page(title: str, png_paths: list[str | Path], details: str = "") -> str:
