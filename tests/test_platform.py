@@ -2,8 +2,9 @@
 
 Offline and fast: hadolint on the Dockerfiles, `kubectl kustomize` of every kustomization,
 strict schema validation of every rendered core object (kubernetes-validate, the newest
-Kubernetes versions it knows), field checks of the custom resources (PyTorchJob) with their
-pod templates validated as core PodTemplates, actionlint on the workflows, a credential scan
+Kubernetes versions it knows), field checks of the custom resources (Kubeflow Trainer's
+TrainJob and TrainingRuntime, whose CRDs kubernetes-validate has no schema for) with their pod
+templates validated as core PodTemplates, actionlint on the workflows, a credential scan
 of everything that ships, the pod security rules (non-root, read-only root filesystem,
 requests and limits), and the compiled KFP specs in pipelines/compiled/ when there are any.
 """
@@ -125,9 +126,6 @@ def pod_specs(obj: dict) -> list[tuple[str, dict]]:
         return [(f"{kind}/{name}", spec["template"]["spec"])]
     if kind == "CronJob":
         return [(f"CronJob/{name}", spec["jobTemplate"]["spec"]["template"]["spec"])]
-    if kind == "PyTorchJob":
-        return [(f"PyTorchJob/{name}/{replica}", replica_spec["template"]["spec"])
-                for replica, replica_spec in spec["pytorchReplicaSpecs"].items()]
     if kind in ("TrainingRuntime", "ClusterTrainingRuntime"):
         jobs = spec["template"]["spec"]["replicatedJobs"]
         return [(f"{kind}/{name}/{job['name']}", job["template"]["spec"]["template"]["spec"])
@@ -361,7 +359,7 @@ def test_kustomization_renders(kustomization):
     objects = rendered(kustomization)
     assert objects, f"{kustomization} renders nothing"
     kinds = {obj["kind"] for obj in objects}
-    assert {"ServiceAccount", "Role", "RoleBinding", "PyTorchJob"} <= kinds
+    assert {"ServiceAccount", "Role", "RoleBinding", "TrainJob", "TrainingRuntime"} <= kinds
     # a profile's namespace belongs to Kubeflow's profile controller, kubeflow to KFP itself
     assert ("Namespace" in kinds) is (kustomization.name not in NAMESPACE_OWNED_ELSEWHERE)
     assert "Secret" not in kinds, "credentials never come from kustomize: use k8s/templates"
@@ -449,48 +447,100 @@ def test_every_custom_resource_has_a_checker():
         f"no schema and no checker for {custom_kinds - set(CUSTOM_RESOURCE_CHECKS)}")
 
 
-# PyTorchJob (kubeflow.org/v1) fields, as the Training Operator's API defines them.
-PYTORCHJOB_FIELDS = {
+# Kubeflow Trainer v2 (trainer.kubeflow.org/v1alpha1) fields, as its API types define them
+# (pkg/apis/trainer/v1alpha1), and the JobSet fields the runtime's template uses. Only fields
+# that exist in every Trainer 2.x release are allowed: the TrainJob's pod overrides changed
+# between releases, so the pod lives in our own TrainingRuntime.
+TRAINER_API = "trainer.kubeflow.org/v1alpha1"
+TRAINER_FIELDS = {
     "": {"apiVersion", "kind", "metadata", "spec"},
-    "spec": {"elasticPolicy", "nprocPerNode", "pytorchReplicaSpecs", "runPolicy"},
-    "runPolicy": {"activeDeadlineSeconds", "backoffLimit", "cleanPodPolicy", "managedBy",
-                  "schedulingPolicy", "suspend", "ttlSecondsAfterFinished"},
-    "replica": {"replicas", "restartPolicy", "template"},
+    "TrainJob.spec": {"runtimeRef", "trainer", "suspend", "labels", "annotations", "managedBy"},
+    "runtimeRef": {"apiGroup", "kind", "name"},
+    "trainer": {"image", "command", "args", "env", "numNodes", "resourcesPerNode"},
+    "TrainingRuntime.spec": {"mlPolicy", "podGroupPolicy", "template"},
+    "mlPolicy": {"numNodes", "torch"},
+    "torch": {"numProcPerNode"},
+    "jobset": {"replicatedJobs", "failurePolicy", "successPolicy", "ttlSecondsAfterFinished",
+               "network", "startupPolicy", "suspend"},
+    "replicatedJob": {"name", "replicas", "template"},
 }
+# The Trainer's Torch policy sets torchrun's settings in this container of this replicated job
+# (trainer.kubeflow.org/trainjob-ancestor-step: trainer).
+TRAINER_NODE = "node"
 
 
-def check_pytorchjob(job: dict, version: str) -> None:
+def unknown(fields: dict, kind: str) -> set:
+    return set(fields) - TRAINER_FIELDS[kind]
+
+
+def check_training_runtime(runtime: dict, version: str) -> None:
+    name = runtime["metadata"]["name"]
+    assert runtime["apiVersion"] == TRAINER_API
+    assert not unknown(runtime, ""), f"{name}: unknown fields {unknown(runtime, '')}"
+    assert runtime["metadata"]["labels"]["trainer.kubeflow.org/framework"] == "torch"
+    spec = runtime["spec"]
+    assert not unknown(spec, "TrainingRuntime.spec"), f"{name}: {unknown(spec, 'TrainingRuntime.spec')}"
+    assert not unknown(spec["mlPolicy"], "mlPolicy") and not unknown(spec["mlPolicy"]["torch"], "torch")
+    jobset = spec["template"]["spec"]
+    assert not unknown(jobset, "jobset"), f"{name}: unknown JobSet fields {unknown(jobset, 'jobset')}"
+    jobs = {job["name"]: job for job in jobset["replicatedJobs"]}
+    assert TRAINER_NODE in jobs, f"{name}: no replicated job named {TRAINER_NODE!r}"
+    for job in jobs.values():
+        assert not unknown(job, "replicatedJob"), f"{name}/{job['name']}: {unknown(job, 'replicatedJob')}"
+    trainer_job = jobs[TRAINER_NODE]["template"]
+    assert trainer_job["metadata"]["labels"]["trainer.kubeflow.org/trainjob-ancestor-step"] == "trainer"
+    validate_strict({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": f"{name}-node"},
+                     "spec": trainer_job["spec"]}, version)
+    pod_spec = trainer_job["spec"]["template"]["spec"]
+    container = next((c for c in pod_spec["containers"] if c["name"] == TRAINER_NODE), None)
+    assert container is not None, f"{name}: the Trainer needs a container named {TRAINER_NODE!r}"
+    processes = spec["mlPolicy"]["torch"]["numProcPerNode"]
+    gpu_limit = int(container["resources"]["limits"]["nvidia.com/gpu"])
+    assert processes == gpu_limit, f"{name}: {processes} processes per node but {gpu_limit} GPUs"
+
+
+def check_trainjob(job: dict, version: str) -> None:
     name = job["metadata"]["name"]
-    assert job["apiVersion"] == "kubeflow.org/v1"
-    assert set(job) <= PYTORCHJOB_FIELDS[""], f"{name}: unknown fields {set(job) - PYTORCHJOB_FIELDS['']}"
+    assert job["apiVersion"] == TRAINER_API
+    assert not unknown(job, ""), f"{name}: unknown fields {unknown(job, '')}"
     spec = job["spec"]
-    assert set(spec) <= PYTORCHJOB_FIELDS["spec"], f"{name}: unknown spec fields"
-    assert set(spec.get("runPolicy", {})) <= PYTORCHJOB_FIELDS["runPolicy"]
-    assert spec.get("runPolicy", {}).get("cleanPodPolicy", "None") in ("All", "Running", "None")
-    replicas = spec["pytorchReplicaSpecs"]
-    assert "Master" in replicas and set(replicas) <= {"Master", "Worker"}
-    gpus_per_node = int(spec["nprocPerNode"])
-    for replica_type, replica in replicas.items():
-        assert set(replica) <= PYTORCHJOB_FIELDS["replica"], f"{name}/{replica_type}: unknown fields"
-        assert isinstance(replica["replicas"], int) and replica["replicas"] >= 1
-        assert replica["restartPolicy"] in ("Always", "OnFailure", "Never", "ExitCode")
-        pod_template = {"apiVersion": "v1", "kind": "PodTemplate",
-                        "metadata": {"name": f"{name}-{replica_type.lower()}"},
-                        "template": replica["template"]}
-        validate_strict(pod_template, version)
-        pod_spec = replica["template"]["spec"]
-        assert "pytorch" in {c["name"] for c in pod_spec["containers"]}, (
-            "the Training Operator needs a container named `pytorch`")
-        container = next(c for c in pod_spec["containers"] if c["name"] == "pytorch")
-        command = container_args(pod_spec, "pytorch")
-        assert command[:3] == ["torchrun", "--nproc-per-node", str(gpus_per_node)], command
-        assert command[3:6] == ["-m", "whisper_moe.cli", "train"], command
-        gpu_limit = int(container["resources"]["limits"]["nvidia.com/gpu"])
-        assert gpu_limit == gpus_per_node, (
-            f"{name}/{replica_type}: {gpus_per_node} processes per node but {gpu_limit} GPUs")
+    assert not unknown(spec, "TrainJob.spec"), f"{name}: unknown spec fields {unknown(spec, 'TrainJob.spec')}"
+    assert not unknown(spec["runtimeRef"], "runtimeRef")
+    assert not unknown(spec["trainer"], "trainer"), f"{name}: {unknown(spec['trainer'], 'trainer')}"
+    command = trainjob_command(job)
+    # torchrun takes nodes, processes per node and the master from the PET_* variables
+    assert command[:4] == ["torchrun", "-m", "whisper_moe.cli", "train"], command
+    assert not any(arg.startswith(("--nproc", "--nnodes", "--master")) for arg in command)
 
 
-CUSTOM_RESOURCE_CHECKS = {"PyTorchJob": check_pytorchjob}
+def trainjob_command(job: dict) -> list[str]:
+    trainer = job["spec"]["trainer"]
+    return list(trainer.get("command", [])) + list(trainer.get("args", []))
+
+
+CUSTOM_RESOURCE_CHECKS = {"TrainJob": check_trainjob, "TrainingRuntime": check_training_runtime}
+
+
+def test_the_trainjob_uses_a_runtime_the_overlay_ships_in_its_namespace():
+    for kustomization in KUSTOMIZATIONS:
+        objects = rendered(kustomization)
+        runtimes = {(obj["metadata"].get("namespace"), obj["metadata"]["name"])
+                    for obj in objects if obj["kind"] == "TrainingRuntime"}
+        for job in (obj for obj in objects if obj["kind"] == "TrainJob"):
+            reference = job["spec"]["runtimeRef"]
+            assert reference["kind"] == "TrainingRuntime" and reference["apiGroup"] == "trainer.kubeflow.org"
+            assert (job["metadata"].get("namespace"), reference["name"]) in runtimes, kustomization
+
+
+def test_the_trainer_checks_catch_fields_outside_the_api(kustomization=K8S / "base"):
+    job = copy.deepcopy(next(obj for obj in rendered(kustomization) if obj["kind"] == "TrainJob"))
+    job["spec"]["podTemplateOverrides"] = []
+    with pytest.raises(AssertionError, match="podTemplateOverrides"):
+        check_trainjob(job, current_kubernetes_versions()[-1])
+    runtime = copy.deepcopy(next(obj for obj in rendered(kustomization) if obj["kind"] == "TrainingRuntime"))
+    runtime["spec"]["mlPolicy"]["torch"]["numProcPerNode"] = 4
+    with pytest.raises(AssertionError, match="4 processes per node but 8 GPUs"):
+        check_training_runtime(runtime, current_kubernetes_versions()[-1])
 
 
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS, ids=lambda p: str(p.relative_to(K8S)))
@@ -509,7 +559,14 @@ def test_job_commands_are_valid_whisper_moe_command_lines():
     from whisper_moe.cli import build_parser
 
     parser = build_parser()
-    for _, obj in all_rendered_objects():
+    for source, obj in all_rendered_objects():
+        if obj["kind"] == "TrainJob":
+            command = trainjob_command(obj)
+            cli_args = command[command.index("whisper_moe.cli") + 1:]
+            try:
+                parser.parse_args(cli_args)
+            except SystemExit:
+                pytest.fail(f"{source}: TrainJob/{obj['metadata']['name']}: whisper-moe rejects {cli_args}")
         for label, pod_spec in pod_specs(obj):
             for container in pod_spec["containers"]:
                 command = list(container.get("command", [])) + list(container.get("args", []))
@@ -591,7 +648,7 @@ def test_secret_template_holds_placeholders_only():
 
 # ---------------------------------------------------------------------------------- pods
 WORKLOAD_KINDS = {"Pod", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob",
-                  "PyTorchJob", "TrainJob", "TrainingRuntime", "ClusterTrainingRuntime"}
+                  "TrainingRuntime", "ClusterTrainingRuntime"}  # a TrainJob's pods are its runtime's
 
 
 def pod_security_problems(label: str, pod_spec: dict) -> list[str]:
@@ -809,10 +866,10 @@ def test_the_training_job_sets_every_value_training_requires(kustomization):
     from whisper_moe.cli import build_parser, params_from_args
     from whisper_moe.stages.train import resolve_num_experts
 
-    jobs = [obj for obj in rendered(kustomization) if obj["kind"] == "PyTorchJob"]
+    jobs = [obj for obj in rendered(kustomization) if obj["kind"] == "TrainJob"]
     for job in jobs:
-        pod_spec = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
-        cli_args = container_args(pod_spec, "pytorch")[5:]  # after torchrun ... -m whisper_moe.cli
+        command = trainjob_command(job)
+        cli_args = command[command.index("whisper_moe.cli") + 1:]
         args = build_parser().parse_args(cli_args)
         args.params = str(REPO / "params.yaml")  # the image ships it at /app/params.yaml
         assert resolve_num_experts(params_from_args(args), args.init) >= 1
