@@ -16,6 +16,7 @@ def prepare_data(
     dvc_path: str = "",
     data_s3_uri: str = "",
     data_dir: str = "",
+    data_root: str = "/data",
 ):
     """Fetch the training data and write validated train/dev/test manifests with their audio.
 
@@ -32,6 +33,8 @@ def prepare_data(
         dvc_path: Data folder inside dvc_repo (train/dev/test.jsonl and audio).
         data_s3_uri: s3://bucket/prefix of a data folder; empty: not used.
         data_dir: Data folder on a mounted volume; empty: not used.
+        data_root: Where the data volume is mounted in every task that reads data
+            (pipelines/placement.py); a data_dir there is read in place, not copied.
 
     Returns:
         dataset: Folder with validated train/dev/test.jsonl, their audio and data_report.json.
@@ -47,7 +50,8 @@ def prepare_data(
     dataset_dir = Path(dataset.path)
     source = runtime.fetch_training_data(
         dataset_dir / runtime.SOURCE_FOLDER, dvc_repo=dvc_repo, dvc_rev=dvc_rev,
-        dvc_path=dvc_path, data_s3_uri=data_s3_uri, data_dir=data_dir)
+        dvc_path=dvc_path, data_s3_uri=data_s3_uri, data_dir=data_dir,
+        data_root=data_root)
     params = runtime.point_data_stage_at(params, source, dataset_dir)
     data_stage.run(params, dataset_dir)
     dataset.metadata.update({"source": runtime.describe_source(source)})

@@ -15,9 +15,13 @@ into the spec), through pipelines/compile.py flags or these environment variable
   WHISPER_MOE_NODE_SELECTOR   KEY=VALUE[,KEY=VALUE]: a node selector replacing the preset
   WHISPER_MOE_TOLERATION      KEY[=VALUE]:EFFECT[,...] (default nvidia.com/gpu:NoSchedule)
   WHISPER_MOE_S3_SECRET       Secret with the S3 keys (default whisper-moe-s3)
-  WHISPER_MOE_GPUS            GPUs per GPU task (default 1)
+  WHISPER_MOE_GPUS            GPUs of the joint-training task, one training process each
+                              (default 1); the other GPU tasks run one process on one GPU
   WHISPER_MOE_CHECKPOINT_PVC  PersistentVolumeClaim the training tasks checkpoint to
                               (default whisper-moe-checkpoints, k8s/base)
+  WHISPER_MOE_DATA_PVC        PersistentVolumeClaim holding training data, mounted at /data
+                              in every task that reads data (default: none); a data_dir
+                              there is read in place instead of copied into the run
 """
 
 from __future__ import annotations
@@ -48,6 +52,13 @@ DEFAULT_S3_SECRET = "whisper-moe-s3"  # k8s/templates/s3-credentials.secret.yaml
 DEFAULT_CHECKPOINT_PVC = "whisper-moe-checkpoints"  # k8s/base/checkpoints-pvc.yaml
 CHECKPOINT_ROOT = "/checkpoints"
 RESUMABLE = {"pretrain_experts", "train"}
+# Tasks that run one process per GPU (torchrun inside the task); the other GPU tasks run a
+# single process, so more GPUs would sit idle.
+MULTI_GPU = {"train"}
+# Tasks that read the training audio: with a data claim they all mount it here, so the dataset
+# artifact holds only manifests that name the audio on it (prepare_data's data_root).
+DATA_ROOT = "/data"
+READS_DATA = {"data", "embed", "pretrain_experts", "train", "evaluate"}
 S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL")
 GPU_RESOURCE = "nvidia.com/gpu"
 
@@ -141,6 +152,7 @@ class Settings:
     s3_secret: str = DEFAULT_S3_SECRET
     gpus: int = 1
     checkpoint_pvc: str = DEFAULT_CHECKPOINT_PVC
+    data_pvc: str = ""
 
 
 def settings_from_env(env=None) -> Settings:
@@ -160,6 +172,7 @@ def settings_from_env(env=None) -> Settings:
         s3_secret=env.get("WHISPER_MOE_S3_SECRET") or DEFAULT_S3_SECRET,
         gpus=int(gpus),
         checkpoint_pvc=env.get("WHISPER_MOE_CHECKPOINT_PVC") or DEFAULT_CHECKPOINT_PVC,
+        data_pvc=env.get("WHISPER_MOE_DATA_PVC") or "",
     )
 
 
@@ -198,7 +211,7 @@ def place(task, kind: str, settings: Settings | None = None):
     task.set_memory_limit(resources.memory_limit)
     if resources.gpu:
         task.set_accelerator_type(GPU_RESOURCE)
-        task.set_accelerator_limit(settings.gpus)
+        task.set_accelerator_limit(settings.gpus if kind in MULTI_GPU else 1)
         for key, value in settings.node_selector.items():
             kubernetes.add_node_selector(task, label_key=key, label_value=value)
         if settings.node_affinity and not settings.node_selector:
@@ -214,6 +227,8 @@ def place(task, kind: str, settings: Settings | None = None):
                                size_limit=CACHE_SIZE[resources.gpu])
     if kind in RESUMABLE:
         kubernetes.mount_pvc(task, pvc_name=settings.checkpoint_pvc, mount_path=CHECKPOINT_ROOT)
+    if settings.data_pvc and kind in READS_DATA:
+        kubernetes.mount_pvc(task, pvc_name=settings.data_pvc, mount_path=DATA_ROOT)
     kubernetes.set_timeout(task, seconds=TIMEOUT_S[kind])
     # optional: a run that touches no S3 (the demo) needs no Secret; storage errors
     # name the missing keys when one is needed.

@@ -71,7 +71,7 @@ def regular_moe(
         dvc_rev: Git revision (tag, branch or commit) of dvc_repo; empty: its default branch.
         dvc_path: Data folder inside dvc_repo: train/dev/test.jsonl with their audio.
         data_s3_uri: s3://bucket/prefix of a data folder (train/dev/test.jsonl and audio); empty: not used.
-        data_dir: Data folder on a volume mounted in the data task; empty: not used. With no data source at all the demo corpus is synthesised.
+        data_dir: Data folder on the data volume (a claim named by WHISPER_MOE_DATA_PVC when compiling, mounted at /data in every task that reads data), read in place: a path under /data or relative to it; empty: not used. With no data source at all the demo corpus is synthesised.
         output_s3_uri: s3://bucket/prefix to publish the model, metrics and report under, in a folder named by the run id; empty: keep them in Kubeflow's artifact store only.
     """
     params = place(resolve_params(

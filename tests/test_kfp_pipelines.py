@@ -226,9 +226,74 @@ def test_gke_pool_and_other_placement_flags(tmp_path):
     assert train["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Equal", "value": "present",
                                      "effect": "NoSchedule"}]
     assert train["secretAsEnv"][0]["secretName"] == "team-s3"
-    container = pipeline["deploymentSpec"]["executors"]["exec-train-moe"]["container"]
-    assert container["resources"]["accelerator"]["resourceCount"] == "2"
+    executors = pipeline["deploymentSpec"]["executors"]
+    assert executors["exec-train-moe"]["container"]["resources"]["accelerator"]["resourceCount"] == "2"
+    # only joint training runs a process per GPU; evaluation would leave the others idle
+    assert executors["exec-evaluate-moe"]["container"]["resources"]["accelerator"]["resourceCount"] == "1"
+    container = executors["exec-train-moe"]["container"]
     assert container["image"] == "registry.example.com/asr/whisper-moe:1.2.3-cuda"
+
+
+DATA_READERS = {"exec-prepare-data", "exec-embed-utterances", "exec-pretrain-experts",
+                "exec-train-moe", "exec-evaluate-moe"}
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_a_data_claim_is_mounted_where_every_task_that_reads_data_looks(name, tmp_path):
+    import inspect
+
+    from components import prepare_data
+    from pipelines.placement import DATA_ROOT
+
+    assert inspect.signature(prepare_data.python_func).parameters["data_root"].default == DATA_ROOT
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WHISPER_MOE_")}
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "pipelines" / "compile.py"), "--out-dir",
+                             str(tmp_path)], cwd=REPO_ROOT, env={**env, "WHISPER_MOE_DATA_PVC": "asr-corpus"},
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    pipeline, k8s = load_spec(name, tmp_path)
+    mounted = {executor for executor, config in k8s.items()
+               if any(m["mountPath"] == DATA_ROOT for m in config.get("pvcMount", []))}
+    assert mounted == DATA_READERS & set(pipeline["deploymentSpec"]["executors"])
+    for executor in mounted:
+        data_mount = next(m for m in k8s[executor]["pvcMount"] if m["mountPath"] == DATA_ROOT)
+        assert data_mount["constant"] == "asr-corpus"
+    used = set().union(*(field_paths(config) for config in k8s.values()))
+    assert used <= MIN_BACKEND_PLATFORM_FIELDS, sorted(used - MIN_BACKEND_PLATFORM_FIELDS)
+    # without a claim nothing is mounted there (the committed specs)
+    committed = load_spec(name)[1]
+    assert not any(m["mountPath"] == DATA_ROOT for config in committed.values()
+                   for m in config.get("pvcMount", []))
+
+
+def test_a_folder_on_the_data_volume_is_read_in_place(tmp_path, tiny_corpus):
+    """prepare-data's body with data_dir on the mounted volume: the dataset artifact holds only
+    the validated manifests and reports, which name the audio on the volume."""
+    from kfp.dsl import Dataset, Markdown
+
+    from components import prepare_data
+    from whisper_moe.data.manifest import read_manifest
+
+    volume = tmp_path / "data"  # the claim, as mounted at /data
+    shutil.copytree(tiny_corpus, volume / "corpus" / "v1")
+    dataset = Dataset(uri=str(tmp_path / "dataset"))
+    prepare_data.python_func(params_yaml=yaml.safe_dump({"data": {"max_skip_fraction": 0.5}}),
+                             dataset=dataset, data_report=Markdown(uri=str(tmp_path / "report.md")),
+                             data_dir="corpus/v1", data_root=str(volume))
+
+    moved = tmp_path / "next-pod"
+    shutil.move(tmp_path / "dataset", moved)  # the artifact as the next task downloads it
+    assert not list(moved.rglob("*.wav")), "the audio was copied into the artifact"
+    assert sum(f.stat().st_size for f in moved.rglob("*") if f.is_file()) < 100_000
+    rows = read_manifest(moved / "train.jsonl")
+    assert rows and all(Path(row["audio_filepath"]).is_relative_to(volume / "corpus" / "v1")
+                        and Path(row["audio_filepath"]).is_file() for row in rows)
+    recorded = json.loads((moved / "data_source.json").read_text())
+    assert recorded["in_place"] is True and recorded["path"] == str(volume / "corpus" / "v1")
+    with pytest.raises(FileNotFoundError, match="no folder .* on the data volume"):
+        prepare_data.python_func(params_yaml="{}", dataset=Dataset(uri=str(tmp_path / "d2")),
+                                 data_report=Markdown(uri=str(tmp_path / "r2.md")),
+                                 data_dir="corpus/v2", data_root=str(volume))
 
 
 def test_a_node_selector_flag_replaces_the_pools_affinity(tmp_path):

@@ -34,12 +34,16 @@ DATA_SOURCE = "data_source.json"  # in the dataset and evaluation artifacts: whe
 
 # ------------------------------------------------------------------ data in
 def fetch_training_data(dest: str | Path, dvc_repo: str = "", dvc_rev: str = "",
-                        dvc_path: str = "", data_s3_uri: str = "", data_dir: str = "") -> dict:
+                        dvc_path: str = "", data_s3_uri: str = "", data_dir: str = "",
+                        data_root: str = "") -> dict:
     """Bring the training data folder to `dest`; returns where it came from.
 
     Exactly one source may be given: a DVC-versioned folder (repo + path, optional rev),
     an s3:// prefix, or a folder on a mounted volume. With none, nothing is fetched
     ({"kind": "params"}) and the data stage follows params (the demo corpus by default).
+    A data_dir on the data volume every data-reading task mounts at data_root (relative
+    paths are taken under it) is read in place: nothing is copied, and the validated
+    manifests name its audio by absolute path ({"in_place": true}).
     """
     dest = Path(dest)
     given = {name: value for name, value in (("dvc_repo", dvc_repo), ("data_s3_uri", data_s3_uri),
@@ -63,6 +67,10 @@ def fetch_training_data(dest: str | Path, dvc_repo: str = "", dvc_rev: str = "",
         download_prefix(data_s3_uri, dest)
         return {"kind": "s3", "uri": data_s3_uri, "sha256": lineage.folder_sha256(dest)}
     if data_dir:
+        source = in_place_folder(data_dir, data_root)
+        if source is not None:
+            return {"kind": "folder", "path": str(source), "in_place": True,
+                    "sha256": lineage.folder_sha256(source)}
         source = Path(data_dir)
         if not source.is_dir():
             raise FileNotFoundError(f"data_dir={data_dir!r}: no such folder in the data task's "
@@ -71,6 +79,20 @@ def fetch_training_data(dest: str | Path, dvc_repo: str = "", dvc_rev: str = "",
         shutil.copytree(source, dest, dirs_exist_ok=True)
         return {"kind": "folder", "path": str(source), "sha256": lineage.folder_sha256(dest)}
     return {"kind": "params"}
+
+
+def in_place_folder(data_dir: str, data_root: str) -> Path | None:
+    """data_dir as a folder on the shared data volume (mounted at data_root), else None."""
+    if not data_root or not Path(data_root).is_dir():
+        return None
+    root = Path(data_root).resolve()
+    folder = (root / data_dir).resolve()  # an absolute data_dir stays itself
+    if not folder.is_relative_to(root):
+        return None
+    if not folder.is_dir():
+        raise FileNotFoundError(f"data_dir={data_dir!r}: no folder {folder} on the data volume "
+                                f"mounted at {data_root}; list it with `kubectl exec` or fix the path")
+    return folder
 
 
 def fetch_from_dvc(repo: str, rev: str, path: str, dest: Path) -> dict:
@@ -106,7 +128,7 @@ def point_data_stage_at(params: dict, source: dict, dataset_dir: str | Path) -> 
     data = params["data"]
     record = source if source["kind"] != "params" else {**source, "source": data["source"]}
     write_text(dataset_dir / DATA_SOURCE, json.dumps(record, indent=2) + "\n")  # lineage travels with the data
-    fetched = dataset_dir / SOURCE_FOLDER
+    fetched = Path(source["path"]) if source.get("in_place") else dataset_dir / SOURCE_FOLDER
     if source["kind"] != "params":
         if all(artifacts.split_manifest(fetched, split).exists() for split in SPLIT_NAMES):
             data["source"], data["manifest_dir"] = "manifest", str(fetched)
