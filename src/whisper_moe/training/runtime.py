@@ -186,7 +186,7 @@ def init_distributed(params: dict) -> tuple[int, int]:
     """(rank, world size); under torchrun join the process group and pin this process's device.
 
     NCCL on GPUs, gloo on CPU. Every front door that trains (CLI, Kubeflow task,
-    PyTorchJob) calls this one function, so they set up data parallelism the same way.
+    Trainer v2 TrainJob) calls this one function, so they set up data parallelism the same way.
     """
     import os
 
