@@ -251,6 +251,22 @@ def test_whole_image_references_by_digest_win_over_repo_and_tag(tmp_path):
                   for executor_name, executor in pipeline["deploymentSpec"]["executors"].items()}
         for executor_name, image in images.items():
             assert image == (cuda if executor_name in GPU_EXECUTORS else cpu), (executor_name, image)
+        assert task_images(pipeline) == images  # what lineage records: the digest the pod runs
+
+
+def task_images(pipeline: dict) -> dict:
+    """Executor name -> the $WHISPER_MOE_IMAGE its container is given (None when missing)."""
+    return {name: next((variable["value"] for variable in executor["container"].get("env", [])
+                        if variable["name"] == "WHISPER_MOE_IMAGE"), None)
+            for name, executor in pipeline["deploymentSpec"]["executors"].items()}
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_every_task_is_told_the_image_it_runs(name):
+    pipeline, _ = load_spec(name)
+    executors = pipeline["deploymentSpec"]["executors"]
+    assert task_images(pipeline) == {executor_name: executor["container"]["image"]
+                                     for executor_name, executor in executors.items()}
 
 
 def test_placement_settings_parse_and_refuse_bad_values():

@@ -53,17 +53,24 @@ def test_the_card_states_what_the_metrics_and_lineage_hold(tmp_path, tiny_params
     assert recorded["data"] == data and recorded["params"] == json.loads(json.dumps(tiny_params))
 
 
-def test_lineage_names_the_checked_out_commit_unless_the_image_says_otherwise(monkeypatch):
+def test_lineage_names_the_checked_out_commit_unless_the_image_says_otherwise(monkeypatch, tiny_params):
     head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
                           text=True, check=True).stdout.strip()
     monkeypatch.delenv(lineage.COMMIT_ENV, raising=False)
-    monkeypatch.delenv(lineage.IMAGE_DIGEST_ENV, raising=False)
+    monkeypatch.delenv(lineage.IMAGE_ENV, raising=False)
     assert lineage.code_commit(REPO / "src" / "whisper_moe")["commit"] == head
-    assert lineage.image_digest() is None
+    assert lineage.image() == {"image": None, "image_digest": None}
+    pinned = "registry.example:5000/whisper-moe@sha256:" + "9" * 64
     monkeypatch.setenv(lineage.COMMIT_ENV, "1234abc")
-    monkeypatch.setenv(lineage.IMAGE_DIGEST_ENV, "registry/whisper-moe@sha256:" + "9" * 64)
-    assert lineage.code_commit()["commit"] == "1234abc"
-    assert lineage.image_digest().endswith("9" * 64)
+    monkeypatch.setenv(lineage.IMAGE_ENV, pinned)
+    made = lineage.build(tiny_params, {"kind": "params"}, run_id="run-1", pipeline="regular")
+    assert made["code"]["commit"] == "1234abc"
+    assert (made["image"], made["image_digest"]) == (pinned, "sha256:" + "9" * 64)
+    assert f"`{pinned}`" in model_card.render(evaluation_metrics(), made)
+    tagged = "registry.example:5000/whisper-moe:0.1.0-cpu"  # a port is not a tag, a tag is not a digest
+    monkeypatch.setenv(lineage.IMAGE_ENV, tagged)
+    assert lineage.image() == {"image": tagged, "image_digest": None}
+    assert "not pinned by digest" in model_card.render(evaluation_metrics(), lineage.build(tiny_params, {}))
 
 
 def test_folder_hash_follows_content_not_location(tmp_path):

@@ -136,13 +136,22 @@ def lineage_lines(lineage: dict, params: dict) -> list[str]:
     lora = model.get("lora") or {}
     routing = (params.get("routing") or {}).get("mode")
     return [f"- code: commit `{code.get('commit')}`{dirty}",
-            f"- image: `{lineage.get('image_digest') or 'not recorded (run outside a container)'}`",
+            f"- image: {image_line(lineage)}",
             f"- base model: `{lineage.get('base_model')}`",
             f"- run: `{lineage.get('run_id') or '-'}`, pipeline `{lineage.get('pipeline') or '-'}`, "
             f"created {lineage.get('created_utc')}",
             f"- settings: mode `{params.get('mode')}`, LoRA rank {lora.get('rank')} on "
             f"{', '.join(lora.get('target_modules') or [])}, routing `{routing}`, "
             f"{train.get('epochs')} epochs, lr {train.get('lr')}; all resolved params in `lineage.json`"]
+
+
+def image_line(lineage: dict) -> str:
+    reference, digest = lineage.get("image"), lineage.get("image_digest")
+    if not reference:
+        return "not recorded (run outside a container)"
+    if digest:
+        return f"`{reference}`"
+    return f"`{reference}` (a tag, not pinned by digest: it may since name other bytes)"
 
 
 def limitation_lines(metrics: dict, lineage: dict) -> list[str]:
