@@ -67,6 +67,8 @@ def test_lineage_names_the_checked_out_commit_unless_the_image_says_otherwise(mo
     assert made["code"]["commit"] == "1234abc"
     assert (made["image"], made["image_digest"]) == (pinned, "sha256:" + "9" * 64)
     assert f"`{pinned}`" in model_card.render(evaluation_metrics(), made)
+    monkeypatch.setenv(lineage.COMMIT_ENV, "1234abc-dirty")  # built from a tree with changes
+    assert lineage.code_commit() == {"commit": "1234abc", "dirty": True, "from": lineage.COMMIT_ENV}
     tagged = "registry.example:5000/whisper-moe:0.1.0-cpu"  # a port is not a tag, a tag is not a digest
     monkeypatch.setenv(lineage.IMAGE_ENV, tagged)
     assert lineage.image() == {"image": tagged, "image_digest": None}

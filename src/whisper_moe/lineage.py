@@ -28,8 +28,9 @@ SOURCE_DIR = Path(__file__).resolve().parent
 
 def code_commit(source_dir: Path = SOURCE_DIR) -> dict:
     """{"commit", "dirty"} of the code that runs: the environment's value, else git's."""
-    if os.environ.get(COMMIT_ENV):
-        return {"commit": os.environ[COMMIT_ENV], "dirty": None, "from": COMMIT_ENV}
+    if os.environ.get(COMMIT_ENV):  # '<sha>' or '<sha>-dirty' (mk/images.mk)
+        commit, dirty, _ = os.environ[COMMIT_ENV].partition("-dirty")
+        return {"commit": commit, "dirty": bool(dirty), "from": COMMIT_ENV}
     try:
         commit = git(source_dir, "rev-parse", "HEAD")
         dirty = bool(git(source_dir, "status", "--porcelain", "--untracked-files=no", "--", "."))
