@@ -388,6 +388,47 @@ def test_fetch_from_a_dvc_repository_at_a_revision(tmp_path, tiny_corpus):
         fetch_training_data(tmp_path / "other", dvc_repo=str(repo), dvc_path="data/missing")
 
 
+def test_publish_puts_the_lineage_on_its_artifacts_and_the_card(tmp_path, monkeypatch, tiny_params):
+    """The publish-model component itself, with nothing to upload: the pointer and the model
+    card artifacts name the commit, the image by digest, the data's commit and md5, the
+    pipeline and the run, and the card says which pipeline trained the model."""
+    from kfp.dsl import HTML, Artifact, Markdown, Model
+
+    from components import publish_model
+    from whisper_moe_kfp import runtime
+
+    image = "registry.example/whisper-moe@sha256:" + "a" * 64
+    monkeypatch.setenv("WHISPER_MOE_IMAGE", image)  # as the compiled spec sets it
+    monkeypatch.setenv("WHISPER_MOE_GIT_COMMIT", "b" * 40)  # as the image sets it
+    checkpoint, evaluation = tmp_path / "checkpoint", tmp_path / "evaluation"
+    for folder in (checkpoint, evaluation):
+        folder.mkdir()
+    (checkpoint / "moe_config.json").write_text("{}")
+    (evaluation / "metrics.json").write_text(json.dumps({
+        "utterances": 2, "base_model": "openai/whisper-large-v2",
+        "moe": {"wer": 0.5, "cer": 0.25, "per_group": {"en-us": {"wer": 0.5, "cer": 0.25, "n": 2}}}}))
+    data = {"kind": "dvc", "repo": "https://example.com/data.git", "rev": "v1", "commit": "c" * 40,
+            "path": "sap", "md5": "d" * 32 + ".dir"}
+    (evaluation / runtime.DATA_SOURCE).write_text(json.dumps(data))
+    (tmp_path / "report.html").write_text("<h1>whisper-moe evaluation</h1>")
+    pointer, card = Artifact(uri=str(tmp_path / "pointer.json")), Markdown(uri=str(tmp_path / "card.md"))
+
+    publish_model.python_func(
+        params_yaml=yaml.safe_dump(tiny_params), checkpoint=Model(uri=str(checkpoint)),
+        evaluation=Artifact(uri=str(evaluation)), report=HTML(uri=str(tmp_path / "report.html")),
+        pointer=pointer, model_card=card, run_id="run-9", pipeline_name="regular")
+
+    expected = {"code_commit": "b" * 40, "image": image, "image_digest": "sha256:" + "a" * 64,
+                "data_commit": "c" * 40, "data_md5": "d" * 32 + ".dir",
+                "base_model": "openai/whisper-large-v2", "pipeline": "regular", "run_id": "run-9"}
+    for artifact in (pointer, card):
+        assert expected.items() <= artifact.metadata.items(), artifact.metadata
+    assert json.loads(Path(pointer.path).read_text())["lineage"]["data"] == data
+    text = Path(card.path).read_text()
+    assert text.startswith("---\n") and "# whisper-moe-regular" in text and "regular MoE" in text
+    assert f"`{image}`" in text and "c" * 40 in text and "b" * 40 in text
+
+
 # ------------------------------------------------------------------ end to end, kfp.local
 def tiny_run_params(tiny_base_dir) -> str:
     """params_yaml for a run of a few seconds per task: quick mode, 1 epoch, tiny model."""

@@ -52,7 +52,8 @@ def published_run(tmp_path, monkeypatch, s3_server: S3Server, tiny_moe, tiny_par
     report = tmp_path / "report.html"
     report.write_text("<h1>whisper-moe evaluation</h1>")
     pointer = runtime.publish(f"s3://{s3_server.bucket}/runs", "run-42", "nightly", checkpoint,
-                              str(checkpoint), evaluation, report, yaml.safe_dump(tiny_params))
+                              str(checkpoint), evaluation, report, yaml.safe_dump(tiny_params),
+                              "regular", tmp_path / "model-card.md")
     assert pointer["published"] is True
     return pointer, Path(checkpoint)
 
@@ -105,7 +106,11 @@ def test_a_published_model_is_restored_byte_for_byte_and_tampering_is_caught(
     assert pull.returncode == 0, pull.stderr
     weights = clone / "models" / "regular" / "model" / "model.safetensors"
     assert weights.read_bytes() == (checkpoint / "model.safetensors").read_bytes()
-    assert json.loads((clone / "models" / "regular" / "model" / "lineage.json").read_text())["run_id"] == pointer["run"]
+    made = json.loads((clone / "models" / "regular" / "model" / "lineage.json").read_text())
+    assert (made["run_id"], made["pipeline"]) == (pointer["run"], "regular")
+    # the card Kubeflow shows is the one versioned with the weights
+    assert (clone / "models" / "regular" / "model" / "README.md").read_text() == (
+        tmp_path / "model-card.md").read_text()
 
     # Weights overwritten in the published folder: `check` names the file.
     unchanged = run([*RECORD, "check", "--run-uri", pointer["run_uri"], "--dest", "models/regular"], clone, env)
