@@ -95,6 +95,7 @@ def test_a_published_model_is_restored_byte_for_byte_and_tampering_is_caught(
     recorded = run([*RECORD, "record", "--run-uri", pointer["run_uri"], "--dest", "models/regular"],
                    origin, env)
     assert recorded.stdout.split() == ["models/regular.dvc", "models/.gitignore"]
+    assert "verify" not in recorded.stderr  # the remote re-hashes what it hands out
     run(["git", "add", "models/regular.dvc", "models/.gitignore"], origin, env)
     run(["git", "commit", "-qm", "Retrained regular model"], origin, env)
     commit = run(["git", "rev-parse", "HEAD"], origin, env).stdout.strip()
@@ -130,3 +131,16 @@ def test_a_published_model_is_restored_byte_for_byte_and_tampering_is_caught(
     assert "Checkout failed" in tampered.stderr, tampered.stderr
     restored = tmp_path / "clone-after-tampering" / "models" / "regular" / "model" / "model.safetensors"
     assert not restored.exists() or restored.read_bytes() != b"tampered weights"
+
+
+def test_recording_warns_when_the_remote_does_not_verify(tmp_path):
+    """Without `verify`, `dvc pull` would hand out an object overwritten in the remote."""
+    env = clean_env(tmp_path)
+    root = tmp_path / "repo"
+    root.mkdir()
+    run(["git", "init", "-q"], root, env)
+    dvc("init", "-q", cwd=root, env=env)
+    dvc("remote", "add", "-d", "storage", str(tmp_path / "remote"), cwd=root, env=env)
+    missing = run([*RECORD, "record", "--run-uri", "s3://nowhere/run", "--dest", "models/m"], root,
+                  env | {"AWS_ENDPOINT_URL": "http://127.0.0.1:9"}, check=False)
+    assert "lacks `verify = true`" in missing.stderr
