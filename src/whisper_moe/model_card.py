@@ -38,7 +38,7 @@ def render(metrics: dict, lineage: dict) -> str:
     }
     lines = ["---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", "", f"# {name}", "",
              f"Whisper `{lineage.get('base_model')}` (frozen) with a mixture of "
-             f"{experts(params)} LoRA experts chosen per utterance by a learned gate"
+             f"{experts(params, metrics)} LoRA experts chosen per utterance by a learned gate"
              + (f"; {PIPELINE_NAMES[pipeline]}" if pipeline in PIPELINE_NAMES else "") + ".",
              "", "## Results on the test set", ""]
     lines += results_table(metrics) + [""] + group_table(metrics) + [""]
@@ -69,8 +69,11 @@ def percent(value: float) -> float:
     return round(100.0 * float(value), 2)
 
 
-def experts(params: dict) -> str:
-    count = (params.get("model") or {}).get("num_experts")
+def experts(params: dict, metrics: dict) -> str:
+    """The evaluated checkpoint's expert count (its routing statistics have one entry per
+    expert), else the params' (null there: the clustering chose it)."""
+    share = (metrics.get("routing") or {}).get("expert_share")
+    count = len(share) if share else (params.get("model") or {}).get("num_experts")
     return str(count) if count else "clustering-chosen"
 
 
