@@ -101,3 +101,21 @@ def test_the_demo_card_from_the_committed_demo_run(tmp_path, monkeypatch, capsys
     data_md5 = next(out["md5"] for out in lock["stages"]["data"]["outs"] if out["path"] == "dvc_runs/data")
     assert json.loads((tmp_path / "lineage.json").read_text())["data"]["md5"] == data_md5
     assert "synthetic" in card
+    assert f"mixture of {len(metrics['routing']['expert_share'])} LoRA experts" in card  # not "clustering-chosen"
+
+
+@pytest.mark.parametrize("pipeline", ["pretrained", "regular"])
+def test_the_committed_demo_cards_match_the_committed_evaluations(pipeline):
+    """dvc_runs/<pipeline>/model_card is a dvc stage's output committed to git: its numbers and
+    data md5 must be those of the committed metrics and dvc.lock, else `dvc repro` was not run."""
+    folder = REPO / "dvc_runs" / pipeline
+    metrics = json.loads((folder / "evaluate" / "metrics.json").read_text())
+    card = (folder / "model_card" / "README.md").read_text()
+    values = {m["type"]: m["value"] for m in front_matter(card)["model-index"][0]["results"][0]["metrics"]}
+    assert values == {"wer": round(100 * metrics["moe"]["wer"], 2), "cer": round(100 * metrics["moe"]["cer"], 2)}
+    assert f"# whisper-moe-{pipeline}" in card
+    lock = yaml.safe_load((REPO / "dvc.lock").read_text())["stages"]
+    data_md5 = next(out["md5"] for out in lock["data"]["outs"] if out["path"] == "dvc_runs/data")
+    made = json.loads((folder / "model_card" / "lineage.json").read_text())
+    assert (made["data"]["md5"], made["pipeline"]) == (data_md5, pipeline)
+    assert f"dvc_runs/{pipeline}/model_card" in {out["path"] for out in lock[f"{pipeline}_model_card"]["outs"]}
