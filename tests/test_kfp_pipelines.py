@@ -428,6 +428,11 @@ def test_publish_puts_the_lineage_on_its_artifacts_and_the_card(tmp_path, monkey
     assert text.startswith("---\n") and "# whisper-moe-regular" in text and "regular MoE" in text
     assert f"`{image}`" in text and "c" * 40 in text and "b" * 40 in text
 
+    # what a training or evaluation task can put on its own artifacts from its dataset folder
+    from_dataset = runtime.artifact_lineage(yaml.safe_dump(tiny_params), evaluation, "{{$.pipeline_job_uuid}}")
+    assert {**expected, "base_model": tiny_params["model"]["base_model"], "pipeline": "", "run_id": ""} \
+        == {key: from_dataset[key] for key in expected}
+
 
 # ------------------------------------------------------------------ end to end, kfp.local
 def tiny_run_params(tiny_base_dir) -> str:
@@ -486,6 +491,7 @@ def test_regular_pipeline_end_to_end_from_s3_to_s3(local_kfp, moto_s3, tiny_base
 
     pointer = check_run_outputs(task.outputs)
     assert pointer["published"] is True
+    assert (pointer["lineage"]["pipeline"], pointer["lineage"]["run_id"]) == ("regular", pointer["run"])
     run_prefix = f"s3://results/runs/{pointer['run']}"
     assert pointer["uri"] == f"{run_prefix}/model"
     assert pointer["metrics"]["moe"]["wer"] == pytest.approx(task.outputs["metrics"].metadata["moe_wer"],

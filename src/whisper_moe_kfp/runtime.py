@@ -283,6 +283,18 @@ def model_lineage(params_yaml: str, evaluation_dir: str | Path, run_id: str, pip
                          pipeline=pipeline or None, base_model=evaluation.get("base_model"))
 
 
+def artifact_lineage(params_yaml: str, data_dir: str | Path, run_id: str = "", pipeline: str = "") -> dict:
+    """Lineage metadata for any task's output artifact (a checkpoint, an evaluation, a report):
+    the task's params and the data_source.json its dataset or evaluation folder carries."""
+    from whisper_moe_kfp.parameters import params_from_yaml
+
+    recorded = Path(data_dir) / DATA_SOURCE
+    data = json.loads(recorded.read_text()) if recorded.exists() else {"kind": "unknown"}
+    run = run_id if run_id and "{{" not in run_id else None
+    return lineage_metadata(lineage.build(params_from_yaml(params_yaml), data, run_id=run,
+                                          pipeline=pipeline or None))
+
+
 # The lineage a pointer carries and Kubeflow artifacts show: all of lineage.json but the params.
 POINTER_LINEAGE = ("code", "image", "image_digest", "data", "base_model", "pipeline", "run_id")
 
