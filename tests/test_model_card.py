@@ -118,4 +118,5 @@ def test_the_committed_demo_cards_match_the_committed_evaluations(pipeline):
     data_md5 = next(out["md5"] for out in lock["data"]["outs"] if out["path"] == "dvc_runs/data")
     made = json.loads((folder / "model_card" / "lineage.json").read_text())
     assert (made["data"]["md5"], made["pipeline"]) == (data_md5, pipeline)
-    assert f"dvc_runs/{pipeline}/model_card" in {out["path"] for out in lock[f"{pipeline}_model_card"]["outs"]}
+    assert {out["path"] for out in lock[f"{pipeline}_model_card"]["outs"]} == {
+        f"dvc_runs/{pipeline}/model_card/README.md", f"dvc_runs/{pipeline}/model_card/lineage.json"}
