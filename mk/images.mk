@@ -22,6 +22,9 @@
 # local folder that holds the torch wheel instead of an index (default for CPU: the
 # find-links folder pip is configured with, if any).
 
+# The commit baked into the images (docker/Dockerfile GIT_COMMIT), which a model's lineage
+# records; -dirty when tracked files differ from it. CI passes GIT_COMMIT=$GITHUB_SHA.
+GIT_COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null)$(if $(shell git status --porcelain --untracked-files=no 2>/dev/null),-dirty)
 PROJECT_VERSION := $(shell awk -F'"' '/^\[project\]/{p=1;next} /^\[/{p=0} p && /^version *=/{print $$2; exit}' pyproject.toml)
 IMAGE_REPO ?= whisper-moe
 IMAGE_TAG ?= $(PROJECT_VERSION)
@@ -69,14 +72,14 @@ images: image-cpu image-cuda
 image-cpu: $(CPU_PREREQS)
 	@test -n "$(PROJECT_VERSION)" || { echo "no version found in pyproject.toml [project]" >&2; exit 1; }
 	$(DOCKER) build $(DOCKER_BUILD_FLAGS) $(CPU_BUILD_ARGS) -f docker/Dockerfile --target cpu \
-		--build-arg TORCH_CPU_INDEX_URL=$(TORCH_CPU_INDEX_URL) \
+		--build-arg TORCH_CPU_INDEX_URL=$(TORCH_CPU_INDEX_URL) --build-arg GIT_COMMIT=$(GIT_COMMIT) \
 		--label org.opencontainers.image.version=$(PROJECT_VERSION) \
 		-t $(CPU_IMAGE) .
 
 image-cuda: $(CUDA_PREREQS)
 	@test -n "$(PROJECT_VERSION)" || { echo "no version found in pyproject.toml [project]" >&2; exit 1; }
 	$(DOCKER) build $(DOCKER_BUILD_FLAGS) $(CUDA_BUILD_ARGS) -f docker/Dockerfile --target cuda \
-		--build-arg TORCH_CUDA_INDEX_URL=$(TORCH_CUDA_INDEX_URL) \
+		--build-arg TORCH_CUDA_INDEX_URL=$(TORCH_CUDA_INDEX_URL) --build-arg GIT_COMMIT=$(GIT_COMMIT) \
 		--label org.opencontainers.image.version=$(PROJECT_VERSION) \
 		-t $(CUDA_IMAGE) .
 

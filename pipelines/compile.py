@@ -8,7 +8,8 @@ Placement and images are baked into the spec at compile time; each flag sets the
 environment variable of the same meaning (pipelines/placement.py, components/images.py)
 before the pipelines are built. The committed specs use the defaults: the NVIDIA GPU
 operator's A100 label, the nvidia.com/gpu:NoSchedule taint, the whisper-moe-s3 Secret and
-ghcr.io/whisper-moe/whisper-moe:<version>-{cpu,cuda}.
+ghcr.io/whisper-moe/whisper-moe:<version>-{cpu,cuda}. Every task's container gets
+$WHISPER_MOE_IMAGE, the image reference it runs, which the model's lineage records.
 """
 
 import argparse
@@ -82,9 +83,26 @@ def compile_pipeline(pipeline_func, out_path: Path | None, name: str) -> Path:
 
     out_path = out_path or COMPILED_DIR / f"{name}.yaml"
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    name_task_images(pipeline_func)
     compiler.Compiler().compile(pipeline_func=pipeline_func, package_path=str(out_path))
     check_yaml(out_path)
     return out_path
+
+
+def name_task_images(pipeline_func) -> None:
+    """Give every task's container $WHISPER_MOE_IMAGE, the image reference it runs, so a
+    model's lineage names the exact image (its digest when compiled with --cpu-image /
+    --cuda-image REPO@sha256:...). Done here, on the built spec, so no task can miss it."""
+    from whisper_moe.lineage import IMAGE_ENV
+
+    executors = pipeline_func.pipeline_spec.deployment_spec["executors"]
+    for name in executors.keys():
+        if "container" not in executors[name]:
+            continue  # an importer: no pod of ours
+        container = executors[name]["container"]
+        others = [dict(variable) for variable in container["env"] if variable["name"] != IMAGE_ENV] \
+            if "env" in container else []
+        container["env"] = [*others, {"name": IMAGE_ENV, "value": container["image"]}]
 
 
 def check_yaml(path: Path) -> None:

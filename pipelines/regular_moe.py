@@ -92,7 +92,7 @@ def regular_moe(
         params_yaml=params.output, checkpoint=training.outputs["checkpoint"],
         evaluation=evaluation.outputs["evaluation"], report=evaluation.outputs["report"],
         output_s3_uri=output_s3_uri, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-        run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER), "publish")
+        run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, pipeline_name="regular"), "publish")
     return Outputs(checkpoint=training.outputs["checkpoint"], metrics=evaluation.outputs["metrics"],
                    report=evaluation.outputs["report"], pointer=published.outputs["pointer"])
 

@@ -37,8 +37,24 @@ def dvc(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "dvc", *args], check=True)
 
 
+def remote_verifies() -> bool:
+    """Whether the default DVC remote has `verify = true`: `dvc pull` then re-hashes each
+    downloaded object and refuses one whose bytes no longer match its name."""
+    def setting(name: str) -> str:
+        found = subprocess.run([sys.executable, "-m", "dvc", "config", name], capture_output=True,
+                               text=True, check=False)
+        return found.stdout.strip() if found.returncode == 0 else ""
+
+    remote = setting("core.remote")
+    return bool(remote) and setting(f"remote.{remote}.verify").lower() == "true"
+
+
 def record(run_uri: str, dest: Path) -> list[Path]:
     """Download run_uri into dest (replacing it), dvc add and push; returns the files to commit."""
+    if not remote_verifies():
+        print("warning: the default DVC remote lacks `verify = true`, so `dvc pull` would restore "
+              "an object overwritten in the remote without noticing; set it with `dvc remote "
+              "modify <remote> verify true` and commit .dvc/config", file=sys.stderr)
     staging = dest.with_name(f".{dest.name}.download")
     shutil.rmtree(staging, ignore_errors=True)
     files = storage.download_prefix(run_uri, staging)

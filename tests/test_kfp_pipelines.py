@@ -316,6 +316,22 @@ def test_whole_image_references_by_digest_win_over_repo_and_tag(tmp_path):
                   for executor_name, executor in pipeline["deploymentSpec"]["executors"].items()}
         for executor_name, image in images.items():
             assert image == (cuda if executor_name in GPU_EXECUTORS else cpu), (executor_name, image)
+        assert task_images(pipeline) == images  # what lineage records: the digest the pod runs
+
+
+def task_images(pipeline: dict) -> dict:
+    """Executor name -> the $WHISPER_MOE_IMAGE its container is given (None when missing)."""
+    return {name: next((variable["value"] for variable in executor["container"].get("env", [])
+                        if variable["name"] == "WHISPER_MOE_IMAGE"), None)
+            for name, executor in pipeline["deploymentSpec"]["executors"].items()}
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_every_task_is_told_the_image_it_runs(name):
+    pipeline, _ = load_spec(name)
+    executors = pipeline["deploymentSpec"]["executors"]
+    assert task_images(pipeline) == {executor_name: executor["container"]["image"]
+                                     for executor_name, executor in executors.items()}
 
 
 def test_placement_settings_parse_and_refuse_bad_values():
@@ -437,6 +453,52 @@ def test_fetch_from_a_dvc_repository_at_a_revision(tmp_path, tiny_corpus):
         fetch_training_data(tmp_path / "other", dvc_repo=str(repo), dvc_path="data/missing")
 
 
+def test_publish_puts_the_lineage_on_its_artifacts_and_the_card(tmp_path, monkeypatch, tiny_params):
+    """The publish-model component itself, with nothing to upload: the pointer and the model
+    card artifacts name the commit, the image by digest, the data's commit and md5, the
+    pipeline and the run, and the card says which pipeline trained the model."""
+    from kfp.dsl import HTML, Artifact, Markdown, Model
+
+    from components import publish_model
+    from whisper_moe_kfp import runtime
+
+    image = "registry.example/whisper-moe@sha256:" + "a" * 64
+    monkeypatch.setenv("WHISPER_MOE_IMAGE", image)  # as the compiled spec sets it
+    monkeypatch.setenv("WHISPER_MOE_GIT_COMMIT", "b" * 40)  # as the image sets it
+    checkpoint, evaluation = tmp_path / "checkpoint", tmp_path / "evaluation"
+    for folder in (checkpoint, evaluation):
+        folder.mkdir()
+    (checkpoint / "moe_config.json").write_text("{}")
+    (evaluation / "metrics.json").write_text(json.dumps({
+        "utterances": 2, "base_model": "openai/whisper-large-v2",
+        "moe": {"wer": 0.5, "cer": 0.25, "per_group": {"en-us": {"wer": 0.5, "cer": 0.25, "n": 2}}}}))
+    data = {"kind": "dvc", "repo": "https://example.com/data.git", "rev": "v1", "commit": "c" * 40,
+            "path": "sap", "md5": "d" * 32 + ".dir"}
+    (evaluation / runtime.DATA_SOURCE).write_text(json.dumps(data))
+    (tmp_path / "report.html").write_text("<h1>whisper-moe evaluation</h1>")
+    pointer, card = Artifact(uri=str(tmp_path / "pointer.json")), Markdown(uri=str(tmp_path / "card.md"))
+
+    publish_model.python_func(
+        params_yaml=yaml.safe_dump(tiny_params), checkpoint=Model(uri=str(checkpoint)),
+        evaluation=Artifact(uri=str(evaluation)), report=HTML(uri=str(tmp_path / "report.html")),
+        pointer=pointer, model_card=card, run_id="run-9", pipeline_name="regular")
+
+    expected = {"code_commit": "b" * 40, "image": image, "image_digest": "sha256:" + "a" * 64,
+                "data_commit": "c" * 40, "data_md5": "d" * 32 + ".dir",
+                "base_model": "openai/whisper-large-v2", "pipeline": "regular", "run_id": "run-9"}
+    for artifact in (pointer, card):
+        assert expected.items() <= artifact.metadata.items(), artifact.metadata
+    assert json.loads(Path(pointer.path).read_text())["lineage"]["data"] == data
+    text = Path(card.path).read_text()
+    assert text.startswith("---\n") and "# whisper-moe-regular" in text and "regular MoE" in text
+    assert f"`{image}`" in text and "c" * 40 in text and "b" * 40 in text
+
+    # what a training or evaluation task can put on its own artifacts from its dataset folder
+    from_dataset = runtime.artifact_lineage(yaml.safe_dump(tiny_params), evaluation, "{{$.pipeline_job_uuid}}")
+    assert {**expected, "base_model": tiny_params["model"]["base_model"], "pipeline": "", "run_id": ""} \
+        == {key: from_dataset[key] for key in expected}
+
+
 # ------------------------------------------------------------------ end to end, kfp.local
 def tiny_run_params(tiny_base_dir) -> str:
     """params_yaml for a run of a few seconds per task: quick mode, 1 epoch, tiny model."""
@@ -494,6 +556,7 @@ def test_regular_pipeline_end_to_end_from_s3_to_s3(local_kfp, moto_s3, tiny_base
 
     pointer = check_run_outputs(task.outputs)
     assert pointer["published"] is True
+    assert (pointer["lineage"]["pipeline"], pointer["lineage"]["run_id"]) == ("regular", pointer["run"])
     run_prefix = f"s3://results/runs/{pointer['run']}"
     assert pointer["uri"] == f"{run_prefix}/model"
     assert pointer["metrics"]["moe"]["wer"] == pytest.approx(task.outputs["metrics"].metadata["moe_wer"],

@@ -53,17 +53,26 @@ def test_the_card_states_what_the_metrics_and_lineage_hold(tmp_path, tiny_params
     assert recorded["data"] == data and recorded["params"] == json.loads(json.dumps(tiny_params))
 
 
-def test_lineage_names_the_checked_out_commit_unless_the_image_says_otherwise(monkeypatch):
+def test_lineage_names_the_checked_out_commit_unless_the_image_says_otherwise(monkeypatch, tiny_params):
     head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
                           text=True, check=True).stdout.strip()
     monkeypatch.delenv(lineage.COMMIT_ENV, raising=False)
-    monkeypatch.delenv(lineage.IMAGE_DIGEST_ENV, raising=False)
+    monkeypatch.delenv(lineage.IMAGE_ENV, raising=False)
     assert lineage.code_commit(REPO / "src" / "whisper_moe")["commit"] == head
-    assert lineage.image_digest() is None
+    assert lineage.image() == {"image": None, "image_digest": None}
+    pinned = "registry.example:5000/whisper-moe@sha256:" + "9" * 64
     monkeypatch.setenv(lineage.COMMIT_ENV, "1234abc")
-    monkeypatch.setenv(lineage.IMAGE_DIGEST_ENV, "registry/whisper-moe@sha256:" + "9" * 64)
-    assert lineage.code_commit()["commit"] == "1234abc"
-    assert lineage.image_digest().endswith("9" * 64)
+    monkeypatch.setenv(lineage.IMAGE_ENV, pinned)
+    made = lineage.build(tiny_params, {"kind": "params"}, run_id="run-1", pipeline="regular")
+    assert made["code"]["commit"] == "1234abc"
+    assert (made["image"], made["image_digest"]) == (pinned, "sha256:" + "9" * 64)
+    assert f"`{pinned}`" in model_card.render(evaluation_metrics(), made)
+    monkeypatch.setenv(lineage.COMMIT_ENV, "1234abc-dirty")  # built from a tree with changes
+    assert lineage.code_commit() == {"commit": "1234abc", "dirty": True, "from": lineage.COMMIT_ENV}
+    tagged = "registry.example:5000/whisper-moe:0.1.0-cpu"  # a port is not a tag, a tag is not a digest
+    monkeypatch.setenv(lineage.IMAGE_ENV, tagged)
+    assert lineage.image() == {"image": tagged, "image_digest": None}
+    assert "not pinned by digest" in model_card.render(evaluation_metrics(), lineage.build(tiny_params, {}))
 
 
 def test_folder_hash_follows_content_not_location(tmp_path):
@@ -92,3 +101,22 @@ def test_the_demo_card_from_the_committed_demo_run(tmp_path, monkeypatch, capsys
     data_md5 = next(out["md5"] for out in lock["stages"]["data"]["outs"] if out["path"] == "dvc_runs/data")
     assert json.loads((tmp_path / "lineage.json").read_text())["data"]["md5"] == data_md5
     assert "synthetic" in card
+    assert f"mixture of {len(metrics['routing']['expert_share'])} LoRA experts" in card  # not "clustering-chosen"
+
+
+@pytest.mark.parametrize("pipeline", ["pretrained", "regular"])
+def test_the_committed_demo_cards_match_the_committed_evaluations(pipeline):
+    """dvc_runs/<pipeline>/model_card is a dvc stage's output committed to git: its numbers and
+    data md5 must be those of the committed metrics and dvc.lock, else `dvc repro` was not run."""
+    folder = REPO / "dvc_runs" / pipeline
+    metrics = json.loads((folder / "evaluate" / "metrics.json").read_text())
+    card = (folder / "model_card" / "README.md").read_text()
+    values = {m["type"]: m["value"] for m in front_matter(card)["model-index"][0]["results"][0]["metrics"]}
+    assert values == {"wer": round(100 * metrics["moe"]["wer"], 2), "cer": round(100 * metrics["moe"]["cer"], 2)}
+    assert f"# whisper-moe-{pipeline}" in card
+    lock = yaml.safe_load((REPO / "dvc.lock").read_text())["stages"]
+    data_md5 = next(out["md5"] for out in lock["data"]["outs"] if out["path"] == "dvc_runs/data")
+    made = json.loads((folder / "model_card" / "lineage.json").read_text())
+    assert (made["data"]["md5"], made["pipeline"]) == (data_md5, pipeline)
+    assert {out["path"] for out in lock[f"{pipeline}_model_card"]["outs"]} == {
+        f"dvc_runs/{pipeline}/model_card/README.md", f"dvc_runs/{pipeline}/model_card/lineage.json"}

@@ -52,7 +52,8 @@ def published_run(tmp_path, monkeypatch, s3_server: S3Server, tiny_moe, tiny_par
     report = tmp_path / "report.html"
     report.write_text("<h1>whisper-moe evaluation</h1>")
     pointer = runtime.publish(f"s3://{s3_server.bucket}/runs", "run-42", "nightly", checkpoint,
-                              str(checkpoint), evaluation, report, yaml.safe_dump(tiny_params))
+                              str(checkpoint), evaluation, report, yaml.safe_dump(tiny_params),
+                              "regular", tmp_path / "model-card.md")
     assert pointer["published"] is True
     return pointer, Path(checkpoint)
 
@@ -94,6 +95,7 @@ def test_a_published_model_is_restored_byte_for_byte_and_tampering_is_caught(
     recorded = run([*RECORD, "record", "--run-uri", pointer["run_uri"], "--dest", "models/regular"],
                    origin, env)
     assert recorded.stdout.split() == ["models/regular.dvc", "models/.gitignore"]
+    assert "verify" not in recorded.stderr  # the remote re-hashes what it hands out
     run(["git", "add", "models/regular.dvc", "models/.gitignore"], origin, env)
     run(["git", "commit", "-qm", "Retrained regular model"], origin, env)
     commit = run(["git", "rev-parse", "HEAD"], origin, env).stdout.strip()
@@ -105,7 +107,11 @@ def test_a_published_model_is_restored_byte_for_byte_and_tampering_is_caught(
     assert pull.returncode == 0, pull.stderr
     weights = clone / "models" / "regular" / "model" / "model.safetensors"
     assert weights.read_bytes() == (checkpoint / "model.safetensors").read_bytes()
-    assert json.loads((clone / "models" / "regular" / "model" / "lineage.json").read_text())["run_id"] == pointer["run"]
+    made = json.loads((clone / "models" / "regular" / "model" / "lineage.json").read_text())
+    assert (made["run_id"], made["pipeline"]) == (pointer["run"], "regular")
+    # the card Kubeflow shows is the one versioned with the weights
+    assert (clone / "models" / "regular" / "model" / "README.md").read_text() == (
+        tmp_path / "model-card.md").read_text()
 
     # Weights overwritten in the published folder: `check` names the file.
     unchanged = run([*RECORD, "check", "--run-uri", pointer["run_uri"], "--dest", "models/regular"], clone, env)
@@ -125,3 +131,16 @@ def test_a_published_model_is_restored_byte_for_byte_and_tampering_is_caught(
     assert "Checkout failed" in tampered.stderr, tampered.stderr
     restored = tmp_path / "clone-after-tampering" / "models" / "regular" / "model" / "model.safetensors"
     assert not restored.exists() or restored.read_bytes() != b"tampered weights"
+
+
+def test_recording_warns_when_the_remote_does_not_verify(tmp_path):
+    """Without `verify`, `dvc pull` would hand out an object overwritten in the remote."""
+    env = clean_env(tmp_path)
+    root = tmp_path / "repo"
+    root.mkdir()
+    run(["git", "init", "-q"], root, env)
+    dvc("init", "-q", cwd=root, env=env)
+    dvc("remote", "add", "-d", "storage", str(tmp_path / "remote"), cwd=root, env=env)
+    missing = run([*RECORD, "record", "--run-uri", "s3://nowhere/run", "--dest", "models/m"], root,
+                  env | {"AWS_ENDPOINT_URL": "http://127.0.0.1:9"}, check=False)
+    assert "lacks `verify = true`" in missing.stderr

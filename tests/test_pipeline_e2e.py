@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 
 import yaml
 
+from whisper_moe import lineage
 from whisper_moe.cli import main
+from whisper_moe.fsio import sha256_of
 
 
-def test_regular_pipeline_cli_end_to_end(tmp_path, tiny_params, capsys):
+def test_regular_pipeline_cli_end_to_end(tmp_path, tiny_params, capsys, monkeypatch):
+    monkeypatch.delenv(lineage.COMMIT_ENV, raising=False)  # the commit comes from this checkout
+    monkeypatch.delenv(lineage.IMAGE_ENV, raising=False)
     params = dict(tiny_params)
     params["train"] = {**tiny_params["train"], "epochs": 1}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
@@ -33,6 +39,7 @@ def test_regular_pipeline_cli_end_to_end(tmp_path, tiny_params, capsys):
     assert "stage train: starting" in log_file.read_text()
     train_metrics = json.loads((out / "train" / "train_metrics.json").read_text())
     assert train_metrics["optimizer_steps"] > 0
+    check_lineage_and_card(out, metrics, tiny_params)
 
     # --resume skips finished stages.
     assert main(["pipeline", "--params", str(tmp_path / "params.yaml"), "--mode", "full",
@@ -51,6 +58,32 @@ def test_regular_pipeline_cli_end_to_end(tmp_path, tiny_params, capsys):
                  str(out / "train" / "checkpoint"), audio]) == 0
     printed = capsys.readouterr().out
     assert "[expert " in printed and first["moe"] in printed
+
+
+def check_lineage_and_card(out, metrics: dict, tiny_params: dict) -> None:
+    """The checkpoint folder names the code, data, base model, pipeline and run that made it,
+    and its model card states the evaluation's numbers."""
+    checkpoint = out / "train" / "checkpoint"
+    made = json.loads((checkpoint / lineage.LINEAGE_FILE).read_text())
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert made["code"]["commit"] == head and made["code"]["from"] == "git"
+    assert (made["image"], made["image_digest"]) == (None, None)
+    assert (made["pipeline"], made["run_id"]) == ("regular", "run")
+    assert made["base_model"] == tiny_params["model"]["base_model"] == metrics["base_model"]
+    assert made["data"]["kind"] == "params" and made["data"]["source"] == tiny_params["data"]["source"]
+    assert made["data"]["manifests_sha256"] == {split: sha256_of(out / "data" / f"{split}.jsonl")
+                                                for split in ("train", "dev", "test")}
+    assert made["params"]["model"]["num_experts"] == 2 and made["params"]["train"]["epochs"] == 1
+
+    card = (checkpoint / "README.md").read_text()
+    front = yaml.safe_load(card.split("---\n")[1])
+    values = {m["type"]: m["value"] for m in front["model-index"][0]["results"][0]["metrics"]}
+    assert values == {"wer": round(100 * metrics["moe"]["wer"], 2), "cer": round(100 * metrics["moe"]["cer"], 2)}
+    assert "# whisper-moe-regular" in card and "mixture of 2 LoRA experts" in card and head in card
+    for group, values in metrics["moe"]["per_group"].items():
+        assert f"| {group} | {values['n']} | {values['wer']:.4f} | {values['cer']:.4f} | " in card
+    assert f"| base model, same test set | {metrics['base']['wer']:.4f} |" in card
 
 
 def test_evaluate_a_plain_base_model(tmp_path, tiny_params, tiny_base_dir, tiny_corpus, capsys):

@@ -344,6 +344,27 @@ def test_make_images_tags_both_targets_with_the_project_version():
                          rf"{re.escape(version)}-{target} \.", commands), commands
 
 
+def test_make_images_bake_the_commit_they_are_built_from():
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    commands = make_images_fragment("-n", "image-cpu", "IMAGE_BUILD=registry").stdout.replace("\\\n", " ")
+    assert re.search(rf"docker build .*--target cpu .*--build-arg GIT_COMMIT={head}(-dirty)? ", commands), commands
+    given = make_images_fragment("-n", "images", "IMAGE_BUILD=registry", "GIT_COMMIT=" + "a" * 40)
+    assert given.stdout.count("--build-arg GIT_COMMIT=" + "a" * 40 + " ") == 2, given.stdout
+
+
+def test_the_commit_is_baked_in_the_last_layers_of_both_images():
+    """A model's lineage reads $WHISPER_MOE_GIT_COMMIT; declared after every RUN and COPY so the
+    dependency layers stay cached from one commit to the next."""
+    stages = dockerfile_stages(REPO / "docker" / "Dockerfile")
+    for target in ("cpu", "cuda"):
+        keywords = [keyword for keyword, _ in stages[target]]
+        assert ("ARG", "GIT_COMMIT=") in stages[target], target
+        assert ("ENV", "WHISPER_MOE_GIT_COMMIT=${GIT_COMMIT}") in stages[target], target
+        declared = stages[target].index(("ARG", "GIT_COMMIT="))
+        assert not {"RUN", "COPY"} & set(keywords[declared:]), f"{target}: a layer after GIT_COMMIT"
+
+
 def test_kustomize_images_match_the_images_make_builds():
     result = make_images_fragment("-s", "print-images")
     assert result.returncode == 0, result.stderr

@@ -18,17 +18,19 @@ from pathlib import Path
 from whisper_moe.fsio import sha256_of, write_json_atomic
 
 LINEAGE_FILE = "lineage.json"
-# Set by the image build (the commit it was built from) and by the pod or CI job
-# (the digest of the image it runs); the environment wins over a git checkout.
+# Set by the image build (docker/Dockerfile: the commit it was built from; the environment
+# wins over a git checkout) and by the compiled pipeline on every task (pipelines/compile.py:
+# the image reference the task runs, pinned by digest when compiled against repo@sha256:...).
 COMMIT_ENV = "WHISPER_MOE_GIT_COMMIT"
-IMAGE_DIGEST_ENV = "WHISPER_MOE_IMAGE_DIGEST"
+IMAGE_ENV = "WHISPER_MOE_IMAGE"
 SOURCE_DIR = Path(__file__).resolve().parent
 
 
 def code_commit(source_dir: Path = SOURCE_DIR) -> dict:
     """{"commit", "dirty"} of the code that runs: the environment's value, else git's."""
-    if os.environ.get(COMMIT_ENV):
-        return {"commit": os.environ[COMMIT_ENV], "dirty": None, "from": COMMIT_ENV}
+    if os.environ.get(COMMIT_ENV):  # '<sha>' or '<sha>-dirty' (mk/images.mk)
+        commit, dirty, _ = os.environ[COMMIT_ENV].partition("-dirty")
+        return {"commit": commit, "dirty": bool(dirty), "from": COMMIT_ENV}
     try:
         commit = git(source_dir, "rev-parse", "HEAD")
         dirty = bool(git(source_dir, "status", "--porcelain", "--untracked-files=no", "--", "."))
@@ -43,9 +45,20 @@ def git(folder: Path, *args: str) -> str:
     return result.stdout.strip()
 
 
-def image_digest() -> str | None:
-    """The container image's digest (repo@sha256:...) when the pod or job says which it is."""
-    return os.environ.get(IMAGE_DIGEST_ENV) or None
+def image() -> dict:
+    """{"image", "image_digest"} of the container the code runs in, as the task's environment
+    names it: the reference, and its sha256 digest when the reference is pinned by one (a tag
+    can be moved to other bytes later, a digest cannot). Both null outside such a container."""
+    reference = os.environ.get(IMAGE_ENV) or None
+    return {"image": reference, "image_digest": digest_of(reference)}
+
+
+def digest_of(reference: str | None) -> str | None:
+    """'sha256:<hex>' of an image reference 'repo[:tag]@sha256:<hex>', else None."""
+    if not reference or "@" not in reference:
+        return None
+    digest = reference.rsplit("@", 1)[1]
+    return digest if digest.startswith("sha256:") else None
 
 
 def folder_sha256(folder: str | Path) -> str:
@@ -64,7 +77,7 @@ def build(params: dict, data: dict, run_id: str | None = None, pipeline: str | N
     {"kind": "s3", "uri", "sha256"}, ...)."""
     return {
         "code": code_commit(),
-        "image_digest": image_digest(),
+        **image(),
         "data": data,
         "base_model": base_model or params["model"]["base_model"],
         "pipeline": pipeline,

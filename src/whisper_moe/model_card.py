@@ -38,7 +38,7 @@ def render(metrics: dict, lineage: dict) -> str:
     }
     lines = ["---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", "", f"# {name}", "",
              f"Whisper `{lineage.get('base_model')}` (frozen) with a mixture of "
-             f"{experts(params)} LoRA experts chosen per utterance by a learned gate"
+             f"{experts(params, metrics)} LoRA experts chosen per utterance by a learned gate"
              + (f"; {PIPELINE_NAMES[pipeline]}" if pipeline in PIPELINE_NAMES else "") + ".",
              "", "## Results on the test set", ""]
     lines += results_table(metrics) + [""] + group_table(metrics) + [""]
@@ -69,8 +69,11 @@ def percent(value: float) -> float:
     return round(100.0 * float(value), 2)
 
 
-def experts(params: dict) -> str:
-    count = (params.get("model") or {}).get("num_experts")
+def experts(params: dict, metrics: dict) -> str:
+    """The evaluated checkpoint's expert count (its routing statistics have one entry per
+    expert), else the params' (null there: the clustering chose it)."""
+    share = (metrics.get("routing") or {}).get("expert_share")
+    count = len(share) if share else (params.get("model") or {}).get("num_experts")
     return str(count) if count else "clustering-chosen"
 
 
@@ -136,13 +139,22 @@ def lineage_lines(lineage: dict, params: dict) -> list[str]:
     lora = model.get("lora") or {}
     routing = (params.get("routing") or {}).get("mode")
     return [f"- code: commit `{code.get('commit')}`{dirty}",
-            f"- image: `{lineage.get('image_digest') or 'not recorded (run outside a container)'}`",
+            f"- image: {image_line(lineage)}",
             f"- base model: `{lineage.get('base_model')}`",
             f"- run: `{lineage.get('run_id') or '-'}`, pipeline `{lineage.get('pipeline') or '-'}`, "
             f"created {lineage.get('created_utc')}",
             f"- settings: mode `{params.get('mode')}`, LoRA rank {lora.get('rank')} on "
             f"{', '.join(lora.get('target_modules') or [])}, routing `{routing}`, "
             f"{train.get('epochs')} epochs, lr {train.get('lr')}; all resolved params in `lineage.json`"]
+
+
+def image_line(lineage: dict) -> str:
+    reference, digest = lineage.get("image"), lineage.get("image_digest")
+    if not reference:
+        return "not recorded (run outside a container)"
+    if digest:
+        return f"`{reference}`"
+    return f"`{reference}` (a tag, not pinned by digest: it may since name other bytes)"
 
 
 def limitation_lines(metrics: dict, lineage: dict) -> list[str]:

@@ -369,7 +369,7 @@ def carry_data_source(dataset_dir: str | Path, evaluation_dir: str | Path) -> No
         shutil.copyfile(recorded, Path(evaluation_dir) / DATA_SOURCE)
 
 
-def model_lineage(params_yaml: str, evaluation_dir: str | Path, run_id: str) -> dict:
+def model_lineage(params_yaml: str, evaluation_dir: str | Path, run_id: str, pipeline: str = "") -> dict:
     """lineage.json of a pipeline's model: code, image, the data's resolved revision, params, run."""
     from whisper_moe_kfp.parameters import params_from_yaml
 
@@ -377,7 +377,38 @@ def model_lineage(params_yaml: str, evaluation_dir: str | Path, run_id: str) -> 
     data = json.loads(recorded.read_text()) if recorded.exists() else {"kind": "unknown"}
     evaluation = artifacts.load_evaluation_metrics(evaluation_dir)
     return lineage.build(params_from_yaml(params_yaml), data, run_id=run_id or None,
-                         base_model=evaluation.get("base_model"))
+                         pipeline=pipeline or None, base_model=evaluation.get("base_model"))
+
+
+def artifact_lineage(params_yaml: str, data_dir: str | Path, run_id: str = "", pipeline: str = "") -> dict:
+    """Lineage metadata for any task's output artifact (a checkpoint, an evaluation, a report):
+    the task's params and the data_source.json its dataset or evaluation folder carries."""
+    from whisper_moe_kfp.parameters import params_from_yaml
+
+    recorded = Path(data_dir) / DATA_SOURCE
+    data = json.loads(recorded.read_text()) if recorded.exists() else {"kind": "unknown"}
+    run = run_id if run_id and "{{" not in run_id else None
+    return lineage_metadata(lineage.build(params_from_yaml(params_yaml), data, run_id=run,
+                                          pipeline=pipeline or None))
+
+
+# The lineage a pointer carries and Kubeflow artifacts show: all of lineage.json but the params.
+POINTER_LINEAGE = ("code", "image", "image_digest", "data", "base_model", "pipeline", "run_id")
+
+
+def lineage_metadata(made: dict) -> dict:
+    """Lineage as flat artifact metadata, so the Kubeflow UI lists it beside each artifact:
+    code commit, image and digest, the data's resolved revision and md5 (or content sha256),
+    base model, pipeline and run id. Unknown values are empty strings, never guessed."""
+    data = made.get("data") or {}
+    fields = {"code_commit": (made.get("code") or {}).get("commit"),
+              "image": made.get("image"), "image_digest": made.get("image_digest"),
+              "data_source": describe_source(data) if data.get("kind") not in (None, "params", "unknown")
+              else data.get("source") or data.get("kind"),
+              "data_commit": data.get("commit"), "data_md5": data.get("md5"),
+              "data_sha256": data.get("sha256"), "base_model": made.get("base_model"),
+              "pipeline": made.get("pipeline"), "run_id": made.get("run_id")}
+    return {key: "" if value is None else str(value) for key, value in fields.items()}
 
 
 def model_folder(checkpoint_dir: str | Path, dest: str | Path, evaluation: dict, model_lineage: dict) -> Path:
@@ -391,7 +422,7 @@ def model_folder(checkpoint_dir: str | Path, dest: str | Path, evaluation: dict,
 
 def publish(output_s3_uri: str, run_id: str, run_name: str, checkpoint_dir: str | Path,
             checkpoint_uri: str, evaluation_dir: str | Path, report_path: str | Path,
-            params_yaml: str) -> dict:
+            params_yaml: str, pipeline: str = "", model_card_path: str | Path | None = None) -> dict:
     """Upload the model folder (checkpoint, lineage.json, model card), metrics, report and
     params under output_s3_uri/<run>/; return the pointer.
 
@@ -399,15 +430,18 @@ def publish(output_s3_uri: str, run_id: str, run_name: str, checkpoint_dir: str 
     pointer.json. The retrain workflow copies the whole <run>/ folder into the repository
     and records it with `dvc add` (scripts/record_model.py), so the bytes are versioned by
     content. With no output_s3_uri nothing is uploaded and the pointer names Kubeflow's copy.
+    The model card is also written to model_card_path when given (for Kubeflow's viewer).
     """
     import tempfile
 
     evaluation = artifacts.load_evaluation_metrics(evaluation_dir)
     folder = run_folder_name(run_id, run_name)
-    made = model_lineage(params_yaml, evaluation_dir, folder)
+    made = model_lineage(params_yaml, evaluation_dir, folder, pipeline)
     pointer = {"uri": checkpoint_uri, "metrics": headline_metrics(evaluation), "run": folder,
                "run_name": run_name if "{{" not in run_name else None, "published": False,
-               "lineage": {key: made[key] for key in ("code", "image_digest", "data", "base_model", "run_id")}}
+               "lineage": {key: made[key] for key in POINTER_LINEAGE}}
+    if model_card_path:
+        write_text(model_card_path, model_card.render(evaluation, made))
     if not output_s3_uri:
         log.info("output_s3_uri is empty: nothing uploaded; the model stays at %s", checkpoint_uri)
         return pointer
