@@ -47,6 +47,9 @@ def evaluate_moe(
                           train_dir=training_log.path)
     runtime.log_evaluation(metrics, result)
     runtime.carry_data_source(dataset.path, out_dir)
+    made = runtime.artifact_lineage(params_yaml, dataset.path)  # the Metrics' metadata is the UI's numbers
+    evaluation.metadata.update(made)
+    report.metadata.update(made)
     runtime.write_text(report.path, (out_dir / artifacts.EVALUATION_REPORT).read_text())
     confusion = artifacts.gate_confusion(gate.path) if gate is not None else None
     if confusion is not None:

@@ -66,4 +66,5 @@ def train_moe(
         runtime.finish_durable_folder(durable_dir, training_log.path)
     checkpoint.metadata.update({"num_experts": result["num_experts"], "framework": "whisper-moe",
                                 "training_processes": world})
+    checkpoint.metadata.update(runtime.artifact_lineage(params_yaml, dataset.path, run_id))
     runtime.log_numbers(training_metrics, result)

@@ -541,7 +541,13 @@ def check_run_outputs(outputs) -> dict:
     groups = {"en-us", "en-gb-scotland", "en-029"}
     assert 0 <= metrics["moe_wer"] and {f"moe_wer_{g}" for g in groups} <= set(metrics)
     assert "<h1>whisper-moe evaluation</h1>" in Path(outputs["report"].path).read_text()
-    return json.loads(Path(outputs["pointer"].path).read_text())
+    pointer = json.loads(Path(outputs["pointer"].path).read_text())
+    commit = pointer["lineage"]["code"]["commit"]
+    for name in ("checkpoint", "report"):  # lineage beside the artifacts in the Kubeflow UI
+        lineage = outputs[name].metadata
+        assert (lineage["code_commit"], lineage["base_model"]) == (commit, pointer["lineage"]["base_model"])
+        assert lineage["data_source"], lineage
+    return pointer
 
 
 @pytest.mark.slow
