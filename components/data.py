@@ -57,8 +57,12 @@ def resolve_data(
         data_dir=data_dir, data_root=data_root)
     print(f"data identity: {identity}")
     data_params = runtime.data_stage_params(params_from_yaml(params_yaml))
-    outputs = NamedTuple("DataIdentity", identity=str, data_params_yaml=str)
-    return outputs(json.dumps(identity, sort_keys=True), yaml.safe_dump(data_params, sort_keys=True))
+
+    class DataIdentity(NamedTuple):  # the outputs, in the order the return annotation names them
+        identity: str
+        data_params_yaml: str
+
+    return DataIdentity(json.dumps(identity, sort_keys=True), yaml.safe_dump(data_params, sort_keys=True))
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
