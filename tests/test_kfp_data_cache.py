@@ -108,6 +108,7 @@ def test_a_second_run_on_the_same_s3_data_downloads_nothing(s3_env, tiny_base_di
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     pipeline_root = tmp_path / "kfp"
+    pipeline_root.mkdir()
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root),
                enable_caching=True)
     caplog.set_level(logging.INFO)
@@ -146,6 +147,8 @@ def test_a_second_run_on_the_same_s3_data_downloads_nothing(s3_env, tiny_base_di
     s3_env.client().put_object(Bucket=s3_env.bucket, Key="sap/latest/train.jsonl",
                                Body=("\n".join(train[:-1]) + "\n").encode())
     third, third_fetch, third_hits, _ = run()
+    print(f"downloaded (GET requests, bytes): first run {first_fetch}, second {second_fetch}, "
+          f"third after a change {third_fetch}; corpus {files} files, {corpus_bytes} bytes")
     assert "prepare-data" not in third_hits and (third / "prepare-data").is_dir()
     assert third_fetch[0] >= files and third_fetch[1] > 0, third_fetch
     kept = (third / "prepare-data" / "dataset" / "train.jsonl").read_text().splitlines()
