@@ -10,7 +10,7 @@ The component modules do not use `from __future__ import annotations`: KFP reads
 parameter annotations (Input[Dataset], Output[Model], ...) as types at definition time.
 """
 
-from components.data import prepare_data
+from components.data import prepare_data, resolve_data
 from components.evaluate import evaluate_moe
 from components.params import resolve_params
 from components.pretraining import (
@@ -30,6 +30,7 @@ __all__ = [
     "pretrain_experts",
     "pretrain_gate",
     "publish_model",
+    "resolve_data",
     "resolve_params",
     "train_moe",
 ]

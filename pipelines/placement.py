@@ -58,7 +58,7 @@ MULTI_GPU = {"train"}
 # Tasks that read the training audio: with a data claim they all mount it here, so the dataset
 # artifact holds only manifests that name the audio on it (prepare_data's data_root).
 DATA_ROOT = "/data"
-READS_DATA = {"data", "embed", "pretrain_experts", "train", "evaluate"}
+READS_DATA = {"resolve_data", "data", "embed", "pretrain_experts", "train", "evaluate"}
 S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL")
 GPU_RESOURCE = "nvidia.com/gpu"
 
@@ -79,6 +79,8 @@ class Resources:
 # a2-highgpu-1g); the demo and tests need far less and ignore these numbers.
 RESOURCES = {
     "light": Resources(gpu=False, cpu="500m", cpu_limit="1", memory="1Gi", memory_limit="2Gi"),
+    # a Git clone of the data repository or an S3 listing; no data
+    "resolve_data": Resources(gpu=False, cpu="500m", cpu_limit="1", memory="1Gi", memory_limit="2Gi"),
     # audio decoding
     "data": Resources(gpu=False, cpu="4", cpu_limit="8", memory="16Gi", memory_limit="32Gi"),
     "embed": Resources(gpu=True, cpu="8", cpu_limit="12", memory="32Gi", memory_limit="64Gi"),
@@ -91,9 +93,10 @@ RESOURCES = {
     "publish": Resources(gpu=False, cpu="1", cpu_limit="2", memory="4Gi", memory_limit="8Gi"),
 }
 # A rerun of these must do the work again: training and evaluation (the point of a
-# run), the data fetch (a DVC branch or an S3 prefix can change under the same
-# name) and publishing (a side effect).
-NOT_CACHED = {"data", "train", "evaluate", "publish"}
+# run), publishing (a side effect) and resolving which data the run means (a DVC branch
+# or an S3 prefix can change under the same name). The data fetch is cached: its inputs
+# hold that resolved identity, so it reruns exactly when the data changed.
+NOT_CACHED = {"resolve_data", "train", "evaluate", "publish"}
 # Pods are preempted and nodes fail; a retry starts the task again after 1, 2, 4 minutes
 # (training resumes from its durable checkpoint).
 RETRIES = 3
@@ -103,6 +106,7 @@ BACKOFF_FACTOR = 2.0
 # on a hung node or a dead collective fails instead of holding GPUs forever, and is retried.
 TIMEOUT_S = {
     "light": 15 * 60,
+    "resolve_data": 30 * 60,  # cloning a large data repository
     "data": 24 * 3600,
     "embed": 12 * 3600,
     "cluster": 4 * 3600,

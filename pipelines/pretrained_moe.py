@@ -25,6 +25,7 @@ from components import (
     pretrain_experts,
     pretrain_gate,
     publish_model,
+    resolve_data,
     resolve_params,
     train_moe,
 )
@@ -99,9 +100,14 @@ def pretrained_moe(
         learning_rate=learning_rate, routing_mode=routing_mode, top_k=top_k,
         data_percent=data_percent, embedding_percent=embedding_percent,
         clustering_algorithm=clustering_algorithm, max_clusters=max_clusters), "light")
-    data = place(prepare_data(
+    # Which data, resolved every run; fetched (cached) only when that identity is new.
+    which_data = place(resolve_data(
         params_yaml=params.output, dvc_repo=dvc_repo, dvc_rev=dvc_rev, dvc_path=dvc_path,
-        data_s3_uri=data_s3_uri, data_dir=data_dir), "data")
+        data_s3_uri=data_s3_uri, data_dir=data_dir), "resolve_data")
+    data = place(prepare_data(
+        params_yaml=which_data.outputs["data_params_yaml"], dvc_repo=dvc_repo, dvc_rev=dvc_rev,
+        dvc_path=dvc_path, data_s3_uri=data_s3_uri, data_dir=data_dir,
+        data_identity=which_data.outputs["identity"]), "data")
     dataset = data.outputs["dataset"]
     embeddings = place(embed_utterances(params_yaml=params.output, dataset=dataset), "embed")
     clusters = place(cluster_embeddings(

@@ -1,4 +1,4 @@
-"""Regular MoE pipeline: data -> joint training -> evaluation -> publish.
+"""Regular MoE pipeline: data (resolved, then fetched) -> joint training -> evaluation -> publish.
 
 Gate and experts start random and learn together; num_experts sets how many. The
 joint-training task is the same component as in the pretrained pipeline.
@@ -15,7 +15,14 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Metrics, Model
 
-from components import evaluate_moe, prepare_data, publish_model, resolve_params, train_moe
+from components import (
+    evaluate_moe,
+    prepare_data,
+    publish_model,
+    resolve_data,
+    resolve_params,
+    train_moe,
+)
 from pipelines import params_path
 from pipelines.placement import place
 from whisper_moe_kfp.parameters import REGULAR_PARAMETERS, pipeline_defaults
@@ -79,9 +86,14 @@ def regular_moe(
         batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
         learning_rate=learning_rate, routing_mode=routing_mode, top_k=top_k,
         data_percent=data_percent, num_experts=num_experts), "light")
-    data = place(prepare_data(
+    # Which data, resolved every run; fetched (cached) only when that identity is new.
+    which_data = place(resolve_data(
         params_yaml=params.output, dvc_repo=dvc_repo, dvc_rev=dvc_rev, dvc_path=dvc_path,
-        data_s3_uri=data_s3_uri, data_dir=data_dir), "data")
+        data_s3_uri=data_s3_uri, data_dir=data_dir), "resolve_data")
+    data = place(prepare_data(
+        params_yaml=which_data.outputs["data_params_yaml"], dvc_repo=dvc_repo, dvc_rev=dvc_rev,
+        dvc_path=dvc_path, data_s3_uri=data_s3_uri, data_dir=data_dir,
+        data_identity=which_data.outputs["identity"]), "data")
     training = place(train_moe(params_yaml=params.output, dataset=data.outputs["dataset"],
                                run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER), "train")
     evaluation = place(evaluate_moe(

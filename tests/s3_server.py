@@ -52,6 +52,7 @@ class S3Server:
     secret_access_key: str
     bucket: str
     region: str = REGION
+    metrics_url: str = ""  # Prometheus metrics of the server, when started with metrics=True
 
     def env(self) -> dict[str, str]:
         """Credentials as the AWS SDKs (and so DVC) read them from the environment."""
@@ -71,6 +72,19 @@ class S3Server:
             aws_secret_access_key=secret_access_key or self.secret_access_key,
             config=Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=10),
         )
+
+    def counters(self) -> dict[str, float]:
+        """The server's S3 counters now, as `name{labels}` -> value (needs metrics=True):
+        e.g. SeaweedFS_s3_request_total{bucket="b",code="200",type="GET"}."""
+        import urllib.request
+
+        if not self.metrics_url:
+            raise RuntimeError("this server was started without metrics=True")
+        with urllib.request.urlopen(self.metrics_url, timeout=10) as response:
+            text = response.read().decode()
+        return {name: float(value) for name, _, value in
+                (line.rpartition(" ") for line in text.splitlines())
+                if name.startswith("SeaweedFS_s3_")}
 
     def keys(self, prefix: str = "") -> list[str]:
         """Every object key under prefix in the bucket."""
@@ -114,12 +128,15 @@ def write_identity(path: Path, access_key_id: str, secret_access_key: str) -> Pa
     return path
 
 
-def weed_command(binary: str, data_dir: Path, config: Path, ports: dict[str, int]) -> list[str]:
+def weed_command(binary: str, data_dir: Path, config: Path, ports: dict[str, int],
+                 metrics_port: int | None = None) -> list[str]:
     command = [
         binary, "server", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
         "-filer", "-s3", f"-s3.config={config}", "-s3.port.iceberg=0", "-s3.port.lance=0",
         "-volume.max=4", "-master.volumeSizeLimitMB=64",
     ]
+    if metrics_port:
+        command += [f"-metricsPort={metrics_port}", "-metricsIp=127.0.0.1"]
     return command + [f"-{flag}={port}" for flag, port in ports.items()]
 
 
@@ -188,9 +205,12 @@ def stop(process: subprocess.Popen) -> None:
 
 
 @contextmanager
-def seaweedfs_s3(work_dir: Path, bucket: str = "whisper-moe-tests", attempts: int = 3
-                 ) -> Iterator[S3Server]:
+def seaweedfs_s3(work_dir: Path, bucket: str = "whisper-moe-tests", attempts: int = 3,
+                 metrics: bool = False) -> Iterator[S3Server]:
     """Run SeaweedFS with an S3 gateway in work_dir; yield where it listens; stop it after.
+
+    metrics=True also serves its Prometheus counters (S3Server.counters): requests by type
+    and bytes sent per bucket, to measure what a client really downloaded.
 
     Free ports are chosen before the server binds them, so another process can take
     one in between: start-up is retried on fresh ports.
@@ -204,12 +224,15 @@ def seaweedfs_s3(work_dir: Path, bucket: str = "whisper-moe-tests", attempts: in
     for attempt in range(1, attempts + 1):
         data_dir = work_dir / f"weed-data-{attempt}"
         data_dir.mkdir(parents=True)
-        ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS)), strict=True))
+        *free, metrics_port = free_ports(len(PORT_FLAGS) + 1)
+        ports = dict(zip(PORT_FLAGS, free, strict=True))
         server = S3Server(f"http://127.0.0.1:{ports['s3.port']}", access_key_id,
-                          secret_access_key, bucket)
+                          secret_access_key, bucket,
+                          metrics_url=f"http://127.0.0.1:{metrics_port}/metrics" if metrics else "")
         log_path = work_dir / f"weed-{attempt}.log"
         with open(log_path, "wb") as log:
-            process = subprocess.Popen(weed_command(binary, data_dir, config, ports),
+            process = subprocess.Popen(weed_command(binary, data_dir, config, ports,
+                                                    metrics_port if metrics else None),
                                        stdout=log, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, start_new_session=True,
                                        preexec_fn=die_with_parent)  # noqa: PLW1509 (no threads yet)

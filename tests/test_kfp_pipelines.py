@@ -23,7 +23,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 COMPILED = REPO_ROOT / "pipelines" / "compiled"
 SPECS = ("pretrained_moe", "regular_moe")
 GPU_EXECUTORS = {"exec-embed-utterances", "exec-pretrain-experts", "exec-train-moe", "exec-evaluate-moe"}
-UNCACHED_TASKS = {"prepare-data", "train-moe", "evaluate-moe", "publish-model"}
+UNCACHED_TASKS = {"resolve-data", "train-moe", "evaluate-moe", "publish-model"}
 # Every A100 that GPU feature discovery reports, 40GB and 80GB (pipelines/placement.py)
 A100_PRODUCTS = ["NVIDIA-A100-SXM4-40GB", "NVIDIA-A100-SXM4-80GB", "NVIDIA-A100-PCIE-40GB",
                  "NVIDIA-A100-PCIE-80GB", "NVIDIA-A100-80GB-PCIe"]
@@ -234,7 +234,7 @@ def test_gke_pool_and_other_placement_flags(tmp_path):
     assert container["image"] == "registry.example.com/asr/whisper-moe:1.2.3-cuda"
 
 
-DATA_READERS = {"exec-prepare-data", "exec-embed-utterances", "exec-pretrain-experts",
+DATA_READERS = {"exec-resolve-data", "exec-prepare-data", "exec-embed-utterances", "exec-pretrain-experts",
                 "exec-train-moe", "exec-evaluate-moe"}
 
 
@@ -242,10 +242,11 @@ DATA_READERS = {"exec-prepare-data", "exec-embed-utterances", "exec-pretrain-exp
 def test_a_data_claim_is_mounted_where_every_task_that_reads_data_looks(name, tmp_path):
     import inspect
 
-    from components import prepare_data
+    from components import prepare_data, resolve_data
     from pipelines.placement import DATA_ROOT
 
-    assert inspect.signature(prepare_data.python_func).parameters["data_root"].default == DATA_ROOT
+    for component in (resolve_data, prepare_data):
+        assert inspect.signature(component.python_func).parameters["data_root"].default == DATA_ROOT
     env = {k: v for k, v in os.environ.items() if not k.startswith("WHISPER_MOE_")}
     result = subprocess.run([sys.executable, str(REPO_ROOT / "pipelines" / "compile.py"), "--out-dir",
                              str(tmp_path)], cwd=REPO_ROOT, env={**env, "WHISPER_MOE_DATA_PVC": "asr-corpus"},
@@ -294,6 +295,72 @@ def test_a_folder_on_the_data_volume_is_read_in_place(tmp_path, tiny_corpus):
         prepare_data.python_func(params_yaml="{}", dataset=Dataset(uri=str(tmp_path / "d2")),
                                  data_report=Markdown(uri=str(tmp_path / "r2.md")),
                                  data_dir="corpus/v2", data_root=str(volume))
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_prepare_data_is_cached_on_the_identity_resolve_data_gives_it(name):
+    """The fetch's cache key holds what the data is (resolve-data runs every time), and only the
+    data settings, so a run on the same data with other training settings reuses the dataset."""
+    pipeline, _ = load_spec(name)
+    tasks = pipeline["root"]["dag"]["tasks"]
+    assert tasks["prepare-data"]["cachingOptions"].get("enableCache") is True
+    assert tasks["resolve-data"]["cachingOptions"].get("enableCache", False) is False
+    inputs = tasks["prepare-data"]["inputs"]["parameters"]
+    for name_in, output in (("data_identity", "identity"), ("params_yaml", "data_params_yaml")):
+        assert inputs[name_in]["taskOutputParameter"] == {"producerTask": "resolve-data",
+                                                          "outputParameterKey": output}
+    for source in ("dvc_repo", "dvc_rev", "dvc_path", "data_s3_uri", "data_dir"):
+        assert inputs[source]["componentInputParameter"] == source
+        assert tasks["resolve-data"]["inputs"]["parameters"][source]["componentInputParameter"] == source
+    # every task that reads the data gets prepare-data's artifact, so their keys follow it
+    readers = {task for task, spec in tasks.items()
+               if spec["inputs"].get("artifacts", {}).get("dataset", {}).get("taskOutputArtifact", {})
+               .get("producerTask") == "prepare-data"}
+    assert {"train-moe", "evaluate-moe"} <= readers
+
+
+def test_the_data_settings_leave_out_what_training_tunes():
+    import yaml as yaml_module
+
+    from whisper_moe.config import load_params
+    from whisper_moe_kfp.parameters import params_from_yaml
+    from whisper_moe_kfp.runtime import data_stage_params
+
+    params = load_params(REPO_ROOT / "params.yaml")
+    tuned = json.loads(json.dumps(params))
+    tuned["train"]["lr"], tuned["model"]["num_experts"], tuned["routing"]["mode"] = 0.5, 7, "topk"
+    assert data_stage_params(tuned) == data_stage_params(params)
+    tuned["data"]["max_skip_fraction"] = 0.5
+    assert data_stage_params(tuned) != data_stage_params(params)
+    back = params_from_yaml(yaml_module.safe_dump(data_stage_params(params)))  # as prepare-data reads it
+    assert back["data"] == params["data"] and back["seed"] == params["seed"]
+    assert back["model"]["base_model"] == params["model"]["base_model"]
+    assert back["train"]["max_label_tokens"] == params["train"]["max_label_tokens"]
+
+
+def test_a_folder_is_identified_by_its_listing_and_a_changed_one_is_refused(tmp_path, tiny_corpus):
+    from whisper_moe_kfp.runtime import (
+        DataChangedError,
+        fetch_training_data,
+        identify_training_data,
+    )
+
+    folder = tmp_path / "corpus"
+    shutil.copytree(tiny_corpus, folder)
+    identity = identify_training_data(data_dir=str(folder))
+    assert identity == identify_training_data(data_dir=str(folder))
+    assert identity["files"] == sum(1 for p in tiny_corpus.rglob("*") if p.is_file())
+    (folder / "train.jsonl").write_text((tiny_corpus / "train.jsonl").read_text() + "\n")
+    changed = identify_training_data(data_dir=str(folder))
+    assert changed["listing_sha256"] != identity["listing_sha256"]
+    with pytest.raises(DataChangedError, match=r"data_dir=.*changed"):
+        fetch_training_data(tmp_path / "dataset" / "source", data_dir=str(folder), identity=identity)
+    assert not (tmp_path / "dataset" / "source").exists()
+    assert fetch_training_data(tmp_path / "dataset" / "source", data_dir=str(folder),
+                               identity=changed)["kind"] == "folder"
+    assert identify_training_data() == {"kind": "params"}  # the demo: the data settings decide
+    with pytest.raises(ValueError, match="give one data source"):
+        identify_training_data(data_dir=str(folder), data_s3_uri="s3://b/p")
 
 
 def test_a_node_selector_flag_replaces_the_pools_affinity(tmp_path):
@@ -427,7 +494,11 @@ def test_prepare_data_without_a_source_synthesises_the_demo_corpus_inside_the_da
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 def test_fetch_from_a_dvc_repository_at_a_revision(tmp_path, tiny_corpus):
     """A DVC-versioned data folder (git repo + local DVC remote) fetched as `dvc get` would."""
-    from whisper_moe_kfp.runtime import fetch_training_data
+    from whisper_moe_kfp.runtime import (
+        DataChangedError,
+        fetch_training_data,
+        identify_training_data,
+    )
 
     repo, remote = tmp_path / "repo", tmp_path / "remote"
     shutil.copytree(tiny_corpus, repo / "data" / "corpus")
@@ -451,6 +522,14 @@ def test_fetch_from_a_dvc_repository_at_a_revision(tmp_path, tiny_corpus):
     assert (dest / first_audio).read_bytes() == (tiny_corpus / first_audio).read_bytes()
     with pytest.raises(FileNotFoundError, match="is not in the DVC repository"):
         fetch_training_data(tmp_path / "other", dvc_repo=str(repo), dvc_path="data/missing")
+
+    # the identity resolve-data hands prepare-data: the folder's md5, read without the data
+    identity = identify_training_data(dvc_repo=str(repo), dvc_rev=revision, dvc_path="data/corpus")
+    assert identity == {"kind": "dvc", "md5": source["md5"]}
+    with pytest.raises(DataChangedError, match="start the run again"):
+        fetch_training_data(tmp_path / "stale", dvc_repo=str(repo), dvc_rev=revision,
+                            dvc_path="data/corpus", identity={"kind": "dvc", "md5": "0" * 32 + ".dir"})
+    assert not (tmp_path / "stale").exists()
 
 
 def test_publish_puts_the_lineage_on_its_artifacts_and_the_card(tmp_path, monkeypatch, tiny_params):

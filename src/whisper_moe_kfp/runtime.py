@@ -33,9 +33,119 @@ DATA_SOURCE = "data_source.json"  # in the dataset and evaluation artifacts: whe
 
 
 # ------------------------------------------------------------------ data in
+class DataChangedError(RuntimeError):
+    """The data source no longer holds the data resolve-data identified for this run."""
+
+
+# What the data stage reads from params (whisper_moe.stages.data): prepare-data gets only these,
+# so that tuning training settings leaves its cache key, and so its cached dataset, alone.
+DATA_STAGE_KEYS = (("seed",), ("data",), ("model", "base_model"), ("train", "max_label_tokens"))
+
+
+def data_stage_params(params: dict) -> dict:
+    """The part of params the data stage reads (DATA_STAGE_KEYS); the rest stays at its defaults."""
+    picked: dict = {}
+    for path in DATA_STAGE_KEYS:
+        value, target = params, picked
+        for key in path:
+            value = value[key]
+        for key in path[:-1]:
+            target = target.setdefault(key, {})
+        target[path[-1]] = value
+    return picked
+
+
+def check_one_source(dvc_repo: str, dvc_path: str, data_s3_uri: str, data_dir: str) -> None:
+    given = {name: value for name, value in (("dvc_repo", dvc_repo), ("data_s3_uri", data_s3_uri),
+                                             ("data_dir", data_dir)) if value}
+    if len(given) > 1:
+        raise ValueError(f"give one data source, not {sorted(given)}: dvc_repo (+ dvc_path), "
+                         "data_s3_uri or data_dir")
+    if dvc_path and not dvc_repo:
+        raise ValueError(f"dvc_path={dvc_path!r} needs dvc_repo (the Git URL of the DVC repository)")
+    if dvc_repo and not dvc_path:
+        raise ValueError(f"dvc_repo={dvc_repo!r} needs dvc_path: the data folder inside the repository")
+
+
+def identify_training_data(dvc_repo: str = "", dvc_rev: str = "", dvc_path: str = "",
+                           data_s3_uri: str = "", data_dir: str = "", data_root: str = "") -> dict:
+    """What the named data is now, without downloading it: an identity that changes exactly
+    when the data does, so that a task keyed by it (prepare-data) can be cached.
+
+    DVC: the folder's DVC md5 at the revision, read from the Git repository (the commit when
+    the path has no md5 of its own, e.g. inside a tracked folder). S3: a hash of the listing
+    (key, size, ETag of every object). A folder: a hash of its file names, sizes and
+    modification times. No source: {"kind": "params"}, the data params decide.
+    """
+    check_one_source(dvc_repo, dvc_path, data_s3_uri, data_dir)
+    if dvc_repo:
+        resolved = resolve_dvc_folder(dvc_repo, dvc_rev, dvc_path)[0]
+        return {"kind": "dvc", "md5": resolved["md5"]} if resolved["md5"] else {
+            "kind": "dvc", "commit": resolved["commit"]}
+    if data_s3_uri:
+        return {"kind": "s3", **s3_listing_identity(data_s3_uri)}
+    if data_dir:
+        folder = in_place_folder(data_dir, data_root) or Path(data_dir)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"data_dir={data_dir!r}: no such folder in the data task's "
+                                    "container; mount the volume or use data_s3_uri / dvc_repo")
+        return {"kind": "folder", **folder_listing_identity(folder)}
+    return {"kind": "params"}
+
+
+def s3_listing_identity(uri: str) -> dict:
+    """sha256 of the sorted (relative key, size, ETag) of every object under uri/: one LIST
+    per 1000 objects, no GET. An object rewritten with other bytes gets another ETag."""
+    import hashlib
+
+    from whisper_moe import storage
+
+    bucket, prefix = storage.parse_s3_uri(uri)
+    listing_prefix = f"{prefix}/" if prefix else ""
+    with storage.storage_errors(uri):
+        pages = storage.s3_client().get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=listing_prefix)
+        objects = sorted((item["Key"][len(listing_prefix):], item["Size"], item.get("ETag", ""))
+                         for page in pages for item in page.get("Contents", [])
+                         if not item["Key"].endswith("/"))
+    if not objects:
+        raise storage.StorageError(f"{uri}: no objects under this prefix at {storage.describe_endpoint()}; "
+                                   "check the bucket and prefix (s3://BUCKET/PREFIX)")
+    digest = hashlib.sha256()
+    for key, size, etag in objects:
+        digest.update(f"{key}\0{size}\0{etag}\n".encode())
+    return {"listing_sha256": digest.hexdigest(), "objects": len(objects),
+            "bytes": sum(size for _, size, _ in objects)}
+
+
+def folder_listing_identity(folder: str | Path) -> dict:
+    """sha256 of the sorted (relative path, size, mtime) of every file: stat only, no read."""
+    import hashlib
+
+    folder = Path(folder)
+    digest, count, total = hashlib.sha256(), 0, 0
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(folder).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        count, total = count + 1, total + stat.st_size
+    return {"listing_sha256": digest.hexdigest(), "files": count, "bytes": total}
+
+
+def check_identity(expected: dict | None, found: dict, where: str) -> None:
+    """Stop when the source changed between resolve-data and now: the run's cache key (and
+    lineage) name the data resolve-data saw, so other data must not slip in under it."""
+    if not expected:
+        return
+    keys = [key for key in ("md5", "commit", "listing_sha256") if expected.get(key)]
+    if not keys or any(found.get(key) != expected[key] for key in keys):
+        raise DataChangedError(
+            f"{where} changed while this run started: resolve-data saw {expected}, now it is "
+            f"{ {key: found.get(key) for key in keys} }; start the run again to train on the new data")
+
+
 def fetch_training_data(dest: str | Path, dvc_repo: str = "", dvc_rev: str = "",
                         dvc_path: str = "", data_s3_uri: str = "", data_dir: str = "",
-                        data_root: str = "") -> dict:
+                        data_root: str = "", identity: dict | None = None) -> dict:
     """Bring the training data folder to `dest`; returns where it came from.
 
     Exactly one source may be given: a DVC-versioned folder (repo + path, optional rev),
@@ -44,37 +154,40 @@ def fetch_training_data(dest: str | Path, dvc_repo: str = "", dvc_rev: str = "",
     A data_dir on the data volume every data-reading task mounts at data_root (relative
     paths are taken under it) is read in place: nothing is copied, and the validated
     manifests name its audio by absolute path ({"in_place": true}).
+    With `identity` (identify_training_data's, from resolve-data) the source must still hold
+    that data: checked before anything is downloaded, and for S3 again after.
     """
     dest = Path(dest)
-    given = {name: value for name, value in (("dvc_repo", dvc_repo), ("data_s3_uri", data_s3_uri),
-                                             ("data_dir", data_dir)) if value}
-    if len(given) > 1:
-        raise ValueError(f"give one data source, not {sorted(given)}: dvc_repo (+ dvc_path), "
-                         "data_s3_uri or data_dir")
-    if dvc_path and not dvc_repo:
-        raise ValueError(f"dvc_path={dvc_path!r} needs dvc_repo (the Git URL of the DVC repository)")
+    check_one_source(dvc_repo, dvc_path, data_s3_uri, data_dir)
     if dest.exists():  # a retried task starts from nothing
         shutil.rmtree(dest)
     if dvc_repo:
-        if not dvc_path:
-            raise ValueError(f"dvc_repo={dvc_repo!r} needs dvc_path: the data folder inside the repository")
-        resolved = fetch_from_dvc(dvc_repo, dvc_rev, dvc_path, dest)
+        resolved = fetch_from_dvc(dvc_repo, dvc_rev, dvc_path, dest, expected=identity)
         return {"kind": "dvc", "repo": dvc_repo, "rev": dvc_rev or "(default branch)", "path": dvc_path,
                 **resolved}
     if data_s3_uri:
         from whisper_moe.storage import download_prefix
 
-        download_prefix(data_s3_uri, dest)
-        return {"kind": "s3", "uri": data_s3_uri, "sha256": lineage.folder_sha256(dest)}
+        where = f"data_s3_uri={data_s3_uri}"
+        check_identity(identity, s3_listing_identity(data_s3_uri), where)
+        files = download_prefix(data_s3_uri, dest)
+        listed = s3_listing_identity(data_s3_uri)
+        check_identity(identity, listed, where)  # nothing rewritten during the download
+        log.info("fetched %d objects, %d bytes from %s", len(files),
+                 sum(f.stat().st_size for f in files), data_s3_uri)
+        return {"kind": "s3", "uri": data_s3_uri, "sha256": lineage.folder_sha256(dest),
+                "listing_sha256": listed["listing_sha256"]}
     if data_dir:
         source = in_place_folder(data_dir, data_root)
         if source is not None:
+            check_identity(identity, folder_listing_identity(source), f"data_dir={source}")
             return {"kind": "folder", "path": str(source), "in_place": True,
                     "sha256": lineage.folder_sha256(source)}
         source = Path(data_dir)
         if not source.is_dir():
             raise FileNotFoundError(f"data_dir={data_dir!r}: no such folder in the data task's "
                                     "container; mount the volume or use data_s3_uri / dvc_repo")
+        check_identity(identity, folder_listing_identity(source), f"data_dir={source}")
         # Copied into the dataset artifact so later tasks (other pods) find the audio too.
         shutil.copytree(source, dest, dirs_exist_ok=True)
         return {"kind": "folder", "path": str(source), "sha256": lineage.folder_sha256(dest)}
@@ -95,13 +208,11 @@ def in_place_folder(data_dir: str, data_root: str) -> Path | None:
     return folder
 
 
-def fetch_from_dvc(repo: str, rev: str, path: str, dest: Path) -> dict:
-    """Download a DVC-tracked folder (what `dvc get REPO PATH --rev REV` does) to dest.
+def resolve_dvc_folder(repo: str, rev: str, path: str):
+    """(the revision resolved to a commit and the folder's DVC md5, the DVC filesystem at it).
 
-    Returns the revision resolved to a commit and the folder's DVC md5 (null for a path
-    inside a tracked folder), so lineage names the data exactly even when rev was a
-    branch that has moved on. DVC reads its remote's credentials from the environment
-    (the same AWS_* variables).
+    Reads the Git repository only (DVCFileSystem clones it); no data is downloaded. The md5
+    is null for a path inside a tracked folder. A path missing at rev is named.
     """
     from dvc.api import DVCFileSystem
 
@@ -109,7 +220,20 @@ def fetch_from_dvc(repo: str, rev: str, path: str, dest: Path) -> dict:
     if not filesystem.exists(path):
         raise FileNotFoundError(f"{path!r} is not in the DVC repository {repo} at revision "
                                 f"{rev or '(default branch)'}; check dvc_path and dvc_rev")
-    resolved = {"commit": filesystem.repo.scm.get_rev(), "md5": filesystem.info(path).get("md5")}
+    return {"commit": filesystem.repo.scm.get_rev(), "md5": filesystem.info(path).get("md5")}, filesystem
+
+
+def fetch_from_dvc(repo: str, rev: str, path: str, dest: Path, expected: dict | None = None) -> dict:
+    """Download a DVC-tracked folder (what `dvc get REPO PATH --rev REV` does) to dest.
+
+    Returns the revision resolved to a commit and the folder's DVC md5 (null for a path
+    inside a tracked folder), so lineage names the data exactly even when rev was a
+    branch that has moved on. With `expected` (resolve-data's identity) the folder must
+    still be that data, checked before the download. DVC reads its remote's credentials
+    from the environment (the same AWS_* variables).
+    """
+    resolved, filesystem = resolve_dvc_folder(repo, rev, path)
+    check_identity(expected, resolved, f"{path} in {repo} at {rev or '(default branch)'}")
     dest.parent.mkdir(parents=True, exist_ok=True)
     filesystem.get(path.rstrip("/"), str(dest), recursive=True)
     return resolved
