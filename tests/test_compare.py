@@ -18,8 +18,8 @@ def fake_run(folder, num_experts, rank, wer, pretrained=False, oracle=None):
         {"num_experts": num_experts, "train_time_s": 125.0, "trainable_parameters": 2_500_000}))
     per_group = {"en-us": {"wer": wer - 0.05, "cer": 0.1, "n": 4},
                  "en-029": {"wer": wer + 0.05, "cer": 0.2, "n": 4}}
-    metrics = {"utterances": 8, "base_model": "demo",
-               "moe": {"wer": wer, "cer": 0.15, "per_group": per_group},
+    metrics = {"utterances": 8, "base_model": "demo", "whisper_normalizer": "whisper_basic",
+               "moe": {"wer": wer, "wer_whisper_norm": wer - 0.01, "cer": 0.15, "per_group": per_group},
                "base": {"wer": 0.5, "cer": 0.3, "per_group": {
                    "en-us": {"wer": 0.4, "cer": 0.2, "n": 4}, "en-029": {"wer": 0.6, "cer": 0.4, "n": 4}}}}
     if oracle is not None:
@@ -46,7 +46,10 @@ def test_comparison_table_has_every_system_and_group(tmp_path):
     assert pretrained["pretraining_time_s"] == 63.0 and pretrained["oracle_wer"] == 0.28
     assert result["systems"][2]["pretraining_time_s"] is None
     text = (tmp_path / "cmp" / "comparison.md").read_text()
-    assert "| pretrained MoE (4 experts, rank 16) | pretrained | 30.00 | - | 15.00 | 28.00 | 35.00 | 25.00 |" in text
+    assert ("| pretrained MoE (4 experts, rank 16) | pretrained | 30.00 | - | 29.00 | 15.00 | 28.00 "
+            "| 35.00 | 25.00 |") in text
+    assert "| base (demo) | pretrained | 50.00 | - | - |" in text  # no Whisper-norm WER recorded
+    assert "whisper_basic" in text
     assert "WER % en-029" in text and "2.50M" in text and "2.1 min" in text
     assert "--num-experts 1 -S model.lora.rank=64" in text  # how to add the single-LoRA baseline
 

@@ -85,3 +85,40 @@ def test_per_group_refuses_ambiguous_rows():
         per_group_error_rates([{"group": "overall", "text": "a", "hypothesis": "a"}])
     with pytest.raises(KeyError):
         per_group_error_rates([{"group": "g", "text": "a"}])
+
+
+def test_whisper_english_normaliser_with_the_tokenizers_spelling_mapping():
+    from whisper_moe.text import WHISPER_ENGLISH, whisper_normalizer
+
+    normalise, name = whisper_normalizer({"colour": "color"})
+    assert name == WHISPER_ENGLISH
+    assert normalise("The Colour, Mr. Smith? I won't!") == "the color mister smith i will not"
+    # Ours keeps spellings, digits and contractions as written; Whisper's standardises them.
+    refs, hyps = ["it is twenty one degrees"], ["It's 21 degrees."]
+    assert wer(refs, hyps, normalise) == 0.0
+    assert wer(refs, hyps) == pytest.approx(4 / 5)  # "its 21 degrees": 2 substitutions, 2 deletions
+
+
+def test_without_a_spelling_mapping_whisper_basic_normaliser_is_used():
+    from whisper_moe.text import WHISPER_BASIC, whisper_normalizer
+
+    normalise, name = whisper_normalizer(None)
+    assert name == WHISPER_BASIC
+    assert normalise("  It's the Colour.  ") == "it s the colour"  # no trailing space left
+    assert wer(["it is"], ["It's"], normalise) == pytest.approx(0.5)
+
+
+def test_the_spelling_mapping_comes_from_the_tokenizer_folders_normalizer_json(tmp_path):
+    import json
+
+    from transformers import AutoTokenizer
+
+    from whisper_moe.model.base import demo_tokenizer
+    from whisper_moe.text import spelling_mapping_of
+
+    demo_tokenizer().save_pretrained(tmp_path)
+    without = AutoTokenizer.from_pretrained(tmp_path, local_files_only=True)
+    assert spelling_mapping_of(without) is None  # the offline demo base ships no normalizer.json
+    (tmp_path / "normalizer.json").write_text(json.dumps({"colour": "color"}))
+    with_mapping = AutoTokenizer.from_pretrained(tmp_path, local_files_only=True)
+    assert spelling_mapping_of(with_mapping) == {"colour": "color"}

@@ -8,7 +8,7 @@ dominate. Empty references are allowed: their hypothesis words count as insertio
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import jiwer
@@ -16,6 +16,7 @@ import jiwer
 from whisper_moe.text import normalize_transcript
 
 OVERALL_KEY = "overall"
+Normaliser = Callable[[str | None], str]
 
 
 @dataclass
@@ -35,19 +36,20 @@ class ErrorCounts:
         return 0.0 if self.hypothesis_length == 0 else 1.0
 
 
-def wer(refs: Sequence[str], hyps: Sequence[str]) -> float:
-    """Word error rate of hypotheses against references, after normalize_transcript."""
-    return word_error_counts(refs, hyps).rate
+def wer(refs: Sequence[str], hyps: Sequence[str], normalize: Normaliser = normalize_transcript) -> float:
+    """Word error rate of hypotheses against references, after `normalize` (ours by default)."""
+    return word_error_counts(refs, hyps, normalize).rate
 
 
-def cer(refs: Sequence[str], hyps: Sequence[str]) -> float:
-    """Character error rate (spaces count as characters), after normalize_transcript."""
-    return char_error_counts(refs, hyps).rate
+def cer(refs: Sequence[str], hyps: Sequence[str], normalize: Normaliser = normalize_transcript) -> float:
+    """Character error rate (spaces count as characters), after `normalize`."""
+    return char_error_counts(refs, hyps, normalize).rate
 
 
-def word_error_counts(refs: Sequence[str], hyps: Sequence[str]) -> ErrorCounts:
+def word_error_counts(refs: Sequence[str], hyps: Sequence[str],
+                      normalize: Normaliser = normalize_transcript) -> ErrorCounts:
     """Summed word edits; empty references handled outside jiwer (it refuses them)."""
-    pairs = _normalised_pairs(refs, hyps)
+    pairs = _normalised_pairs(refs, hyps, normalize)
     counts = ErrorCounts()
     scored = [(ref, hyp) for ref, hyp in pairs if ref]
     for ref, hyp in pairs:
@@ -62,9 +64,10 @@ def word_error_counts(refs: Sequence[str], hyps: Sequence[str]) -> ErrorCounts:
     return counts
 
 
-def char_error_counts(refs: Sequence[str], hyps: Sequence[str]) -> ErrorCounts:
+def char_error_counts(refs: Sequence[str], hyps: Sequence[str],
+                      normalize: Normaliser = normalize_transcript) -> ErrorCounts:
     """Summed character edits, with the same empty-reference rule as words."""
-    pairs = _normalised_pairs(refs, hyps)
+    pairs = _normalised_pairs(refs, hyps, normalize)
     counts = ErrorCounts()
     scored = [(ref, hyp) for ref, hyp in pairs if ref]
     for ref, hyp in pairs:
@@ -79,13 +82,12 @@ def char_error_counts(refs: Sequence[str], hyps: Sequence[str]) -> ErrorCounts:
     return counts
 
 
-def _normalised_pairs(refs: Sequence[str], hyps: Sequence[str]) -> list[tuple[str, str]]:
+def _normalised_pairs(refs: Sequence[str], hyps: Sequence[str],
+                      normalize: Normaliser = normalize_transcript) -> list[tuple[str, str]]:
     """Pairs of normalised (reference, hypothesis); lengths must match."""
     if len(refs) != len(hyps):
         raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
-    return [
-        (normalize_transcript(r), normalize_transcript(h)) for r, h in zip(refs, hyps, strict=True)
-    ]
+    return [(normalize(r), normalize(h)) for r, h in zip(refs, hyps, strict=True)]
 
 
 def per_group_error_rates(rows: Iterable[dict]) -> dict[str, dict[str, float | int]]:

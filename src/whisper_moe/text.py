@@ -2,13 +2,16 @@
 
 Training keeps the natural text (case, punctuation) because Whisper writes it;
 scoring compares normalised text so that "Turn on the lights." and "turn on the
-lights" count as the same words.
+lights" count as the same words. Beside our own normaliser, Whisper's English one
+(maintained in transformers) is offered so that figures can be set against published
+Whisper results, which use it.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable
 
 _APOSTROPHES = "'\u2019\u2018\u02bc`"
 _SQUARE_BRACKETED = re.compile(r"\[[^\[\]]*\]")
@@ -41,6 +44,42 @@ def normalize_transcript(text: str | None) -> str:
         text = text.replace(apostrophe, "")
     text = "".join(" " if _is_punctuation_or_symbol(char) else char for char in text)
     return _WHITESPACE.sub(" ", text).strip()
+
+
+WHISPER_ENGLISH = "whisper_english"
+WHISPER_BASIC = "whisper_basic"
+
+
+def whisper_normalizer(spelling_mapping: dict | None) -> tuple[Callable[[str | None], str], str]:
+    """(normalise, name): Whisper's English normaliser when the British-to-American spelling
+    mapping is known, else Whisper's basic one; the name says which, for the metrics file.
+
+    The English normaliser is only the published one with its mapping (the tokenizer's
+    `normalizer.json`), so without it the basic normaliser is used rather than a variant
+    that matches neither. Both come from transformers; output whitespace is collapsed so
+    character counts do not depend on stray spaces.
+    """
+    from transformers.models.whisper.english_normalizer import (
+        BasicTextNormalizer,
+        EnglishTextNormalizer,
+    )
+
+    if spelling_mapping:
+        normaliser, name = EnglishTextNormalizer(dict(spelling_mapping)), WHISPER_ENGLISH
+    else:
+        normaliser, name = BasicTextNormalizer(), WHISPER_BASIC
+
+    def normalise(text: str | None) -> str:
+        return _WHITESPACE.sub(" ", normaliser(text or "")).strip()
+
+    return normalise, name
+
+
+def spelling_mapping_of(tokenizer) -> dict | None:
+    """The English spelling mapping a Whisper tokenizer loaded from its `normalizer.json`
+    (present for hub models and folders saved from them; None otherwise)."""
+    mapping = getattr(tokenizer, "english_spelling_normalizer", None)
+    return mapping if isinstance(mapping, dict) and mapping else None
 
 
 def _is_punctuation_or_symbol(char: str) -> bool:

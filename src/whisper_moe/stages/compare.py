@@ -95,6 +95,8 @@ def read_run(run_dir) -> tuple[dict, dict | None]:
         "lora_rank": rank,
         "pretrained": pretrained,
         "wer": headline["wer"],
+        "wer_whisper_norm": headline.get("wer_whisper_norm"),
+        "whisper_normalizer": metrics.get("whisper_normalizer"),
         "cer": headline["cer"],
         "oracle_wer": metrics.get("oracle", {}).get("wer"),
         "per_group": {g: v["wer"] for g, v in headline.get("per_group", {}).items()},
@@ -109,7 +111,8 @@ def read_run(run_dir) -> tuple[dict, dict | None]:
             "system": f"base ({metrics.get('base_model', 'frozen Whisper')})",
             "run": run_dir.name, "run_dir": str(run_dir), "num_experts": 0, "lora_rank": None,
             "pretrained": False, "wer": metrics["base"]["wer"], "cer": metrics["base"]["cer"],
-            "oracle_wer": None,
+            "wer_whisper_norm": metrics["base"].get("wer_whisper_norm"),
+            "whisper_normalizer": metrics.get("whisper_normalizer"), "oracle_wer": None,
             "per_group": {g: v["wer"] for g, v in metrics["base"].get("per_group", {}).items()},
             "test_utterances": metrics.get("utterances"), "train_time_s": None,
             "pretraining_time_s": None, "trainable_parameters": 0,
@@ -218,14 +221,14 @@ def differences_markdown(differences: list[dict]) -> list[str]:
 
 def markdown(rows: list[dict], groups: list[str], notes: list[str],
              differences: list[dict] | None = None) -> str:
-    header = (["system", "run", "WER %", "WER 95 % CI", "CER %", "oracle WER %"]
+    header = (["system", "run", "WER %", "WER 95 % CI", "WER % (Whisper norm.)", "CER %", "oracle WER %"]
               + [f"WER % {g}" for g in groups]
               + ["training time", "pretraining time", "trainable parameters"])
     lines = ["# whisper-moe comparison", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row["system"], row["run"], _cell(row["wer"]), _interval_cell(row.get("wer_ci95")),
-                 _cell(row["cer"]), _cell(row["oracle_wer"])]
+                 _cell(row.get("wer_whisper_norm")), _cell(row["cer"]), _cell(row["oracle_wer"])]
         cells += [_cell(row["per_group"].get(g)) for g in groups]
         cells += [_cell(row["train_time_s"], "time"), _cell(row["pretraining_time_s"], "time"),
                   _cell(row["trainable_parameters"], "count")]
@@ -252,6 +255,11 @@ def run(params: dict, run_dirs, out_dir) -> dict:
             errors[id(base)] = run_errors.get("base")
     notes = [("WER after the project's normalisation (lower-case, punctuation stripped); "
               "trainable parameters are experts plus gate.")]
+    normalisers = sorted({str(r["whisper_normalizer"]) for r in rows + bases if r.get("whisper_normalizer")})
+    if normalisers:
+        notes.append("WER (Whisper norm.): Whisper's normaliser from transformers "
+                     f"({', '.join(normalisers)}; whisper_english needs the tokenizer's normalizer.json, "
+                     "whisper_basic is used without it).")
     distinct_bases: dict = {}
     for base in bases:  # every run decodes the base; one row per base model and test set
         distinct_bases.setdefault((base["system"], base["test_utterances"]), base)

@@ -35,6 +35,7 @@ from whisper_moe.plots import (
 )
 from whisper_moe.progress import track
 from whisper_moe.stages.common import mode_rows, special_ids
+from whisper_moe.text import spelling_mapping_of, whisper_normalizer
 from whisper_moe.training.runtime import autocast, mixed_precision, resolve_device
 from whisper_moe.uncertainty import (
     nmi_permutation_test,
@@ -126,7 +127,9 @@ def run(params: dict, checkpoint_dir=None, test_manifest=None, out_dir=None, bas
             f"{test_manifest}: no utterance could be evaluated (skipped: {dataset.skipped or skipped}); "
             "run `whisper-moe validate-data` on it and fix the files it names"
         )
-    metrics = summarise(predictions, model.config.num_experts if model else 0)
+    whisper_normalize, whisper_normalizer_name = whisper_normalizer(spelling_mapping_of(tokenizer))
+    metrics = summarise(predictions, model.config.num_experts if model else 0, whisper_normalize)
+    metrics["whisper_normalizer"] = whisper_normalizer_name
     metrics["skipped"] = {**dataset.skipped, **skipped}
     metrics["input_validation"] = validation.get(str(test_manifest))  # None: the data stage's
     metrics["checkpoint"] = str(checkpoint_dir) if checkpoint_dir else None
@@ -143,9 +146,14 @@ def run(params: dict, checkpoint_dir=None, test_manifest=None, out_dir=None, bas
     return metrics
 
 
-def error_rates(references: list[str], hypotheses: list[str]) -> dict[str, float]:
-    """WER and CER after the documented normalisation (see whisper_moe.text)."""
-    return {"wer": wer(references, hypotheses), "cer": cer(references, hypotheses)}
+def error_rates(references: list[str], hypotheses: list[str],
+                whisper_normalize=None) -> dict[str, float]:
+    """WER and CER after our normalisation (see whisper_moe.text), and with
+    `whisper_normalize` the WER under Whisper's normaliser beside them."""
+    rates = {"wer": wer(references, hypotheses), "cer": cer(references, hypotheses)}
+    if whisper_normalize is not None:
+        rates["wer_whisper_norm"] = wer(references, hypotheses, whisper_normalize)
+    return rates
 
 
 def decode_routed(model, features, weights, transcribe) -> list[str]:
@@ -165,19 +173,20 @@ def oracle_weights(groups, table: dict[str, int], num_experts: int, device) -> t
     return weights
 
 
-def summarise(predictions: list[dict], num_experts: int) -> dict:
+def summarise(predictions: list[dict], num_experts: int, whisper_normalize=None) -> dict:
     """WER/CER per system overall and per group; expert usage and gate entropy per group."""
     metrics: dict = {"utterances": len(predictions)}
     for system in ("moe", "oracle", "base"):
         if predictions and system in predictions[0]:
             refs = [p["reference"] for p in predictions]
             hyps = [p[system] for p in predictions]
-            overall = error_rates(refs, hyps)
+            overall = error_rates(refs, hyps, whisper_normalize)
             per_group = {}
             for group in sorted({p["group"] for p in predictions}):
                 chosen = [p for p in predictions if p["group"] == group]
                 per_group[group] = {**error_rates([p["reference"] for p in chosen],
-                                                  [p[system] for p in chosen]), "n": len(chosen)}
+                                                  [p[system] for p in chosen], whisper_normalize),
+                                    "n": len(chosen)}
             metrics[system] = {**overall, "wer_ci95": wer_interval(predictions, system),
                                "per_group": per_group}
     if num_experts and predictions:
@@ -263,8 +272,10 @@ def write_report(metrics: dict, predictions: list[dict], out_dir: Path, train_di
         history = artifacts.load_train_log(train_dir)
         figures.append(("Training curves", plot_training_curves(history, None)))
     summary_rows = "".join(
-        f"<tr><td>{s}</td><td>{metrics[s]['wer']:.4f}</td><td>{metrics[s]['cer']:.4f}</td></tr>"
+        f"<tr><td>{s}</td><td>{metrics[s]['wer']:.4f}</td>"
+        f"<td>{metrics[s].get('wer_whisper_norm', float('nan')):.4f}</td><td>{metrics[s]['cer']:.4f}</td></tr>"
         for s in ("base", "moe", "oracle") if s in metrics)
+    normaliser = html.escape(str(metrics.get("whisper_normalizer", "whisper")))
     group_rows = ""
     groups = sorted({g for s in per_group.values() for g in s})
     for group in groups:
@@ -285,7 +296,8 @@ def write_report(metrics: dict, predictions: list[dict], out_dir: Path, train_di
 td,th{{border:1px solid #ccc;padding:3px 8px}}img{{max-width:100%}}</style></head><body>
 <h1>whisper-moe evaluation</h1><p>{metrics['utterances']} test utterances; base model
 {html.escape(metrics['base_model'])}; checkpoint {html.escape(str(metrics['checkpoint']))}</p>
-<table><tr><th>system</th><th>WER</th><th>CER</th></tr>{summary_rows}</table>{routing_html}
+<table><tr><th>system</th><th>WER</th><th>WER ({normaliser} normaliser)</th><th>CER</th></tr>
+{summary_rows}</table>{routing_html}
 <h2>WER per group</h2><table><tr><th>group</th>{''.join(f'<th>{s}</th>' for s in per_group)}</tr>
 {group_rows}</table>{images}
 <h2>Highest-WER utterances ({headline})</h2><table><tr><th>id</th><th>group</th><th>reference</th>
