@@ -122,3 +122,45 @@ def test_the_spelling_mapping_comes_from_the_tokenizer_folders_normalizer_json(t
     (tmp_path / "normalizer.json").write_text(json.dumps({"colour": "color"}))
     with_mapping = AutoTokenizer.from_pretrained(tmp_path, local_files_only=True)
     assert spelling_mapping_of(with_mapping) == {"colour": "color"}
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("[question prompt] I like (disfluency) pizza number 1.", "I like pizza number 1."),
+    ("I (um) want (the the) water.", "I um want the the water."),
+    ("Call (cs:mom) my mother (laughs) please", "Call my mother please"),
+    ("[silence] (noise)", ""),
+    (None, ""),
+])
+def test_sap_transcript_with_disfluencies_keeps_the_disfluent_words(raw, expected):
+    from whisper_moe.text import sap_transcript_with_disfluencies
+
+    assert sap_transcript_with_disfluencies(raw) == expected
+
+
+def test_sap_scoring_clips_each_utterance_at_its_reference_length():
+    from whisper_moe.metrics import clipped_min_reference_errors
+
+    # "ab" vs "ab xyz wq": 7 insertions on 2 characters, clipped to 2; "abcd" vs "abxd": 1.
+    edits, lengths = clipped_min_reference_errors([["ab"], ["abcd"]], ["ab xyz wq", "abxd"])
+    assert (edits, lengths) == ([2, 1], [2, 4])
+    assert sum(edits) / sum(lengths) == pytest.approx(3 / 6)  # unclipped it would be 8 / 6
+    words, word_lengths = clipped_min_reference_errors([["a b"]], ["c d e f g"], unit="word")
+    assert (words, word_lengths) == ([2], [2])
+
+
+def test_sap_scoring_takes_the_reference_with_the_lower_error():
+    from whisper_moe.metrics import clipped_min_reference_errors
+
+    refs = [["I want water.", "I um want water."]]
+    # The hypothesis kept the filler: 0 of 15 characters wrong against the second reference.
+    assert clipped_min_reference_errors(refs, ["i um want water"]) == ([0], [15])
+    # It dropped it: 0 of 12 against the first.
+    assert clipped_min_reference_errors(refs, ["I want water"]) == ([0], [12])
+    # "i wan water": 1 of 12 (first) beats 4 of 15 (second: "um " missing, "t" missing).
+    assert clipped_min_reference_errors(refs, ["i wan water"]) == ([1], [12])
+    # "i um wan water": 4 of 12 against the first (more edits than the second's 1 of 15).
+    assert clipped_min_reference_errors(refs, ["i um wan water"]) == ([1], [15])
+    # Rates decide, not edit counts: 2 clipped edits of 2 lose to 8 of 10.
+    assert clipped_min_reference_errors([["ab", "xyzzzzzzzz"]], ["xy"]) == ([8], [10])
+    # Empty references are ignored, and an utterance with none weighs nothing.
+    assert clipped_min_reference_errors([["", "a"], [""]], ["a", "b"]) == ([0, 0], [1, 0])

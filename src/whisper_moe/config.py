@@ -171,6 +171,9 @@ class Evaluate:
     batch_size: int = knob(8, ge=1)
     max_new_tokens: int = knob(128, ge=1)
     compare_base: bool = True
+    # sap: also the SAP challenge's clipped, two-reference CER; auto: sap when every test
+    # row carries `text_with_disfluencies` (as import-sap writes), else standard.
+    scoring: str = knob("auto", choices=("auto", "standard", "sap"))
 
 
 @dataclass

@@ -138,3 +138,35 @@ def _hypothesis_of(row: dict) -> str:
         raise KeyError(f"row {row.get('id', '?')!r} has neither 'hypothesis' nor 'prediction'")
     value = row.get("hypothesis", row.get("prediction"))
     return "" if value is None else str(value)
+
+
+def clipped_min_reference_errors(reference_sets: Sequence[Sequence[str]], hyps: Sequence[str],
+                                 unit: str = "char",
+                                 normalize: Normaliser = normalize_transcript) -> tuple[list[int], list[int]]:
+    """Per utterance (edits, reference length) as the Speech Accessibility Project challenge
+    scores: several references per utterance (its transcript with and without disfluencies),
+    each utterance's edits clipped at its reference length (an error rate of at most 100 %, so
+    a hallucinating hypothesis cannot outweigh the rest), and the reference with the lower
+    clipped rate kept (the first on a tie). `unit` is "char" or "word". Summing both lists
+    gives the corpus-level rate. Empty references are ignored; an utterance with none
+    counts (0, 0).
+    """
+    if unit not in ("char", "word"):
+        raise ValueError(f"unit must be 'char' or 'word', got {unit!r}")
+    if len(reference_sets) != len(hyps):
+        raise ValueError(f"{len(reference_sets)} reference sets but {len(hyps)} hypotheses")
+    counter = char_error_counts if unit == "char" else word_error_counts
+    edits, lengths = [], []
+    for references, hyp in zip(reference_sets, hyps, strict=True):
+        best: tuple[float, int, int] | None = None
+        for reference in references:
+            counts = counter([reference], [hyp], normalize)
+            if not counts.reference_length:
+                continue
+            clipped = min(counts.edits, counts.reference_length)
+            rate = clipped / counts.reference_length
+            if best is None or rate < best[0]:
+                best = (rate, clipped, counts.reference_length)
+        edits.append(best[1] if best else 0)
+        lengths.append(best[2] if best else 0)
+    return edits, lengths

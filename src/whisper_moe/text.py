@@ -109,6 +109,51 @@ def clean_sap_transcript(raw: str | None) -> str:
     return text.strip(" ,;:")
 
 
+# Parenthesised spans that name an event or hold a transcriber's tag rather than words spoken.
+SAP_ANNOTATION_WORDS = frozenset({
+    "disfluency", "laugh", "laughs", "laughter", "laughing", "cough", "coughs", "coughing",
+    "noise", "breath", "breathing", "sigh", "sighs", "pause", "silence", "unintelligible",
+    "inaudible", "crosstalk", "background", "music", "sneeze", "throat clear",
+})
+_INNER_PARENTHESISED = re.compile(r"\(([^()]*)\)")
+
+
+def sap_transcript_with_disfluencies(raw: str | None) -> str:
+    """The second SAP reference: the words spoken including disfluent ones.
+
+    SAP's scoring accepts either reading of a disfluent utterance, so beside
+    `clean_sap_transcript` (every annotated span removed) the import keeps this one:
+    "[...]" and "{...}" spans are removed as there, but a parenthesised span keeps its
+    words ("I (um) want (the the) water" -> "I um want the the water") unless it is an
+    annotation: a tag with a colon such as "(cs:...)" or an event name from
+    SAP_ANNOTATION_WORDS such as "(disfluency)" or "(laughs)", which goes. Scoring takes
+    the lower error of the two references, so a span read wrongly here can only matter
+    when a hypothesis says its words.
+    """
+    if not raw:
+        return ""
+    text = raw
+    for pattern in (_SQUARE_BRACKETED, _CURLY_BRACED):
+        text = _remove_repeatedly(pattern, text)
+    while True:
+        opened = _INNER_PARENTHESISED.sub(_open_or_drop, text)
+        if opened == text:
+            break
+        text = opened
+    text = _STRAY_MARKS.sub(" ", text)
+    text = _WHITESPACE.sub(" ", text).strip()
+    text = _SPACE_BEFORE_PUNCT.sub(r"\1", text)
+    return text.strip(" ,;:")
+
+
+def _open_or_drop(match: re.Match) -> str:
+    """A parenthesised span's words, or nothing when it is an annotation."""
+    inner = _WHITESPACE.sub(" ", match.group(1)).strip()
+    if ":" in inner or inner.lower() in SAP_ANNOTATION_WORDS:
+        return " "
+    return f" {inner} "
+
+
 def _remove_repeatedly(pattern: re.Pattern, text: str) -> str:
     """Remove innermost matches until none are left (handles nesting like "((a) b)")."""
     while True:

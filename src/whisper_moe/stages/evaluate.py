@@ -22,7 +22,7 @@ from whisper_moe.config import check_params
 from whisper_moe.data.batching import UtteranceDataset, collate_utterances
 from whisper_moe.data.features import whisper_features
 from whisper_moe.fsio import write_json_atomic, write_text_atomic
-from whisper_moe.metrics import cer, wer
+from whisper_moe.metrics import cer, clipped_min_reference_errors, wer
 from whisper_moe.model.base import decoder_prefix_ids, load_base_model
 from whisper_moe.model.decode import greedy_decode, suppressed_token_ids
 from whisper_moe.model.io import load_moe
@@ -112,6 +112,8 @@ def run(params: dict, checkpoint_dir=None, test_manifest=None, out_dir=None, bas
             row = dataset.rows[int(batch["index"][i])]
             prediction = {"id": utterance_id, "group": row.get("group", ""),
                           "speaker": row.get("speaker", ""), "reference": row["text"]}
+            if row.get(SECOND_REFERENCE):
+                prediction["reference_with_disfluencies"] = row[SECOND_REFERENCE]
             for system in ("moe", "oracle", "base"):
                 if result.get(system) is not None:
                     prediction[system] = result[system][i]
@@ -128,7 +130,9 @@ def run(params: dict, checkpoint_dir=None, test_manifest=None, out_dir=None, bas
             "run `whisper-moe validate-data` on it and fix the files it names"
         )
     whisper_normalize, whisper_normalizer_name = whisper_normalizer(spelling_mapping_of(tokenizer))
-    metrics = summarise(predictions, model.config.num_experts if model else 0, whisper_normalize)
+    scoring = scoring_mode(params["evaluate"]["scoring"], rows)
+    metrics = summarise(predictions, model.config.num_experts if model else 0, whisper_normalize,
+                        scoring)
     metrics["whisper_normalizer"] = whisper_normalizer_name
     metrics["skipped"] = {**dataset.skipped, **skipped}
     metrics["input_validation"] = validation.get(str(test_manifest))  # None: the data stage's
@@ -143,6 +147,9 @@ def run(params: dict, checkpoint_dir=None, test_manifest=None, out_dir=None, bas
     log.info("test WER %.4f (base %.4f) on %d utterances; report: %s", headline["wer"],
              metrics["base"]["wer"] if "base" in metrics else float("nan"),
              len(predictions), out_dir / artifacts.EVALUATION_REPORT)
+    if scoring == "sap":
+        log.info("SAP scoring: CER %.4f (clipped per utterance, better of two references)",
+                 headline["sap_cer"])
     return metrics
 
 
@@ -173,9 +180,22 @@ def oracle_weights(groups, table: dict[str, int], num_experts: int, device) -> t
     return weights
 
 
-def summarise(predictions: list[dict], num_experts: int, whisper_normalize=None) -> dict:
-    """WER/CER per system overall and per group; expert usage and gate entropy per group."""
-    metrics: dict = {"utterances": len(predictions)}
+def scoring_mode(setting: str, rows: list[dict]) -> str:
+    """"sap" or "standard": evaluate.scoring, with auto deciding by the test manifest."""
+    if setting == "auto":
+        return "sap" if rows and all(row.get(SECOND_REFERENCE) for row in rows) else "standard"
+    if setting == "sap" and not any(row.get(SECOND_REFERENCE) for row in rows):
+        log.warning("evaluate.scoring=sap but no test row has %r: SAP scoring uses the one "
+                    "reference (`text`) of each utterance", SECOND_REFERENCE)
+    return setting
+
+
+def summarise(predictions: list[dict], num_experts: int, whisper_normalize=None,
+              scoring: str = "standard") -> dict:
+    """WER/CER per system overall and per group (with SAP scoring, the SAP challenge's CER
+    and WER beside them); expert usage and gate entropy per group."""
+    metrics: dict = {"utterances": len(predictions), "scoring": scoring,
+                     "primary_metric": "sap_cer" if scoring == "sap" else "wer"}
     for system in ("moe", "oracle", "base"):
         if predictions and system in predictions[0]:
             refs = [p["reference"] for p in predictions]
@@ -187,11 +207,40 @@ def summarise(predictions: list[dict], num_experts: int, whisper_normalize=None)
                 per_group[group] = {**error_rates([p["reference"] for p in chosen],
                                                   [p[system] for p in chosen], whisper_normalize),
                                     "n": len(chosen)}
+                if scoring == "sap":
+                    per_group[group].update(sap_scores(chosen, system))
+            if scoring == "sap":
+                overall.update(sap_scores(predictions, system, with_interval=True))
             metrics[system] = {**overall, "wer_ci95": wer_interval(predictions, system),
                                "per_group": per_group}
     if num_experts and predictions:
         metrics["routing"] = routing_summary(predictions, num_experts)
     return metrics
+
+
+SECOND_REFERENCE = "text_with_disfluencies"  # the manifest key import-sap writes
+
+
+def reference_set(prediction: dict) -> list[str]:
+    """The references an utterance may be scored against (SAP: with and without disfluencies)."""
+    second = prediction.get("reference_with_disfluencies")
+    return [prediction["reference"], second] if second else [prediction["reference"]]
+
+
+def sap_scores(predictions: list[dict], system: str, with_interval: bool = False) -> dict:
+    """The SAP challenge's CER (its primary metric) and WER: per utterance clipped at 100 % and
+    against the better of the references, then summed over the corpus."""
+    references = [reference_set(p) for p in predictions]
+    hypotheses = [p[system] for p in predictions]
+    scores = {}
+    for unit, key in (("char", "sap_cer"), ("word", "sap_wer")):
+        edits, lengths = clipped_min_reference_errors(references, hypotheses, unit)
+        scores[key] = sum(edits) / sum(lengths) if sum(lengths) else 0.0
+        if with_interval and key == "sap_cer":  # the bootstrap takes any edits / length rate
+            scores["sap_cer_ci95"] = speaker_bootstrap_wer(
+                np.array(edits, dtype=np.float64), np.array(lengths, dtype=np.float64),
+                bootstrap_units(predictions))
+    return scores
 
 
 def bootstrap_units(predictions: list[dict]) -> list[str]:
@@ -276,6 +325,10 @@ def write_report(metrics: dict, predictions: list[dict], out_dir: Path, train_di
         f"<td>{metrics[s].get('wer_whisper_norm', float('nan')):.4f}</td><td>{metrics[s]['cer']:.4f}</td></tr>"
         for s in ("base", "moe", "oracle") if s in metrics)
     normaliser = html.escape(str(metrics.get("whisper_normalizer", "whisper")))
+    sap_html = "".join(
+        f"<p>{s}: SAP challenge CER {metrics[s]['sap_cer']:.4f} (clipped at 100 % per utterance, "
+        f"better of the references with and without disfluencies), WER {metrics[s]['sap_wer']:.4f}</p>"
+        for s in ("base", "moe", "oracle") if "sap_cer" in metrics.get(s, {}))
     group_rows = ""
     groups = sorted({g for s in per_group.values() for g in s})
     for group in groups:
@@ -297,7 +350,7 @@ td,th{{border:1px solid #ccc;padding:3px 8px}}img{{max-width:100%}}</style></hea
 <h1>whisper-moe evaluation</h1><p>{metrics['utterances']} test utterances; base model
 {html.escape(metrics['base_model'])}; checkpoint {html.escape(str(metrics['checkpoint']))}</p>
 <table><tr><th>system</th><th>WER</th><th>WER ({normaliser} normaliser)</th><th>CER</th></tr>
-{summary_rows}</table>{routing_html}
+{summary_rows}</table>{sap_html}{routing_html}
 <h2>WER per group</h2><table><tr><th>group</th>{''.join(f'<th>{s}</th>' for s in per_group)}</tr>
 {group_rows}</table>{images}
 <h2>Highest-WER utterances ({headline})</h2><table><tr><th>id</th><th>group</th><th>reference</th>
