@@ -125,3 +125,20 @@ def test_runs_on_different_test_sets_are_not_differenced(tmp_path):
     compare.run({}, [first, second], tmp_path / "cmp")
     result = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
     assert all(d["a_run"] == d["b_run"] == "first" for d in result["differences"])
+
+
+def test_sap_cer_gets_a_column_when_the_runs_were_scored_the_sap_way(tmp_path):
+    run = fake_run(tmp_path / "sap", 4, 16, 0.30)
+    path = run / "evaluate" / "metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics["moe"]["sap_cer"] = 0.125
+    path.write_text(json.dumps(metrics))
+    compare.run({}, [run], tmp_path / "cmp")
+    lines = (tmp_path / "cmp" / "comparison.md").read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| system"))
+    row = next(line for line in lines if line.startswith("| regular MoE"))
+    cells = [cell.strip() for cell in row.split("|")]
+    assert cells[[c.strip() for c in header.split("|")].index("SAP CER %")] == "12.50"
+    plain = fake_run(tmp_path / "plain", 4, 16, 0.30)
+    compare.run({}, [plain], tmp_path / "cmp-plain")
+    assert "SAP CER" not in (tmp_path / "cmp-plain" / "comparison.md").read_text()

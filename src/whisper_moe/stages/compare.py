@@ -98,6 +98,7 @@ def read_run(run_dir) -> tuple[dict, dict | None]:
         "wer_whisper_norm": headline.get("wer_whisper_norm"),
         "whisper_normalizer": metrics.get("whisper_normalizer"),
         "cer": headline["cer"],
+        "sap_cer": headline.get("sap_cer"),
         "oracle_wer": metrics.get("oracle", {}).get("wer"),
         "per_group": {g: v["wer"] for g, v in headline.get("per_group", {}).items()},
         "test_utterances": metrics.get("utterances"),
@@ -113,6 +114,7 @@ def read_run(run_dir) -> tuple[dict, dict | None]:
             "pretrained": False, "wer": metrics["base"]["wer"], "cer": metrics["base"]["cer"],
             "wer_whisper_norm": metrics["base"].get("wer_whisper_norm"),
             "whisper_normalizer": metrics.get("whisper_normalizer"), "oracle_wer": None,
+            "sap_cer": metrics["base"].get("sap_cer"),
             "per_group": {g: v["wer"] for g, v in metrics["base"].get("per_group", {}).items()},
             "test_utterances": metrics.get("utterances"), "train_time_s": None,
             "pretraining_time_s": None, "trainable_parameters": 0,
@@ -221,14 +223,18 @@ def differences_markdown(differences: list[dict]) -> list[str]:
 
 def markdown(rows: list[dict], groups: list[str], notes: list[str],
              differences: list[dict] | None = None) -> str:
-    header = (["system", "run", "WER %", "WER 95 % CI", "WER % (Whisper norm.)", "CER %", "oracle WER %"]
+    sap = any(row.get("sap_cer") is not None for row in rows)
+    header = (["system", "run", "WER %", "WER 95 % CI", "WER % (Whisper norm.)", "CER %"]
+              + (["SAP CER %"] if sap else []) + ["oracle WER %"]
               + [f"WER % {g}" for g in groups]
               + ["training time", "pretraining time", "trainable parameters"])
     lines = ["# whisper-moe comparison", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row["system"], row["run"], _cell(row["wer"]), _interval_cell(row.get("wer_ci95")),
-                 _cell(row.get("wer_whisper_norm")), _cell(row["cer"]), _cell(row["oracle_wer"])]
+                 _cell(row.get("wer_whisper_norm")), _cell(row["cer"])]
+        cells += [_cell(row.get("sap_cer"))] if sap else []
+        cells += [_cell(row["oracle_wer"])]
         cells += [_cell(row["per_group"].get(g)) for g in groups]
         cells += [_cell(row["train_time_s"], "time"), _cell(row["pretraining_time_s"], "time"),
                   _cell(row["trainable_parameters"], "count")]
