@@ -44,3 +44,46 @@ def test_standard_scoring_adds_nothing_sap():
 ])
 def test_scoring_mode(setting, rows, expected):
     assert scoring_mode(setting, rows) == expected
+
+
+@pytest.fixture
+def untrained_checkpoint(tmp_path, tiny_base_dir):
+    """A 2-expert MoE on the tiny base, saved untrained, with an oracle table for one group."""
+    from whisper_moe.model.io import build_moe, save_moe
+    from whisper_moe.model.moe import MoEConfig
+
+    config = MoEConfig(base_model=str(tiny_base_dir), num_experts=2, rank=4, alpha=8.0, dropout=0.0,
+                       gate_hidden=16, group_to_expert={"en-us": 1})
+    model, _ = build_moe(config, seed=0)
+    return save_moe(model, tmp_path / "checkpoint")
+
+
+def test_evaluate_scores_sap_data_and_every_extra_test_set(tmp_path, tiny_params, tiny_corpus,
+                                                           untrained_checkpoint):
+    import json
+
+    from whisper_moe import artifacts
+    from whisper_moe.data.manifest import read_manifest
+    from whisper_moe.stages import evaluate
+
+    sap_like = tmp_path / "sap_test.jsonl"  # the test set as import-sap would write it
+    sap_like.write_text("".join(json.dumps({**row, "text_with_disfluencies": "um " + row["text"]}) + "\n"
+                                for row in read_manifest(tiny_corpus / "test.jsonl")))
+    params = {**tiny_params, "evaluate": {**tiny_params["evaluate"],
+                                          "extra_test_sets": {"general": str(tiny_corpus / "dev.jsonl")}}}
+    out = tmp_path / "evaluate"
+    metrics = evaluate.run(params, checkpoint_dir=untrained_checkpoint, test_manifest=sap_like,
+                           out_dir=out)
+
+    assert metrics["scoring"] == "sap" and {"sap_cer", "sap_cer_ci95"} <= set(metrics["moe"])
+    assert "oracle" in metrics  # the main set routes "en-us" by the checkpoint's table
+    general = json.loads((out / artifacts.EVALUATION_METRICS).read_text())["extra_test_sets"]["general"]
+    dev_rows = read_manifest(tiny_corpus / "dev.jsonl")
+    assert general["utterances"] == len(dev_rows) > 0
+    assert general["scoring"] == "standard" and general["manifest"] == str(tiny_corpus / "dev.jsonl")
+    assert {"base", "moe", "routing"} <= set(general) and "oracle" not in general
+    assert set(general["moe"]["per_group"]) == {row["group"] for row in dev_rows}
+    assert 0 <= general["moe"]["wer_ci95"][0] <= general["moe"]["wer"] <= general["moe"]["wer_ci95"][1]
+    written = artifacts.read_jsonl(artifacts.extra_test_set_predictions(out, "general"))
+    assert sorted(p["id"] for p in written) == sorted(row["id"] for row in dev_rows)
+    assert "general" in (out / artifacts.EVALUATION_REPORT).read_text()

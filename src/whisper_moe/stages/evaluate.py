@@ -70,7 +70,6 @@ def run(params: dict, checkpoint_dir=None, test_manifest=None, out_dir=None, bas
     ids = special_ids(tokenizer)
     validation: dict = {}
     rows = mode_rows(params, test_manifest, "test", validation)
-    dataset = UtteranceDataset(rows, tokenizer, prefix, ids["eot"], whisper.config.max_target_positions)
     generation = whisper.generation_config
     suppress = suppressed_token_ids(tokenizer, generation, ids["eot"])
     begin_suppress = list(getattr(generation, "begin_suppress_tokens", None) or [])
@@ -82,51 +81,58 @@ def run(params: dict, checkpoint_dir=None, test_manifest=None, out_dir=None, bas
         tokens = greedy_decode(whisper, hidden, prefix, ids["eot"], max_new, suppress, begin_suppress)
         return [tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
 
-    loader = DataLoader(dataset, batch_size=int(params["evaluate"]["batch_size"]), shuffle=False,
-                        num_workers=int(params["runtime"]["num_workers"]),
-                        collate_fn=functools.partial(collate_utterances, pad_token_id=ids["pad"],
-                                                     prefix_length=len(prefix)))
-    predictions, skipped = [], {}
-    total_frames = 2 * whisper.config.max_source_positions
-    for batch in track(loader, "evaluate", unit="batch"):
-        for reason in batch["errors"]:
-            skipped[reason] = skipped.get(reason, 0) + 1
-        if not batch["size"]:
-            continue
-        features, frames = whisper_features(batch["audio"], batch["num_samples"], whisper.config,
-                                            device, whisper.dtype)
-        with torch.no_grad(), autocast(device, amp_dtype):
-            base_hidden = whisper.model.encoder(features).last_hidden_state
-            result = {"base": transcribe(base_hidden) if compare_base else None}
-            if model is not None:
-                pooled = pool_encoder_output(base_hidden, frames, total_frames)
-                routed = model.route(pooled, model.config.routing_mode, model.config.top_k)
-                result["moe"] = decode_routed(model, features, routed["weights"], transcribe)
-                result["weights"] = routed["weights"].float().cpu().numpy()
-                result["probs"] = routed["probs"].float().cpu().numpy()
-                if oracle_table:
-                    oracle = oracle_weights(batch["groups"], oracle_table, model.config.num_experts,
-                                            device)
-                    result["oracle"] = decode_routed(model, features, oracle, transcribe)
-        for i, utterance_id in enumerate(batch["ids"]):
-            row = dataset.rows[int(batch["index"][i])]
-            prediction = {"id": utterance_id, "group": row.get("group", ""),
-                          "speaker": row.get("speaker", ""), "reference": row["text"]}
-            if row.get(SECOND_REFERENCE):
-                prediction["reference_with_disfluencies"] = row[SECOND_REFERENCE]
-            for system in ("moe", "oracle", "base"):
-                if result.get(system) is not None:
-                    prediction[system] = result[system][i]
-            if model is not None:
-                prediction["expert_weights"] = [round(float(w), 4) for w in result["weights"][i]]
-                prediction["gate_probs"] = [round(float(p), 4) for p in result["probs"][i]]
-            predictions.append(prediction)
+    def predict(rows: list[dict], with_oracle: bool, label: str) -> tuple[list[dict], dict]:
+        """(one prediction per usable row, skipped counts by reason) of base, MoE and oracle."""
+        dataset = UtteranceDataset(rows, tokenizer, prefix, ids["eot"],
+                                   whisper.config.max_target_positions)
+        loader = DataLoader(dataset, batch_size=int(params["evaluate"]["batch_size"]), shuffle=False,
+                            num_workers=int(params["runtime"]["num_workers"]),
+                            collate_fn=functools.partial(collate_utterances, pad_token_id=ids["pad"],
+                                                         prefix_length=len(prefix)))
+        predictions, skipped = [], dict(dataset.skipped)
+        total_frames = 2 * whisper.config.max_source_positions
+        for batch in track(loader, label, unit="batch"):
+            for reason in batch["errors"]:
+                skipped[reason] = skipped.get(reason, 0) + 1
+            if not batch["size"]:
+                continue
+            features, frames = whisper_features(batch["audio"], batch["num_samples"], whisper.config,
+                                                device, whisper.dtype)
+            with torch.no_grad(), autocast(device, amp_dtype):
+                base_hidden = whisper.model.encoder(features).last_hidden_state
+                result = {"base": transcribe(base_hidden) if compare_base else None}
+                if model is not None:
+                    pooled = pool_encoder_output(base_hidden, frames, total_frames)
+                    routed = model.route(pooled, model.config.routing_mode, model.config.top_k)
+                    result["moe"] = decode_routed(model, features, routed["weights"], transcribe)
+                    result["weights"] = routed["weights"].float().cpu().numpy()
+                    result["probs"] = routed["probs"].float().cpu().numpy()
+                    if oracle_table and with_oracle:
+                        oracle = oracle_weights(batch["groups"], oracle_table,
+                                                model.config.num_experts, device)
+                        result["oracle"] = decode_routed(model, features, oracle, transcribe)
+            for i, utterance_id in enumerate(batch["ids"]):
+                row = dataset.rows[int(batch["index"][i])]
+                prediction = {"id": utterance_id, "group": row.get("group", ""),
+                              "speaker": row.get("speaker", ""), "reference": row["text"]}
+                if row.get(SECOND_REFERENCE):
+                    prediction["reference_with_disfluencies"] = row[SECOND_REFERENCE]
+                for system in ("moe", "oracle", "base"):
+                    if result.get(system) is not None:
+                        prediction[system] = result[system][i]
+                if model is not None:
+                    prediction["expert_weights"] = [round(float(w), 4) for w in result["weights"][i]]
+                    prediction["gate_probs"] = [round(float(p), 4) for p in result["probs"][i]]
+                predictions.append(prediction)
+        return predictions, skipped
+
+    predictions, skipped = predict(rows, with_oracle=True, label="evaluate")
 
     if not predictions:
         from whisper_moe.data.validate import DataQualityError
 
         raise DataQualityError(
-            f"{test_manifest}: no utterance could be evaluated (skipped: {dataset.skipped or skipped}); "
+            f"{test_manifest}: no utterance could be evaluated (skipped: {skipped}); "
             "run `whisper-moe validate-data` on it and fix the files it names"
         )
     whisper_normalize, whisper_normalizer_name = whisper_normalizer(spelling_mapping_of(tokenizer))
@@ -134,7 +140,10 @@ def run(params: dict, checkpoint_dir=None, test_manifest=None, out_dir=None, bas
     metrics = summarise(predictions, model.config.num_experts if model else 0, whisper_normalize,
                         scoring)
     metrics["whisper_normalizer"] = whisper_normalizer_name
-    metrics["skipped"] = {**dataset.skipped, **skipped}
+    metrics["extra_test_sets"] = score_extra_test_sets(params, predict, validation, whisper_normalize,
+                                                       model.config.num_experts if model else 0,
+                                                       out_dir)
+    metrics["skipped"] = skipped
     metrics["input_validation"] = validation.get(str(test_manifest))  # None: the data stage's
     metrics["checkpoint"] = str(checkpoint_dir) if checkpoint_dir else None
     metrics["base_model"] = str(base_model or model.config.base_model)
@@ -151,6 +160,31 @@ def run(params: dict, checkpoint_dir=None, test_manifest=None, out_dir=None, bas
         log.info("SAP scoring: CER %.4f (clipped per utterance, better of two references)",
                  headline["sap_cer"])
     return metrics
+
+
+def score_extra_test_sets(params: dict, predict, validation: dict, whisper_normalize,
+                          num_experts: int, out_dir: Path) -> dict:
+    """{name: metrics} of each manifest in evaluate.extra_test_sets, decoded by the same
+    systems (no oracle: its groups need not be the training groups), predictions written
+    beside. A set with nothing usable is recorded with 0 utterances, not an error: it is
+    secondary to the main test set."""
+    results = {}
+    for name, manifest in sorted(params["evaluate"]["extra_test_sets"].items()):
+        rows = mode_rows(params, manifest, "test", validation)
+        predictions, skipped = predict(rows, with_oracle=False, label=f"evaluate {name}")
+        if not predictions:
+            log.warning("extra test set %s (%s): no utterance could be evaluated (skipped: %s)",
+                        name, manifest, skipped)
+        results[name] = {
+            **summarise(predictions, num_experts, whisper_normalize,
+                        scoring_mode(params["evaluate"]["scoring"], rows)),
+            "manifest": str(manifest), "skipped": skipped,
+            "input_validation": validation.get(str(manifest)),
+        }
+        path = artifacts.extra_test_set_predictions(out_dir, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, "".join(json.dumps(p) + "\n" for p in predictions))
+    return results
 
 
 def error_rates(references: list[str], hypotheses: list[str],
@@ -340,6 +374,12 @@ def write_report(metrics: dict, predictions: list[dict], out_dir: Path, train_di
         f"<tr><td>{html.escape(p['id'])}</td><td>{html.escape(p['group'])}</td>"
         f"<td>{html.escape(p['reference'])}</td><td>{html.escape(p[headline])}</td></tr>" for p in worst)
     images = "".join(f"<h2>{html.escape(t)}</h2><img src='{png_data_uri(png)}'/>" for t, png in figures)
+    extra_rows = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{extra['utterances']}</td>"
+        + "".join(f"<td>{extra[s]['wer']:.4f}</td>" if s in extra else "<td>-</td>" for s in ("base", "moe"))
+        + "</tr>" for name, extra in metrics.get("extra_test_sets", {}).items())
+    extra_html = (f"<h2>Extra test sets</h2><table><tr><th>set</th><th>utterances</th><th>base WER</th>"
+                  f"<th>MoE WER</th></tr>{extra_rows}</table>") if extra_rows else ""
     routing = metrics.get("routing")
     routing_html = (f"<p>Gate entropy {routing['gate_entropy_mean']:.3f} "
                     f"(max {routing['gate_entropy_max']:.3f}); utterances per top expert "
@@ -352,7 +392,7 @@ td,th{{border:1px solid #ccc;padding:3px 8px}}img{{max-width:100%}}</style></hea
 <table><tr><th>system</th><th>WER</th><th>WER ({normaliser} normaliser)</th><th>CER</th></tr>
 {summary_rows}</table>{sap_html}{routing_html}
 <h2>WER per group</h2><table><tr><th>group</th>{''.join(f'<th>{s}</th>' for s in per_group)}</tr>
-{group_rows}</table>{images}
+{group_rows}</table>{extra_html}{images}
 <h2>Highest-WER utterances ({headline})</h2><table><tr><th>id</th><th>group</th><th>reference</th>
 <th>hypothesis</th></tr>{worst_rows}</table></body></html>"""
     path = out_dir / artifacts.EVALUATION_REPORT
