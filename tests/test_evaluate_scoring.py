@@ -48,12 +48,12 @@ def test_scoring_mode(setting, rows, expected):
 
 @pytest.fixture
 def untrained_checkpoint(tmp_path, tiny_base_dir):
-    """A 2-expert MoE on the tiny base, saved untrained, with an oracle table for one group."""
+    """A 2-expert MoE on the tiny base, saved untrained (no oracle table of its own)."""
     from whisper_moe.model.io import build_moe, save_moe
     from whisper_moe.model.moe import MoEConfig
 
     config = MoEConfig(base_model=str(tiny_base_dir), num_experts=2, rank=4, alpha=8.0, dropout=0.0,
-                       gate_hidden=16, group_to_expert={"en-us": 1})
+                       gate_hidden=16)
     model, _ = build_moe(config, seed=0)
     return save_moe(model, tmp_path / "checkpoint")
 
@@ -76,7 +76,11 @@ def test_evaluate_scores_sap_data_and_every_extra_test_set(tmp_path, tiny_params
                            out_dir=out)
 
     assert metrics["scoring"] == "sap" and {"sap_cer", "sap_cer_ci95"} <= set(metrics["moe"])
-    assert "oracle" in metrics  # the main set routes "en-us" by the checkpoint's table
+    # No table in the checkpoint: each group goes to its most frequent learned top-1 expert.
+    oracle = metrics["oracle_routing"]
+    assert oracle["source"].startswith("test-set majority") and "oracle" in metrics
+    dispatch = metrics["routing"]["top1_counts_per_group"]
+    assert oracle["group_to_expert"] == {g: counts.index(max(counts)) for g, counts in dispatch.items()}
     general = json.loads((out / artifacts.EVALUATION_METRICS).read_text())["extra_test_sets"]["general"]
     dev_rows = read_manifest(tiny_corpus / "dev.jsonl")
     assert general["utterances"] == len(dev_rows) > 0
@@ -87,3 +91,34 @@ def test_evaluate_scores_sap_data_and_every_extra_test_set(tmp_path, tiny_params
     written = artifacts.read_jsonl(artifacts.extra_test_set_predictions(out, "general"))
     assert sorted(p["id"] for p in written) == sorted(row["id"] for row in dev_rows)
     assert "general" in (out / artifacts.EVALUATION_REPORT).read_text()
+
+
+class FakeMoE:
+    """As much of a WhisperMoE as oracle_routing reads."""
+
+    def __init__(self, num_experts, group_to_expert=None):
+        from types import SimpleNamespace
+
+        self.config = SimpleNamespace(num_experts=num_experts, group_to_expert=group_to_expert)
+
+
+def test_oracle_routing_prefers_the_checkpoints_table_then_the_gates_majority():
+    from whisper_moe.stages.evaluate import oracle_routing
+
+    rows = [{"group": "a"}, {"group": "b"}]
+    counts = {"a": [1, 5, 0], "b": [2, 2, 1]}  # b ties: the lower expert
+    passes = []
+
+    def count(rows_seen):
+        passes.append(len(rows_seen))
+        return counts
+
+    assert oracle_routing("auto", FakeMoE(3, {"a": 2}), rows, count) == ({"a": 2}, "checkpoint")
+    assert passes == []  # a table in the checkpoint needs no routing pass
+    table, source = oracle_routing("auto", FakeMoE(3), rows, count)
+    assert table == {"a": 1, "b": 0} and source.startswith("test-set majority") and passes == [2]
+    assert oracle_routing("checkpoint", FakeMoE(3), rows, count) == (None, None)
+    assert oracle_routing("off", FakeMoE(3, {"a": 2}), rows, count) == (None, None)
+    assert oracle_routing("auto", FakeMoE(1), rows, count) == (None, None)  # one expert: nothing to route
+    assert oracle_routing("auto", FakeMoE(3), [{"group": "a"}], count) == (None, None)  # one group
+    assert oracle_routing("auto", None, rows, count) == (None, None)  # the plain base model

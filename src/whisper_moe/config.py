@@ -179,6 +179,10 @@ class Evaluate:
     # {name: manifest}: more test sets (e.g. general speech) scored with the same systems,
     # so that forgetting shows; names become keys of metrics.json and folder names.
     extra_test_sets: dict[str, str] = knob({})
+    # oracle routing (each group to one expert) beside the learned gate: auto: the checkpoint's
+    # group table, else each group's most frequent top-1 expert on the test set; checkpoint: only
+    # the checkpoint's table; off: none (one decoding pass fewer).
+    oracle_routing: str = knob("auto", choices=("auto", "checkpoint", "off"))
 
 
 @dataclass

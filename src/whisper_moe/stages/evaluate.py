@@ -75,22 +75,44 @@ def run(params: dict, checkpoint_dir=None, test_manifest=None, out_dir=None, bas
     begin_suppress = list(getattr(generation, "begin_suppress_tokens", None) or [])
     max_new = int(params["evaluate"]["max_new_tokens"])
     compare_base = bool(params["evaluate"]["compare_base"]) or model is None
-    oracle_table = model.config.group_to_expert if model is not None else None
 
     def transcribe(hidden):
         tokens = greedy_decode(whisper, hidden, prefix, ids["eot"], max_new, suppress, begin_suppress)
         return [tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
 
-    def predict(rows: list[dict], with_oracle: bool, label: str) -> tuple[list[dict], dict]:
-        """(one prediction per usable row, skipped counts by reason) of base, MoE and oracle."""
+    total_frames = 2 * whisper.config.max_source_positions
+
+    def batches(rows: list[dict]):
+        """(dataset, its DataLoader) over rows, batches as collate_utterances makes them."""
         dataset = UtteranceDataset(rows, tokenizer, prefix, ids["eot"],
                                    whisper.config.max_target_positions)
-        loader = DataLoader(dataset, batch_size=int(params["evaluate"]["batch_size"]), shuffle=False,
-                            num_workers=int(params["runtime"]["num_workers"]),
-                            collate_fn=functools.partial(collate_utterances, pad_token_id=ids["pad"],
-                                                         prefix_length=len(prefix)))
+        return dataset, DataLoader(
+            dataset, batch_size=int(params["evaluate"]["batch_size"]), shuffle=False,
+            num_workers=int(params["runtime"]["num_workers"]),
+            collate_fn=functools.partial(collate_utterances, pad_token_id=ids["pad"],
+                                         prefix_length=len(prefix)))
+
+    def top1_counts_per_group(rows: list[dict]) -> dict[str, list[int]]:
+        """How many utterances of each group the gate sends to each expert first (no decoding)."""
+        counts: dict[str, list[int]] = {}
+        for batch in track(batches(rows)[1], "route", unit="batch"):
+            if not batch["size"]:
+                continue
+            features, frames = whisper_features(batch["audio"], batch["num_samples"], whisper.config,
+                                                device, whisper.dtype)
+            with torch.no_grad(), autocast(device, amp_dtype):
+                base_hidden = whisper.model.encoder(features).last_hidden_state
+                pooled = pool_encoder_output(base_hidden, frames, total_frames)
+                weights = model.route(pooled, model.config.routing_mode, model.config.top_k)["weights"]
+            for group, expert in zip(batch["groups"], weights.float().argmax(1).tolist(), strict=True):
+                counts.setdefault(group, [0] * model.config.num_experts)[expert] += 1
+        return counts
+
+    def predict(rows: list[dict], oracle_table: dict | None, label: str) -> tuple[list[dict], dict]:
+        """(one prediction per usable row, skipped counts by reason) of base, MoE and, with a
+        table, oracle routing."""
+        dataset, loader = batches(rows)
         predictions, skipped = [], dict(dataset.skipped)
-        total_frames = 2 * whisper.config.max_source_positions
         for batch in track(loader, label, unit="batch"):
             for reason in batch["errors"]:
                 skipped[reason] = skipped.get(reason, 0) + 1
@@ -107,7 +129,7 @@ def run(params: dict, checkpoint_dir=None, test_manifest=None, out_dir=None, bas
                     result["moe"] = decode_routed(model, features, routed["weights"], transcribe)
                     result["weights"] = routed["weights"].float().cpu().numpy()
                     result["probs"] = routed["probs"].float().cpu().numpy()
-                    if oracle_table and with_oracle:
+                    if oracle_table:
                         oracle = oracle_weights(batch["groups"], oracle_table,
                                                 model.config.num_experts, device)
                         result["oracle"] = decode_routed(model, features, oracle, transcribe)
@@ -126,7 +148,9 @@ def run(params: dict, checkpoint_dir=None, test_manifest=None, out_dir=None, bas
                 predictions.append(prediction)
         return predictions, skipped
 
-    predictions, skipped = predict(rows, with_oracle=True, label="evaluate")
+    oracle_table, oracle_source = oracle_routing(params["evaluate"]["oracle_routing"], model,
+                                                 rows, top1_counts_per_group)
+    predictions, skipped = predict(rows, oracle_table, label="evaluate")
 
     if not predictions:
         from whisper_moe.data.validate import DataQualityError
@@ -140,6 +164,8 @@ def run(params: dict, checkpoint_dir=None, test_manifest=None, out_dir=None, bas
     metrics = summarise(predictions, model.config.num_experts if model else 0, whisper_normalize,
                         scoring)
     metrics["whisper_normalizer"] = whisper_normalizer_name
+    if oracle_table:
+        metrics["oracle_routing"] = {"source": oracle_source, "group_to_expert": oracle_table}
     metrics["extra_test_sets"] = score_extra_test_sets(params, predict, validation, whisper_normalize,
                                                        model.config.num_experts if model else 0,
                                                        out_dir)
@@ -162,6 +188,29 @@ def run(params: dict, checkpoint_dir=None, test_manifest=None, out_dir=None, bas
     return metrics
 
 
+def oracle_routing(setting: str, model, rows: list[dict], top1_counts_per_group) -> tuple[dict | None, str | None]:
+    """(group -> expert table, where it came from) for oracle routing, or (None, None).
+
+    The checkpoint's table (the pretrained pipeline's majority cluster of each group) comes
+    first. Without one, "auto" routes each group to the expert the learned gate picks most
+    often for it on this test set: a routing pass without decoding, from gate outputs and
+    group labels only (never the references), so "learned vs oracle" then says whether the
+    gate's per-utterance choices beat one fixed expert per group.
+    """
+    if model is None or setting == "off":
+        return None, None
+    if model.config.group_to_expert:
+        return dict(model.config.group_to_expert), "checkpoint"
+    if setting == "checkpoint" or model.config.num_experts < 2:
+        return None, None
+    groups = {row.get("group", "") for row in rows}
+    if len(groups) < 2:
+        return None, None
+    counts = top1_counts_per_group(rows)  # ties go to the lower expert id
+    return ({group: int(np.argmax(row)) for group, row in sorted(counts.items())},
+            "test-set majority of the learned gate")
+
+
 def score_extra_test_sets(params: dict, predict, validation: dict, whisper_normalize,
                           num_experts: int, out_dir: Path) -> dict:
     """{name: metrics} of each manifest in evaluate.extra_test_sets, decoded by the same
@@ -171,7 +220,7 @@ def score_extra_test_sets(params: dict, predict, validation: dict, whisper_norma
     results = {}
     for name, manifest in sorted(params["evaluate"]["extra_test_sets"].items()):
         rows = mode_rows(params, manifest, "test", validation)
-        predictions, skipped = predict(rows, with_oracle=False, label=f"evaluate {name}")
+        predictions, skipped = predict(rows, None, label=f"evaluate {name}")
         if not predictions:
             log.warning("extra test set %s (%s): no utterance could be evaluated (skipped: %s)",
                         name, manifest, skipped)
