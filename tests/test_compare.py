@@ -142,3 +142,48 @@ def test_sap_cer_gets_a_column_when_the_runs_were_scored_the_sap_way(tmp_path):
     plain = fake_run(tmp_path / "plain", 4, 16, 0.30)
     compare.run({}, [plain], tmp_path / "cmp-plain")
     assert "SAP CER" not in (tmp_path / "cmp-plain" / "comparison.md").read_text()
+
+
+def test_routing_quality_and_extra_test_sets_sit_beside_the_wer(tmp_path):
+    run = fake_run(tmp_path / "regular", 2, 16, 0.2)
+    path = run / "evaluate" / "metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics["routing"] = {"gate_entropy_mean": 0.25, "gate_entropy_max": 0.6931, "top1_group_nmi": 0.8,
+                          "top1_group_nmi_permutation_95": 0.1, "top1_group_nmi_p_value": 0.001,
+                          "expert_share": [4, 4],
+                          "top1_counts_per_group": {"en-us": [4, 0], "en-029": [0, 4]}}
+    metrics["oracle_routing"] = {"source": "test-set majority of the learned gate",
+                                 "group_to_expert": {"en-us": 0, "en-029": 1}}
+    metrics["extra_test_sets"] = {"general": {"utterances": 3, "moe": {"wer": 0.125},
+                                              "base": {"wer": 0.1}}}
+    path.write_text(json.dumps(metrics))
+    right, wrong = "one two three four five", "one two three four six"
+    with open(run / "evaluate" / "predictions.jsonl", "w") as handle:
+        for i in range(8):  # learned: one error in every other utterance; oracle: none
+            handle.write(json.dumps({"id": f"u{i}", "group": "en-us", "speaker": f"s{i // 2}",
+                                     "reference": right, "moe": wrong if i % 2 else right,
+                                     "oracle": right, "base": wrong}) + "\n")
+    compare.run({}, [run], tmp_path / "cmp")
+    result = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    base, moe = result["systems"]
+    assert base["routing"] is None and base["extra_test_sets"] == {"general": 0.1}
+    routing = moe["routing"]
+    assert routing["dispatch_per_group"] == {"en-us": [4, 0], "en-029": [0, 4]}
+    assert routing["learned_minus_oracle"] == pytest.approx(0.1)  # 4 edits on 40 words
+    assert routing["learned_minus_oracle_ci95"] == [pytest.approx(0.1), pytest.approx(0.1)]
+    text = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert ("| regular MoE (2 experts, rank 16) | regular | 20.00 | 0.250 (0.693) | 0.800 | 0.100 | "
+            "0.001 | [4, 4] | +10.00 | [10.00, 10.00] | test-set majority of the learned gate |") in text
+    assert "| regular MoE (2 experts, rank 16) | regular | [0, 4] | [4, 0] |" in text  # en-029, en-us
+    assert "## Extra test sets (WER %)" in text and "| base (demo) | regular | 10.00 |" in text
+
+
+def test_a_single_lora_has_no_routing_section(tmp_path):
+    run = fake_run(tmp_path / "single", 1, 64, 0.2)
+    path = run / "evaluate" / "metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics["routing"] = {"gate_entropy_mean": 0.0, "gate_entropy_max": 0.0, "expert_share": [8],
+                          "top1_counts_per_group": {"en-us": [8]}}
+    path.write_text(json.dumps(metrics))
+    compare.run({}, [run], tmp_path / "cmp")
+    assert "## Routing" not in (tmp_path / "cmp" / "comparison.md").read_text()
