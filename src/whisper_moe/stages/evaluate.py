@@ -1,8 +1,11 @@
 """Evaluation: batched greedy decoding with the routed experts, WER/CER overall and per group.
 
 Beside the MoE it decodes the frozen base model on the same audio (its encoder output
-is the gate's input anyway) and, when the checkpoint knows which expert serves which
-group, oracle routing, so users see what the experts and the gate each contribute.
+is the gate's input anyway) and oracle routing (each group sent to one expert: the
+checkpoint's table, or the learned gate's most frequent choice for the group), so users
+see what the experts and the gate each contribute. WER is also given under Whisper's own
+normaliser, SAP data gets the SAP challenge's scoring, and extra named test sets are
+scored by the same systems so that forgetting shows.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ from whisper_moe.uncertainty import (
 )
 
 log = logging.getLogger("whisper_moe.evaluate")
+
+SECOND_REFERENCE = "text_with_disfluencies"  # the manifest key import-sap writes
 
 
 def run(params: dict, checkpoint_dir=None, test_manifest=None, out_dir=None, base_model=None,
@@ -264,7 +269,7 @@ def oracle_weights(groups, table: dict[str, int], num_experts: int, device) -> t
 
 
 def scoring_mode(setting: str, rows: list[dict]) -> str:
-    """"sap" or "standard": evaluate.scoring, with auto deciding by the test manifest."""
+    """The scoring to use, sap or standard: evaluate.scoring, auto deciding by the manifest."""
     if setting == "auto":
         return "sap" if rows and all(row.get(SECOND_REFERENCE) for row in rows) else "standard"
     if setting == "sap" and not any(row.get(SECOND_REFERENCE) for row in rows):
@@ -299,9 +304,6 @@ def summarise(predictions: list[dict], num_experts: int, whisper_normalize=None,
     if num_experts and predictions:
         metrics["routing"] = routing_summary(predictions, num_experts)
     return metrics
-
-
-SECOND_REFERENCE = "text_with_disfluencies"  # the manifest key import-sap writes
 
 
 def reference_set(prediction: dict) -> list[str]:
