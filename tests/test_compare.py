@@ -18,8 +18,8 @@ def fake_run(folder, num_experts, rank, wer, pretrained=False, oracle=None):
         {"num_experts": num_experts, "train_time_s": 125.0, "trainable_parameters": 2_500_000}))
     per_group = {"en-us": {"wer": wer - 0.05, "cer": 0.1, "n": 4},
                  "en-029": {"wer": wer + 0.05, "cer": 0.2, "n": 4}}
-    metrics = {"utterances": 8, "base_model": "demo",
-               "moe": {"wer": wer, "cer": 0.15, "per_group": per_group},
+    metrics = {"utterances": 8, "base_model": "demo", "whisper_normalizer": "whisper_basic",
+               "moe": {"wer": wer, "wer_whisper_norm": wer - 0.01, "cer": 0.15, "per_group": per_group},
                "base": {"wer": 0.5, "cer": 0.3, "per_group": {
                    "en-us": {"wer": 0.4, "cer": 0.2, "n": 4}, "en-029": {"wer": 0.6, "cer": 0.4, "n": 4}}}}
     if oracle is not None:
@@ -46,7 +46,10 @@ def test_comparison_table_has_every_system_and_group(tmp_path):
     assert pretrained["pretraining_time_s"] == 63.0 and pretrained["oracle_wer"] == 0.28
     assert result["systems"][2]["pretraining_time_s"] is None
     text = (tmp_path / "cmp" / "comparison.md").read_text()
-    assert "| pretrained MoE (4 experts, rank 16) | pretrained | 30.00 | - | 15.00 | 28.00 | 35.00 | 25.00 |" in text
+    assert ("| pretrained MoE (4 experts, rank 16) | pretrained | 30.00 | - | 29.00 | 15.00 | 28.00 "
+            "| 35.00 | 25.00 |") in text
+    assert "| base (demo) | pretrained | 50.00 | - | - |" in text  # no Whisper-norm WER recorded
+    assert "whisper_basic" in text
     assert "WER % en-029" in text and "2.50M" in text and "2.1 min" in text
     assert "--num-experts 1 -S model.lora.rank=64" in text  # how to add the single-LoRA baseline
 
@@ -122,3 +125,65 @@ def test_runs_on_different_test_sets_are_not_differenced(tmp_path):
     compare.run({}, [first, second], tmp_path / "cmp")
     result = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
     assert all(d["a_run"] == d["b_run"] == "first" for d in result["differences"])
+
+
+def test_sap_cer_gets_a_column_when_the_runs_were_scored_the_sap_way(tmp_path):
+    run = fake_run(tmp_path / "sap", 4, 16, 0.30)
+    path = run / "evaluate" / "metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics["moe"]["sap_cer"] = 0.125
+    path.write_text(json.dumps(metrics))
+    compare.run({}, [run], tmp_path / "cmp")
+    lines = (tmp_path / "cmp" / "comparison.md").read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| system"))
+    row = next(line for line in lines if line.startswith("| regular MoE"))
+    cells = [cell.strip() for cell in row.split("|")]
+    assert cells[[c.strip() for c in header.split("|")].index("SAP CER %")] == "12.50"
+    plain = fake_run(tmp_path / "plain", 4, 16, 0.30)
+    compare.run({}, [plain], tmp_path / "cmp-plain")
+    assert "SAP CER" not in (tmp_path / "cmp-plain" / "comparison.md").read_text()
+
+
+def test_routing_quality_and_extra_test_sets_sit_beside_the_wer(tmp_path):
+    run = fake_run(tmp_path / "regular", 2, 16, 0.2)
+    path = run / "evaluate" / "metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics["routing"] = {"gate_entropy_mean": 0.25, "gate_entropy_max": 0.6931, "top1_group_nmi": 0.8,
+                          "top1_group_nmi_permutation_95": 0.1, "top1_group_nmi_p_value": 0.001,
+                          "expert_share": [4, 4],
+                          "top1_counts_per_group": {"en-us": [4, 0], "en-029": [0, 4]}}
+    metrics["oracle_routing"] = {"source": "test-set majority of the learned gate",
+                                 "group_to_expert": {"en-us": 0, "en-029": 1}}
+    metrics["extra_test_sets"] = {"general": {"utterances": 3, "moe": {"wer": 0.125},
+                                              "base": {"wer": 0.1}}}
+    path.write_text(json.dumps(metrics))
+    right, wrong = "one two three four five", "one two three four six"
+    with open(run / "evaluate" / "predictions.jsonl", "w") as handle:
+        for i in range(8):  # learned: one error in every other utterance; oracle: none
+            handle.write(json.dumps({"id": f"u{i}", "group": "en-us", "speaker": f"s{i // 2}",
+                                     "reference": right, "moe": wrong if i % 2 else right,
+                                     "oracle": right, "base": wrong}) + "\n")
+    compare.run({}, [run], tmp_path / "cmp")
+    result = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    base, moe = result["systems"]
+    assert base["routing"] is None and base["extra_test_sets"] == {"general": 0.1}
+    routing = moe["routing"]
+    assert routing["dispatch_per_group"] == {"en-us": [4, 0], "en-029": [0, 4]}
+    assert routing["learned_minus_oracle"] == pytest.approx(0.1)  # 4 edits on 40 words
+    assert routing["learned_minus_oracle_ci95"] == [pytest.approx(0.1), pytest.approx(0.1)]
+    text = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert ("| regular MoE (2 experts, rank 16) | regular | 20.00 | 0.250 (0.693) | 0.800 | 0.100 | "
+            "0.001 | [4, 4] | +10.00 | [10.00, 10.00] | test-set majority of the learned gate |") in text
+    assert "| regular MoE (2 experts, rank 16) | regular | [0, 4] | [4, 0] |" in text  # en-029, en-us
+    assert "## Extra test sets (WER %)" in text and "| base (demo) | regular | 10.00 |" in text
+
+
+def test_a_single_lora_has_no_routing_section(tmp_path):
+    run = fake_run(tmp_path / "single", 1, 64, 0.2)
+    path = run / "evaluate" / "metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics["routing"] = {"gate_entropy_mean": 0.0, "gate_entropy_max": 0.0, "expert_share": [8],
+                          "top1_counts_per_group": {"en-us": [8]}}
+    path.write_text(json.dumps(metrics))
+    compare.run({}, [run], tmp_path / "cmp")
+    assert "## Routing" not in (tmp_path / "cmp" / "comparison.md").read_text()

@@ -148,3 +148,14 @@ def test_each_precision_names_its_autocast_type_and_loss_scaling_on_cpu(precisio
 
     dtype, scaling = mixed_precision(torch.device("cpu"), precision)
     assert (dtype and str(dtype).removeprefix("torch."), scaling) == expected
+
+
+def test_extra_test_sets_are_a_mapping_of_folder_safe_names_to_manifests():
+    params = load_params(PARAMS_YAML)
+    assert params["evaluate"]["extra_test_sets"] == {}
+    set_dotted(params, "evaluate.extra_test_sets.general", "data/general/test.jsonl")
+    assert params["evaluate"]["extra_test_sets"] == {"general": "data/general/test.jsonl"}
+    with pytest.raises(ConfigError, match="expected a mapping of names to text values"):
+        check_params({"evaluate": {"extra_test_sets": ["data/general/test.jsonl"]}})
+    with pytest.raises(ConfigError, match=r"name '\.\./x'.*names a folder"):
+        check_params({"evaluate": {"extra_test_sets": {"../x": "a.jsonl"}}})

@@ -95,6 +95,10 @@ def test_evaluate_a_plain_base_model(tmp_path, tiny_params, tiny_base_dir, tiny_
     metrics = json.loads((out / "metrics.json").read_text())
     assert "moe" not in metrics and "routing" not in metrics
     assert set(metrics["base"]["per_group"]) == {"en-us", "en-gb-scotland", "en-029"}
+    # The tiny model's tokenizer has no normalizer.json, so Whisper's basic normaliser scores.
+    assert metrics["whisper_normalizer"] == "whisper_basic"
+    assert 0 <= metrics["base"]["wer_whisper_norm"]
+    assert all("wer_whisper_norm" in group for group in metrics["base"]["per_group"].values())
     assert "base: WER" in capsys.readouterr().out.replace("  ", " ")
     assert (out / "report.html").read_text().count("<tr>") > 3
 

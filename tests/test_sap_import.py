@@ -90,6 +90,7 @@ def test_import_sap_splits_and_fields(sap_root, tmp_path):
     first = next(r for r in splits["test"] if r["id"] == "pd_dev_pd_dev_001")
     assert first["text"] == "I like pizza number 1."
     assert first["raw_text"].startswith("[question prompt]")
+    assert first["text_with_disfluencies"] == "I like pizza number 1."  # "(disfluency)" is a mark
     assert first["duration"] == pytest.approx(0.75)
     assert first["category"] == "Spontaneous Speech Prompts"
     assert first["audio_filepath"] == str(sap_root / "Dev" / "pd_dev" / "pd_dev_001.wav")

@@ -196,6 +196,14 @@ def load_evaluation_metrics(evaluation_dir: str | Path) -> dict:
     return read_json(Path(evaluation_dir) / EVALUATION_METRICS)
 
 
+EXTRA_TEST_SETS = "extra_test_sets"  # <evaluate folder>/extra_test_sets/<name>/predictions.jsonl
+
+
+def extra_test_set_predictions(evaluation_dir: str | Path, name: str) -> Path:
+    """Where the predictions on the named extra test set are written."""
+    return Path(evaluation_dir) / EXTRA_TEST_SETS / name / PREDICTIONS
+
+
 # ------------------------------------------------------------------ publish (under output_s3_uri/<run>/)
 PUBLISHED_MODEL = "model"
 PUBLISHED_METRICS = "metrics.json"

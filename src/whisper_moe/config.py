@@ -36,6 +36,8 @@ def knob(default, *, ge=None, gt=None, le=None, lt=None, choices=None, pattern=N
     rules = {name: rule for name, rule in rules.items() if rule is not None}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=rules)
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata=rules)
     return field(default=default, metadata=rules)
 
 
@@ -171,6 +173,16 @@ class Evaluate:
     batch_size: int = knob(8, ge=1)
     max_new_tokens: int = knob(128, ge=1)
     compare_base: bool = True
+    # sap: also the SAP challenge's clipped, two-reference CER; auto: sap when every test
+    # row carries `text_with_disfluencies` (as import-sap writes), else standard.
+    scoring: str = knob("auto", choices=("auto", "standard", "sap"))
+    # {name: manifest}: more test sets (e.g. general speech) scored with the same systems,
+    # so that forgetting shows; names become keys of metrics.json and folder names.
+    extra_test_sets: dict[str, str] = knob({})
+    # oracle routing (each group to one expert) beside the learned gate: auto: the checkpoint's
+    # group table, else each group's most frequent top-1 expert on the test set; checkpoint: only
+    # the checkpoint's table; off: none (one decoding pass fewer).
+    oracle_routing: str = knob("auto", choices=("auto", "checkpoint", "off"))
 
 
 @dataclass
@@ -294,11 +306,18 @@ def convert(value: Any, kind: Any) -> Any:
         if isinstance(value, list) and all(isinstance(item, str) for item in value):
             return list(value)
         return None
+    if typing.get_origin(kind) is dict:
+        if isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str)
+                                           for k, v in value.items()):
+            return dict(value)
+        return None
     raise TypeError(f"no conversion for {kind}")
 
 
 def type_text(kind: Any) -> str:
     names = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
+    if typing.get_origin(kind) is dict:
+        return "a mapping of names to text values"
     return names.get(kind, "a list of text values")
 
 
@@ -335,6 +354,10 @@ def check_consistency(params: dict, source: str = "params") -> dict:
     if cluster["min_clusters"] > cluster["max_clusters"]:
         raise ConfigError(f"{source}: cluster.min_clusters={cluster['min_clusters']} is above "
                           f"cluster.max_clusters={cluster['max_clusters']}")
+    for name in params["evaluate"]["extra_test_sets"]:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            raise ConfigError(f"{source}: evaluate.extra_test_sets name {name!r}: use letters, digits, "
+                              "'_', '-' or '.' (it names a folder)")
     experts = model["num_experts"]
     if experts is not None and params["routing"]["mode"] != "soft" and params["routing"]["top_k"] > experts:
         raise ConfigError(f"{source}: routing.top_k={params['routing']['top_k']} is above "

@@ -8,7 +8,7 @@ dominate. Empty references are allowed: their hypothesis words count as insertio
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import jiwer
@@ -16,6 +16,7 @@ import jiwer
 from whisper_moe.text import normalize_transcript
 
 OVERALL_KEY = "overall"
+Normaliser = Callable[[str | None], str]
 
 
 @dataclass
@@ -35,19 +36,20 @@ class ErrorCounts:
         return 0.0 if self.hypothesis_length == 0 else 1.0
 
 
-def wer(refs: Sequence[str], hyps: Sequence[str]) -> float:
-    """Word error rate of hypotheses against references, after normalize_transcript."""
-    return word_error_counts(refs, hyps).rate
+def wer(refs: Sequence[str], hyps: Sequence[str], normalize: Normaliser = normalize_transcript) -> float:
+    """Word error rate of hypotheses against references, after `normalize` (ours by default)."""
+    return word_error_counts(refs, hyps, normalize).rate
 
 
-def cer(refs: Sequence[str], hyps: Sequence[str]) -> float:
-    """Character error rate (spaces count as characters), after normalize_transcript."""
-    return char_error_counts(refs, hyps).rate
+def cer(refs: Sequence[str], hyps: Sequence[str], normalize: Normaliser = normalize_transcript) -> float:
+    """Character error rate (spaces count as characters), after `normalize`."""
+    return char_error_counts(refs, hyps, normalize).rate
 
 
-def word_error_counts(refs: Sequence[str], hyps: Sequence[str]) -> ErrorCounts:
+def word_error_counts(refs: Sequence[str], hyps: Sequence[str],
+                      normalize: Normaliser = normalize_transcript) -> ErrorCounts:
     """Summed word edits; empty references handled outside jiwer (it refuses them)."""
-    pairs = _normalised_pairs(refs, hyps)
+    pairs = _normalised_pairs(refs, hyps, normalize)
     counts = ErrorCounts()
     scored = [(ref, hyp) for ref, hyp in pairs if ref]
     for ref, hyp in pairs:
@@ -62,9 +64,10 @@ def word_error_counts(refs: Sequence[str], hyps: Sequence[str]) -> ErrorCounts:
     return counts
 
 
-def char_error_counts(refs: Sequence[str], hyps: Sequence[str]) -> ErrorCounts:
+def char_error_counts(refs: Sequence[str], hyps: Sequence[str],
+                      normalize: Normaliser = normalize_transcript) -> ErrorCounts:
     """Summed character edits, with the same empty-reference rule as words."""
-    pairs = _normalised_pairs(refs, hyps)
+    pairs = _normalised_pairs(refs, hyps, normalize)
     counts = ErrorCounts()
     scored = [(ref, hyp) for ref, hyp in pairs if ref]
     for ref, hyp in pairs:
@@ -79,13 +82,12 @@ def char_error_counts(refs: Sequence[str], hyps: Sequence[str]) -> ErrorCounts:
     return counts
 
 
-def _normalised_pairs(refs: Sequence[str], hyps: Sequence[str]) -> list[tuple[str, str]]:
+def _normalised_pairs(refs: Sequence[str], hyps: Sequence[str],
+                      normalize: Normaliser = normalize_transcript) -> list[tuple[str, str]]:
     """Pairs of normalised (reference, hypothesis); lengths must match."""
     if len(refs) != len(hyps):
         raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
-    return [
-        (normalize_transcript(r), normalize_transcript(h)) for r, h in zip(refs, hyps, strict=True)
-    ]
+    return [(normalize(r), normalize(h)) for r, h in zip(refs, hyps, strict=True)]
 
 
 def per_group_error_rates(rows: Iterable[dict]) -> dict[str, dict[str, float | int]]:
@@ -136,3 +138,35 @@ def _hypothesis_of(row: dict) -> str:
         raise KeyError(f"row {row.get('id', '?')!r} has neither 'hypothesis' nor 'prediction'")
     value = row.get("hypothesis", row.get("prediction"))
     return "" if value is None else str(value)
+
+
+def clipped_min_reference_errors(reference_sets: Sequence[Sequence[str]], hyps: Sequence[str],
+                                 unit: str = "char",
+                                 normalize: Normaliser = normalize_transcript) -> tuple[list[int], list[int]]:
+    """Per utterance (edits, reference length) as the Speech Accessibility Project challenge
+    scores: several references per utterance (its transcript with and without disfluencies),
+    each utterance's edits clipped at its reference length (an error rate of at most 100 %, so
+    a hallucinating hypothesis cannot outweigh the rest), and the reference with the lower
+    clipped rate kept (the first on a tie). `unit` is "char" or "word". Summing both lists
+    gives the corpus-level rate. Empty references are ignored; an utterance with none
+    counts (0, 0).
+    """
+    if unit not in ("char", "word"):
+        raise ValueError(f"unit must be 'char' or 'word', got {unit!r}")
+    if len(reference_sets) != len(hyps):
+        raise ValueError(f"{len(reference_sets)} reference sets but {len(hyps)} hypotheses")
+    counter = char_error_counts if unit == "char" else word_error_counts
+    edits, lengths = [], []
+    for references, hyp in zip(reference_sets, hyps, strict=True):
+        best: tuple[float, int, int] | None = None
+        for reference in references:
+            counts = counter([reference], [hyp], normalize)
+            if not counts.reference_length:
+                continue
+            clipped = min(counts.edits, counts.reference_length)
+            rate = clipped / counts.reference_length
+            if best is None or rate < best[0]:
+                best = (rate, clipped, counts.reference_length)
+        edits.append(best[1] if best else 0)
+        lengths.append(best[2] if best else 0)
+    return edits, lengths

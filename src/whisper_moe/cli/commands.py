@@ -200,7 +200,16 @@ def cmd_evaluate(args) -> int:
                            out_dir=args.out, base_model=args.base_model)
     for system in ("base", "moe", "oracle"):
         if system in metrics:
-            print(f"{system:>6}: WER {metrics[system]['wer']:.4f}  CER {metrics[system]['cer']:.4f}")
+            values = metrics[system]
+            line = f"{system:>6}: WER {values['wer']:.4f}  CER {values['cer']:.4f}"
+            if "wer_whisper_norm" in values:
+                line += f"  WER ({metrics['whisper_normalizer']}) {values['wer_whisper_norm']:.4f}"
+            if "sap_cer" in values:
+                line += f"  SAP CER {values['sap_cer']:.4f}"
+            print(line)
+    for name, extra in metrics.get("extra_test_sets", {}).items():
+        print(f"{name}: " + "  ".join(f"{system} WER {extra[system]['wer']:.4f}"
+                                      for system in ("base", "moe") if system in extra))
     print(f"report: {Path(args.out) / 'report.html'}")
     return 0
 

@@ -28,7 +28,7 @@ from whisper_moe.data.audio import AudioError, audio_duration_s
 from whisper_moe.data.manifest import speaker_disjoint_split, write_manifest
 from whisper_moe.fsio import write_json_atomic
 from whisper_moe.progress import track
-from whisper_moe.text import clean_sap_transcript
+from whisper_moe.text import clean_sap_transcript, sap_transcript_with_disfluencies
 
 SPEAKER_KEYS = ("Contributor ID", "Etiology", "Files")
 MAX_EXAMPLES = 5
@@ -163,6 +163,7 @@ def _file_entry_row(
         "id": f"{speaker}_{Path(str(filename)).stem}",
         "audio_filepath": str(wav_path.resolve()),
         "text": clean_sap_transcript(raw_text),
+        "text_with_disfluencies": sap_transcript_with_disfluencies(raw_text),
         "duration": round(duration_s, 4),
         "speaker": speaker,
         "group": etiology,

@@ -8,6 +8,10 @@ the same test audio, is its own row. Writes `comparison.md` and `comparison.json
 Every WER comes with its 95 % speaker-bootstrap interval, and every pair of systems
 evaluated on the same test utterances with the interval of their WER difference
 (`whisper_moe.uncertainty`), read from each run's `evaluate/predictions.jsonl`.
+Routing quality sits beside WER, because a mixture is only worth its name when its
+routing follows something in the data: gate entropy, NMI between top-1 expert and group
+with its permutation p-value, per-group dispatch, and learned minus oracle routing WER
+with its paired interval. WER on the evaluations' extra test sets has its own table.
 
 The fair baseline for an MoE of E experts of rank r is one LoRA with the same
 trainable parameters, rank E*r, which is simply a regular MoE with one expert:
@@ -95,13 +99,18 @@ def read_run(run_dir) -> tuple[dict, dict | None]:
         "lora_rank": rank,
         "pretrained": pretrained,
         "wer": headline["wer"],
+        "wer_whisper_norm": headline.get("wer_whisper_norm"),
+        "whisper_normalizer": metrics.get("whisper_normalizer"),
         "cer": headline["cer"],
+        "sap_cer": headline.get("sap_cer"),
         "oracle_wer": metrics.get("oracle", {}).get("wer"),
         "per_group": {g: v["wer"] for g, v in headline.get("per_group", {}).items()},
         "test_utterances": metrics.get("utterances"),
         "train_time_s": train.get("train_time_s"),
         "pretraining_time_s": pretraining_seconds(run_dir),
         "trainable_parameters": train.get("trainable_parameters"),
+        "routing": routing_quality(metrics),
+        "extra_test_sets": extra_test_set_wers(metrics, "moe"),
     }
     base = None
     if "base" in metrics:
@@ -109,12 +118,40 @@ def read_run(run_dir) -> tuple[dict, dict | None]:
             "system": f"base ({metrics.get('base_model', 'frozen Whisper')})",
             "run": run_dir.name, "run_dir": str(run_dir), "num_experts": 0, "lora_rank": None,
             "pretrained": False, "wer": metrics["base"]["wer"], "cer": metrics["base"]["cer"],
-            "oracle_wer": None,
+            "wer_whisper_norm": metrics["base"].get("wer_whisper_norm"),
+            "whisper_normalizer": metrics.get("whisper_normalizer"), "oracle_wer": None,
+            "sap_cer": metrics["base"].get("sap_cer"),
             "per_group": {g: v["wer"] for g, v in metrics["base"].get("per_group", {}).items()},
             "test_utterances": metrics.get("utterances"), "train_time_s": None,
-            "pretraining_time_s": None, "trainable_parameters": 0,
+            "pretraining_time_s": None, "trainable_parameters": 0, "routing": None,
+            "extra_test_sets": extra_test_set_wers(metrics, "base"),
         }
     return row, base
+
+
+def routing_quality(metrics: dict) -> dict | None:
+    """What an evaluation says about the gate: entropy, agreement with groups (NMI and its
+    permutation test), top-1 dispatch overall and per group, and how oracle routing was made.
+    None for a single expert, which has nothing to route."""
+    routing = metrics.get("routing")
+    if not routing or len(routing.get("expert_share", [])) < 2:
+        return None
+    return {
+        "gate_entropy_mean": routing.get("gate_entropy_mean"),
+        "gate_entropy_max": routing.get("gate_entropy_max"),
+        "nmi": routing.get("top1_group_nmi"),
+        "nmi_permutation_95": routing.get("top1_group_nmi_permutation_95"),
+        "nmi_p_value": routing.get("top1_group_nmi_p_value"),
+        "expert_share": routing.get("expert_share"),
+        "dispatch_per_group": routing.get("top1_counts_per_group", {}),
+        "oracle_source": (metrics.get("oracle_routing") or {}).get("source"),
+    }
+
+
+def extra_test_set_wers(metrics: dict, system: str) -> dict[str, float]:
+    """{set name: WER} of one system on each extra test set the evaluation scored."""
+    return {name: values[system]["wer"] for name, values in metrics.get("extra_test_sets", {}).items()
+            if system in values}
 
 
 def read_errors(run_dir) -> dict[str, dict]:
@@ -127,7 +164,7 @@ def read_errors(run_dir) -> dict[str, dict]:
         return {}
     predictions = artifacts.read_jsonl(path)
     errors = {}
-    for system in ("moe", "base"):
+    for system in ("moe", "base", "oracle"):
         if predictions and all(system in p for p in predictions):
             edits, words = utterance_word_errors([p["reference"] for p in predictions],
                                                  [p[system] for p in predictions])
@@ -163,6 +200,67 @@ def difference_rows(rows: list[dict], errors: list[dict | None]) -> list[dict]:
                 "utterances": len(a["ids"]), "speakers": len(set(a["units"])),
             })
     return result
+
+
+def oracle_differences(rows: list[dict], run_errors: list[dict]) -> None:
+    """Each MoE row's `learned_minus_oracle` WER with its paired speaker-bootstrap interval,
+    where its evaluation decoded oracle routing too (negative: the gate beats fixed routing)."""
+    for row, errors in zip(rows, run_errors, strict=True):
+        if not row.get("routing") or "oracle" not in errors or "moe" not in errors:
+            continue
+        learned, oracle = errors["moe"], errors["oracle"]
+        words = learned["words"].sum()
+        row["routing"]["learned_minus_oracle"] = (
+            float((learned["edits"].sum() - oracle["edits"].sum()) / words) if words else None)
+        row["routing"]["learned_minus_oracle_ci95"] = speaker_bootstrap_difference(
+            learned["edits"], oracle["edits"], learned["words"], learned["units"])
+
+
+def routing_markdown(rows: list[dict], groups: list[str]) -> list[str]:
+    """Routing quality of every MoE row beside its WER, and its per-group dispatch."""
+    routed = [row for row in rows if row.get("routing")]
+    if not routed:
+        return []
+    lines = ["", "## Routing", "",
+             "| system | run | WER % | gate entropy (uniform) | NMI(top-1 expert, group) | "
+             "95 % permutation level | p | utterances per expert | learned - oracle WER (points) | "
+             "95 % interval | oracle routing |", "|" + "---|" * 11]
+    for row in routed:
+        r = row["routing"]
+        entropy = ("-" if r["gate_entropy_mean"] is None
+                   else f"{r['gate_entropy_mean']:.3f} ({r['gate_entropy_max']:.3f})")
+        nmi = [("-" if r[key] is None else f"{r[key]:.3f}")
+               for key in ("nmi", "nmi_permutation_95", "nmi_p_value")]
+        gap = r.get("learned_minus_oracle")
+        lines.append(" | ".join([f"| {row['system']}", row["run"], _cell(row["wer"]), entropy, *nmi,
+                                 str(r["expert_share"]), "-" if gap is None else f"{100 * gap:+.2f}",
+                                 _interval_cell(r.get("learned_minus_oracle_ci95")),
+                                 r["oracle_source"] or "-"]) + " |")
+    lines += ["", "Utterances each group sends to each expert first (top-1 dispatch, experts in order):", "",
+              "| system | run | " + " | ".join(groups) + " |", "|" + "---|" * (len(groups) + 2)]
+    for row in routed:
+        dispatch = row["routing"]["dispatch_per_group"]
+        cells = [str(dispatch[g]) if g in dispatch else "-" for g in groups]
+        lines.append(f"| {row['system']} | {row['run']} | " + " | ".join(cells) + " |")
+    lines += ["", "Oracle routing sends every utterance of a group to one expert: the checkpoint's "
+              "group table, or else the expert the learned gate picks most often for that group on "
+              "the test set. An interval of learned - oracle that contains 0 means these speakers "
+              "cannot tell the gate's per-utterance choices from fixed per-group routing."]
+    return lines
+
+
+def extra_sets_markdown(rows: list[dict]) -> list[str]:
+    """WER of every system on each extra test set (forgetting shows as a rise over base)."""
+    names = sorted({name for row in rows for name in row.get("extra_test_sets") or {}})
+    if not names:
+        return []
+    lines = ["", "## Extra test sets (WER %)", "", "| system | run | " + " | ".join(names) + " |",
+             "|" + "---|" * (len(names) + 2)]
+    for row in rows:
+        sets = row.get("extra_test_sets") or {}
+        lines.append(f"| {row['system']} | {row['run']} | "
+                     + " | ".join(_cell(sets.get(name)) for name in names) + " |")
+    return lines
 
 
 def wer_interval(errors: dict | None) -> list[float] | None:
@@ -218,19 +316,25 @@ def differences_markdown(differences: list[dict]) -> list[str]:
 
 def markdown(rows: list[dict], groups: list[str], notes: list[str],
              differences: list[dict] | None = None) -> str:
-    header = (["system", "run", "WER %", "WER 95 % CI", "CER %", "oracle WER %"]
+    sap = any(row.get("sap_cer") is not None for row in rows)
+    header = (["system", "run", "WER %", "WER 95 % CI", "WER % (Whisper norm.)", "CER %"]
+              + (["SAP CER %"] if sap else []) + ["oracle WER %"]
               + [f"WER % {g}" for g in groups]
               + ["training time", "pretraining time", "trainable parameters"])
     lines = ["# whisper-moe comparison", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row["system"], row["run"], _cell(row["wer"]), _interval_cell(row.get("wer_ci95")),
-                 _cell(row["cer"]), _cell(row["oracle_wer"])]
+                 _cell(row.get("wer_whisper_norm")), _cell(row["cer"])]
+        cells += [_cell(row.get("sap_cer"))] if sap else []
+        cells += [_cell(row["oracle_wer"])]
         cells += [_cell(row["per_group"].get(g)) for g in groups]
         cells += [_cell(row["train_time_s"], "time"), _cell(row["pretraining_time_s"], "time"),
                   _cell(row["trainable_parameters"], "count")]
         lines.append("| " + " | ".join(cells) + " |")
     lines += differences_markdown(differences or [])
+    lines += routing_markdown(rows, groups)
+    lines += extra_sets_markdown(rows)
     lines += [""] + [f"- {note}" for note in notes]
     return "\n".join(lines) + "\n"
 
@@ -241,10 +345,11 @@ def run(params: dict, run_dirs, out_dir) -> dict:
         raise ValueError("compare needs at least one run directory")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows, bases, errors = [], [], {}
+    rows, bases, errors, all_errors = [], [], {}, []
     for run_dir in run_dirs:
         row, base = read_run(run_dir)
         run_errors = read_errors(run_dir)
+        all_errors.append(run_errors)
         rows.append(row)
         errors[id(row)] = run_errors.get("moe")
         if base is not None:
@@ -252,9 +357,15 @@ def run(params: dict, run_dirs, out_dir) -> dict:
             errors[id(base)] = run_errors.get("base")
     notes = [("WER after the project's normalisation (lower-case, punctuation stripped); "
               "trainable parameters are experts plus gate.")]
+    normalisers = sorted({str(r["whisper_normalizer"]) for r in rows + bases if r.get("whisper_normalizer")})
+    if normalisers:
+        notes.append("WER (Whisper norm.): Whisper's normaliser from transformers "
+                     f"({', '.join(normalisers)}; whisper_english needs the tokenizer's normalizer.json, "
+                     "whisper_basic is used without it).")
     distinct_bases: dict = {}
     for base in bases:  # every run decodes the base; one row per base model and test set
         distinct_bases.setdefault((base["system"], base["test_utterances"]), base)
+    oracle_differences(rows, all_errors)
     rows = list(distinct_bases.values()) + rows
     row_errors = [errors[id(row)] for row in rows]
     for row, row_error in zip(rows, row_errors):

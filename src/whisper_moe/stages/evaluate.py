@@ -1,8 +1,11 @@
 """Evaluation: batched greedy decoding with the routed experts, WER/CER overall and per group.
 
 Beside the MoE it decodes the frozen base model on the same audio (its encoder output
-is the gate's input anyway) and, when the checkpoint knows which expert serves which
-group, oracle routing, so users see what the experts and the gate each contribute.
+is the gate's input anyway) and oracle routing (each group sent to one expert: the
+checkpoint's table, or the learned gate's most frequent choice for the group), so users
+see what the experts and the gate each contribute. WER is also given under Whisper's own
+normaliser, SAP data gets the SAP challenge's scoring, and extra named test sets are
+scored by the same systems so that forgetting shows.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from whisper_moe.config import check_params
 from whisper_moe.data.batching import UtteranceDataset, collate_utterances
 from whisper_moe.data.features import whisper_features
 from whisper_moe.fsio import sha256_of, write_json_atomic, write_text_atomic
-from whisper_moe.metrics import cer, wer
+from whisper_moe.metrics import cer, clipped_min_reference_errors, wer
 from whisper_moe.model.base import decoder_prefix_ids, load_base_model
 from whisper_moe.model.decode import greedy_decode, suppressed_token_ids
 from whisper_moe.model.io import load_moe
@@ -36,6 +39,7 @@ from whisper_moe.plots import (
 )
 from whisper_moe.progress import track
 from whisper_moe.stages.common import mode_rows, special_ids
+from whisper_moe.text import spelling_mapping_of, whisper_normalizer
 from whisper_moe.training.runtime import autocast, mixed_precision, resolve_device
 from whisper_moe.uncertainty import (
     nmi_permutation_test,
@@ -44,6 +48,8 @@ from whisper_moe.uncertainty import (
 )
 
 log = logging.getLogger("whisper_moe.evaluate")
+
+SECOND_REFERENCE = "text_with_disfluencies"  # the manifest key import-sap writes
 
 
 def run(params: dict, checkpoint_dir=None, test_manifest=None, out_dir=None, base_model=None,
@@ -70,65 +76,106 @@ def run(params: dict, checkpoint_dir=None, test_manifest=None, out_dir=None, bas
     ids = special_ids(tokenizer)
     validation: dict = {}
     rows = mode_rows(params, test_manifest, "test", validation)
-    dataset = UtteranceDataset(rows, tokenizer, prefix, ids["eot"], whisper.config.max_target_positions)
     generation = whisper.generation_config
     suppress = suppressed_token_ids(tokenizer, generation, ids["eot"])
     begin_suppress = list(getattr(generation, "begin_suppress_tokens", None) or [])
     max_new = int(params["evaluate"]["max_new_tokens"])
     compare_base = bool(params["evaluate"]["compare_base"]) or model is None
-    oracle_table = model.config.group_to_expert if model is not None else None
 
     def transcribe(hidden):
         tokens = greedy_decode(whisper, hidden, prefix, ids["eot"], max_new, suppress, begin_suppress)
         return [tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
 
-    loader = DataLoader(dataset, batch_size=int(params["evaluate"]["batch_size"]), shuffle=False,
-                        num_workers=int(params["runtime"]["num_workers"]),
-                        collate_fn=functools.partial(collate_utterances, pad_token_id=ids["pad"],
-                                                     prefix_length=len(prefix)))
-    predictions, skipped = [], {}
     total_frames = 2 * whisper.config.max_source_positions
-    for batch in track(loader, "evaluate", unit="batch"):
-        for reason in batch["errors"]:
-            skipped[reason] = skipped.get(reason, 0) + 1
-        if not batch["size"]:
-            continue
-        features, frames = whisper_features(batch["audio"], batch["num_samples"], whisper.config,
-                                            device, whisper.dtype)
-        with torch.no_grad(), autocast(device, amp_dtype):
-            base_hidden = whisper.model.encoder(features).last_hidden_state
-            result = {"base": transcribe(base_hidden) if compare_base else None}
-            if model is not None:
+
+    def batches(rows: list[dict]):
+        """(dataset, its DataLoader) over rows, batches as collate_utterances makes them."""
+        dataset = UtteranceDataset(rows, tokenizer, prefix, ids["eot"],
+                                   whisper.config.max_target_positions)
+        return dataset, DataLoader(
+            dataset, batch_size=int(params["evaluate"]["batch_size"]), shuffle=False,
+            num_workers=int(params["runtime"]["num_workers"]),
+            collate_fn=functools.partial(collate_utterances, pad_token_id=ids["pad"],
+                                         prefix_length=len(prefix)))
+
+    def top1_counts_per_group(rows: list[dict]) -> dict[str, list[int]]:
+        """How many utterances of each group the gate sends to each expert first (no decoding)."""
+        counts: dict[str, list[int]] = {}
+        for batch in track(batches(rows)[1], "route", unit="batch"):
+            if not batch["size"]:
+                continue
+            features, frames = whisper_features(batch["audio"], batch["num_samples"], whisper.config,
+                                                device, whisper.dtype)
+            with torch.no_grad(), autocast(device, amp_dtype):
+                base_hidden = whisper.model.encoder(features).last_hidden_state
                 pooled = pool_encoder_output(base_hidden, frames, total_frames)
-                routed = model.route(pooled, model.config.routing_mode, model.config.top_k)
-                result["moe"] = decode_routed(model, features, routed["weights"], transcribe)
-                result["weights"] = routed["weights"].float().cpu().numpy()
-                result["probs"] = routed["probs"].float().cpu().numpy()
-                if oracle_table:
-                    oracle = oracle_weights(batch["groups"], oracle_table, model.config.num_experts,
-                                            device)
-                    result["oracle"] = decode_routed(model, features, oracle, transcribe)
-        for i, utterance_id in enumerate(batch["ids"]):
-            row = dataset.rows[int(batch["index"][i])]
-            prediction = {"id": utterance_id, "group": row.get("group", ""),
-                          "speaker": row.get("speaker", ""), "reference": row["text"]}
-            for system in ("moe", "oracle", "base"):
-                if result.get(system) is not None:
-                    prediction[system] = result[system][i]
-            if model is not None:
-                prediction["expert_weights"] = [round(float(w), 4) for w in result["weights"][i]]
-                prediction["gate_probs"] = [round(float(p), 4) for p in result["probs"][i]]
-            predictions.append(prediction)
+                weights = model.route(pooled, model.config.routing_mode, model.config.top_k)["weights"]
+            for group, expert in zip(batch["groups"], weights.float().argmax(1).tolist(), strict=True):
+                counts.setdefault(group, [0] * model.config.num_experts)[expert] += 1
+        return counts
+
+    def predict(rows: list[dict], oracle_table: dict | None, label: str) -> tuple[list[dict], dict]:
+        """(one prediction per usable row, skipped counts by reason) of base, MoE and, with a
+        table, oracle routing."""
+        dataset, loader = batches(rows)
+        predictions, skipped = [], dict(dataset.skipped)
+        for batch in track(loader, label, unit="batch"):
+            for reason in batch["errors"]:
+                skipped[reason] = skipped.get(reason, 0) + 1
+            if not batch["size"]:
+                continue
+            features, frames = whisper_features(batch["audio"], batch["num_samples"], whisper.config,
+                                                device, whisper.dtype)
+            with torch.no_grad(), autocast(device, amp_dtype):
+                base_hidden = whisper.model.encoder(features).last_hidden_state
+                result = {"base": transcribe(base_hidden) if compare_base else None}
+                if model is not None:
+                    pooled = pool_encoder_output(base_hidden, frames, total_frames)
+                    routed = model.route(pooled, model.config.routing_mode, model.config.top_k)
+                    result["moe"] = decode_routed(model, features, routed["weights"], transcribe)
+                    result["weights"] = routed["weights"].float().cpu().numpy()
+                    result["probs"] = routed["probs"].float().cpu().numpy()
+                    if oracle_table:
+                        oracle = oracle_weights(batch["groups"], oracle_table,
+                                                model.config.num_experts, device)
+                        result["oracle"] = decode_routed(model, features, oracle, transcribe)
+            for i, utterance_id in enumerate(batch["ids"]):
+                row = dataset.rows[int(batch["index"][i])]
+                prediction = {"id": utterance_id, "group": row.get("group", ""),
+                              "speaker": row.get("speaker", ""), "reference": row["text"]}
+                if row.get(SECOND_REFERENCE):
+                    prediction["reference_with_disfluencies"] = row[SECOND_REFERENCE]
+                for system in ("moe", "oracle", "base"):
+                    if result.get(system) is not None:
+                        prediction[system] = result[system][i]
+                if model is not None:
+                    prediction["expert_weights"] = [round(float(w), 4) for w in result["weights"][i]]
+                    prediction["gate_probs"] = [round(float(p), 4) for p in result["probs"][i]]
+                predictions.append(prediction)
+        return predictions, skipped
+
+    oracle_table, oracle_source = oracle_routing(params["evaluate"]["oracle_routing"], model,
+                                                 rows, top1_counts_per_group)
+    predictions, skipped = predict(rows, oracle_table, label="evaluate")
 
     if not predictions:
         from whisper_moe.data.validate import DataQualityError
 
         raise DataQualityError(
-            f"{test_manifest}: no utterance could be evaluated (skipped: {dataset.skipped or skipped}); "
+            f"{test_manifest}: no utterance could be evaluated (skipped: {skipped}); "
             "run `whisper-moe validate-data` on it and fix the files it names"
         )
-    metrics = summarise(predictions, model.config.num_experts if model else 0)
-    metrics["skipped"] = {**dataset.skipped, **skipped}
+    whisper_normalize, whisper_normalizer_name = whisper_normalizer(spelling_mapping_of(tokenizer))
+    scoring = scoring_mode(params["evaluate"]["scoring"], rows)
+    metrics = summarise(predictions, model.config.num_experts if model else 0, whisper_normalize,
+                        scoring)
+    metrics["whisper_normalizer"] = whisper_normalizer_name
+    if oracle_table:
+        metrics["oracle_routing"] = {"source": oracle_source, "group_to_expert": oracle_table}
+    metrics["extra_test_sets"] = score_extra_test_sets(params, predict, validation, whisper_normalize,
+                                                       model.config.num_experts if model else 0,
+                                                       out_dir)
+    metrics["skipped"] = skipped
     metrics["input_validation"] = validation.get(str(test_manifest))  # None: the data stage's
     metrics["checkpoint"] = str(checkpoint_dir) if checkpoint_dir else None
     metrics["base_model"] = str(base_model or model.config.base_model)
@@ -142,6 +189,9 @@ def run(params: dict, checkpoint_dir=None, test_manifest=None, out_dir=None, bas
     log.info("test WER %.4f (base %.4f) on %d utterances; report: %s", headline["wer"],
              metrics["base"]["wer"] if "base" in metrics else float("nan"),
              len(predictions), out_dir / artifacts.EVALUATION_REPORT)
+    if scoring == "sap":
+        log.info("SAP scoring: CER %.4f (clipped per utterance, better of two references)",
+                 headline["sap_cer"])
     return metrics
 
 
@@ -156,9 +206,62 @@ def evaluated_set_identity(test_manifest, predictions: list[dict]) -> dict:
             "ids_sha256": hashlib.sha256(ids).hexdigest(), "utterances": len(predictions)}
 
 
-def error_rates(references: list[str], hypotheses: list[str]) -> dict[str, float]:
-    """WER and CER after the documented normalisation (see whisper_moe.text)."""
-    return {"wer": wer(references, hypotheses), "cer": cer(references, hypotheses)}
+def oracle_routing(setting: str, model, rows: list[dict], top1_counts_per_group) -> tuple[dict | None, str | None]:
+    """(group -> expert table, where it came from) for oracle routing, or (None, None).
+
+    The checkpoint's table (the pretrained pipeline's majority cluster of each group) comes
+    first. Without one, "auto" routes each group to the expert the learned gate picks most
+    often for it on this test set: a routing pass without decoding, from gate outputs and
+    group labels only (never the references), so "learned vs oracle" then says whether the
+    gate's per-utterance choices beat one fixed expert per group.
+    """
+    if model is None or setting == "off":
+        return None, None
+    if model.config.group_to_expert:
+        return dict(model.config.group_to_expert), "checkpoint"
+    if setting == "checkpoint" or model.config.num_experts < 2:
+        return None, None
+    groups = {row.get("group", "") for row in rows}
+    if len(groups) < 2:
+        return None, None
+    counts = top1_counts_per_group(rows)  # ties go to the lower expert id
+    return ({group: int(np.argmax(row)) for group, row in sorted(counts.items())},
+            "test-set majority of the learned gate")
+
+
+def score_extra_test_sets(params: dict, predict, validation: dict, whisper_normalize,
+                          num_experts: int, out_dir: Path) -> dict:
+    """{name: metrics} of each manifest in evaluate.extra_test_sets, decoded by the same
+    systems (no oracle: its groups need not be the training groups), predictions written
+    beside. A set with nothing usable is recorded with 0 utterances, not an error: it is
+    secondary to the main test set."""
+    results = {}
+    for name, manifest in sorted(params["evaluate"]["extra_test_sets"].items()):
+        rows = mode_rows(params, manifest, "test", validation)
+        predictions, skipped = predict(rows, None, label=f"evaluate {name}")
+        if not predictions:
+            log.warning("extra test set %s (%s): no utterance could be evaluated (skipped: %s)",
+                        name, manifest, skipped)
+        results[name] = {
+            **summarise(predictions, num_experts, whisper_normalize,
+                        scoring_mode(params["evaluate"]["scoring"], rows)),
+            "manifest": str(manifest), "skipped": skipped,
+            "input_validation": validation.get(str(manifest)),
+        }
+        path = artifacts.extra_test_set_predictions(out_dir, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, "".join(json.dumps(p) + "\n" for p in predictions))
+    return results
+
+
+def error_rates(references: list[str], hypotheses: list[str],
+                whisper_normalize=None) -> dict[str, float]:
+    """WER and CER after our normalisation (see whisper_moe.text), and with
+    `whisper_normalize` the WER under Whisper's normaliser beside them."""
+    rates = {"wer": wer(references, hypotheses), "cer": cer(references, hypotheses)}
+    if whisper_normalize is not None:
+        rates["wer_whisper_norm"] = wer(references, hypotheses, whisper_normalize)
+    return rates
 
 
 def decode_routed(model, features, weights, transcribe) -> list[str]:
@@ -178,24 +281,64 @@ def oracle_weights(groups, table: dict[str, int], num_experts: int, device) -> t
     return weights
 
 
-def summarise(predictions: list[dict], num_experts: int) -> dict:
-    """WER/CER per system overall and per group; expert usage and gate entropy per group."""
-    metrics: dict = {"utterances": len(predictions)}
+def scoring_mode(setting: str, rows: list[dict]) -> str:
+    """The scoring to use, sap or standard: evaluate.scoring, auto deciding by the manifest."""
+    if setting == "auto":
+        return "sap" if rows and all(row.get(SECOND_REFERENCE) for row in rows) else "standard"
+    if setting == "sap" and not any(row.get(SECOND_REFERENCE) for row in rows):
+        log.warning("evaluate.scoring=sap but no test row has %r: SAP scoring uses the one "
+                    "reference (`text`) of each utterance", SECOND_REFERENCE)
+    return setting
+
+
+def summarise(predictions: list[dict], num_experts: int, whisper_normalize=None,
+              scoring: str = "standard") -> dict:
+    """WER/CER per system overall and per group (with SAP scoring, the SAP challenge's CER
+    and WER beside them); expert usage and gate entropy per group."""
+    metrics: dict = {"utterances": len(predictions), "scoring": scoring,
+                     "primary_metric": "sap_cer" if scoring == "sap" else "wer"}
     for system in ("moe", "oracle", "base"):
         if predictions and system in predictions[0]:
             refs = [p["reference"] for p in predictions]
             hyps = [p[system] for p in predictions]
-            overall = error_rates(refs, hyps)
+            overall = error_rates(refs, hyps, whisper_normalize)
             per_group = {}
             for group in sorted({p["group"] for p in predictions}):
                 chosen = [p for p in predictions if p["group"] == group]
                 per_group[group] = {**error_rates([p["reference"] for p in chosen],
-                                                  [p[system] for p in chosen]), "n": len(chosen)}
+                                                  [p[system] for p in chosen], whisper_normalize),
+                                    "n": len(chosen)}
+                if scoring == "sap":
+                    per_group[group].update(sap_scores(chosen, system))
+            if scoring == "sap":
+                overall.update(sap_scores(predictions, system, with_interval=True))
             metrics[system] = {**overall, "wer_ci95": wer_interval(predictions, system),
                                "per_group": per_group}
     if num_experts and predictions:
         metrics["routing"] = routing_summary(predictions, num_experts)
     return metrics
+
+
+def reference_set(prediction: dict) -> list[str]:
+    """The references an utterance may be scored against (SAP: with and without disfluencies)."""
+    second = prediction.get("reference_with_disfluencies")
+    return [prediction["reference"], second] if second else [prediction["reference"]]
+
+
+def sap_scores(predictions: list[dict], system: str, with_interval: bool = False) -> dict:
+    """The SAP challenge's CER (its primary metric) and WER: per utterance clipped at 100 % and
+    against the better of the references, then summed over the corpus."""
+    references = [reference_set(p) for p in predictions]
+    hypotheses = [p[system] for p in predictions]
+    scores = {}
+    for unit, key in (("char", "sap_cer"), ("word", "sap_wer")):
+        edits, lengths = clipped_min_reference_errors(references, hypotheses, unit)
+        scores[key] = sum(edits) / sum(lengths) if sum(lengths) else 0.0
+        if with_interval and key == "sap_cer":  # the bootstrap takes any edits / length rate
+            scores["sap_cer_ci95"] = speaker_bootstrap_wer(
+                np.array(edits, dtype=np.float64), np.array(lengths, dtype=np.float64),
+                bootstrap_units(predictions))
+    return scores
 
 
 def bootstrap_units(predictions: list[dict]) -> list[str]:
@@ -276,8 +419,14 @@ def write_report(metrics: dict, predictions: list[dict], out_dir: Path, train_di
         history = artifacts.load_train_log(train_dir)
         figures.append(("Training curves", plot_training_curves(history, None)))
     summary_rows = "".join(
-        f"<tr><td>{s}</td><td>{metrics[s]['wer']:.4f}</td><td>{metrics[s]['cer']:.4f}</td></tr>"
+        f"<tr><td>{s}</td><td>{metrics[s]['wer']:.4f}</td>"
+        f"<td>{metrics[s].get('wer_whisper_norm', float('nan')):.4f}</td><td>{metrics[s]['cer']:.4f}</td></tr>"
         for s in ("base", "moe", "oracle") if s in metrics)
+    normaliser = html.escape(str(metrics.get("whisper_normalizer", "whisper")))
+    sap_html = "".join(
+        f"<p>{s}: SAP challenge CER {metrics[s]['sap_cer']:.4f} (clipped at 100 % per utterance, "
+        f"better of the references with and without disfluencies), WER {metrics[s]['sap_wer']:.4f}</p>"
+        for s in ("base", "moe", "oracle") if "sap_cer" in metrics.get(s, {}))
     group_rows = ""
     groups = sorted({g for s in per_group.values() for g in s})
     for group in groups:
@@ -289,6 +438,12 @@ def write_report(metrics: dict, predictions: list[dict], out_dir: Path, train_di
         f"<tr><td>{html.escape(p['id'])}</td><td>{html.escape(p['group'])}</td>"
         f"<td>{html.escape(p['reference'])}</td><td>{html.escape(p[headline])}</td></tr>" for p in worst)
     images = "".join(f"<h2>{html.escape(t)}</h2><img src='{png_data_uri(png)}'/>" for t, png in figures)
+    extra_rows = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{extra['utterances']}</td>"
+        + "".join(f"<td>{extra[s]['wer']:.4f}</td>" if s in extra else "<td>-</td>" for s in ("base", "moe"))
+        + "</tr>" for name, extra in metrics.get("extra_test_sets", {}).items())
+    extra_html = (f"<h2>Extra test sets</h2><table><tr><th>set</th><th>utterances</th><th>base WER</th>"
+                  f"<th>MoE WER</th></tr>{extra_rows}</table>") if extra_rows else ""
     routing = metrics.get("routing")
     routing_html = (f"<p>Gate entropy {routing['gate_entropy_mean']:.3f} "
                     f"(max {routing['gate_entropy_max']:.3f}); utterances per top expert "
@@ -298,9 +453,10 @@ def write_report(metrics: dict, predictions: list[dict], out_dir: Path, train_di
 td,th{{border:1px solid #ccc;padding:3px 8px}}img{{max-width:100%}}</style></head><body>
 <h1>whisper-moe evaluation</h1><p>{metrics['utterances']} test utterances; base model
 {html.escape(metrics['base_model'])}; checkpoint {html.escape(str(metrics['checkpoint']))}</p>
-<table><tr><th>system</th><th>WER</th><th>CER</th></tr>{summary_rows}</table>{routing_html}
+<table><tr><th>system</th><th>WER</th><th>WER ({normaliser} normaliser)</th><th>CER</th></tr>
+{summary_rows}</table>{sap_html}{routing_html}
 <h2>WER per group</h2><table><tr><th>group</th>{''.join(f'<th>{s}</th>' for s in per_group)}</tr>
-{group_rows}</table>{images}
+{group_rows}</table>{extra_html}{images}
 <h2>Highest-WER utterances ({headline})</h2><table><tr><th>id</th><th>group</th><th>reference</th>
 <th>hypothesis</th></tr>{worst_rows}</table></body></html>"""
     path = out_dir / artifacts.EVALUATION_REPORT

@@ -1,0 +1,124 @@
+"""What the evaluate stage scores beside WER: SAP challenge scoring, extra test sets, routing."""
+
+from __future__ import annotations
+
+import pytest
+
+from whisper_moe.stages.evaluate import scoring_mode, summarise
+
+
+def sap_prediction(i, reference, with_disfluencies, hypothesis, speaker="s0", group="ALS"):
+    return {"id": f"u{i}", "group": group, "speaker": speaker, "reference": reference,
+            "reference_with_disfluencies": with_disfluencies, "moe": hypothesis}
+
+
+def test_sap_scoring_is_the_clipped_cer_against_the_better_reference():
+    predictions = [
+        # 0 of 12 characters against the disfluent reference ("i um want water" would be 15).
+        sap_prediction(0, "I want water.", "I um want water.", "i want water"),
+        # a hallucination: 20 edits on 4 characters, clipped to 4.
+        sap_prediction(1, "stop", "stop", "stop stop stop stop stop", speaker="s1", group="PD"),
+    ]
+    metrics = summarise(predictions, num_experts=0, scoring="sap")
+    assert metrics["scoring"] == "sap" and metrics["primary_metric"] == "sap_cer"
+    assert metrics["moe"]["sap_cer"] == pytest.approx(4 / 16)
+    assert metrics["moe"]["sap_wer"] == pytest.approx(1 / 4)  # 4 insertions on "stop", clipped to 1
+    assert metrics["moe"]["per_group"]["PD"]["sap_cer"] == pytest.approx(1.0)
+    assert metrics["moe"]["per_group"]["ALS"]["sap_cer"] == 0.0
+    low, high = metrics["moe"]["sap_cer_ci95"]
+    assert low == 0.0 and high == pytest.approx(1.0)  # two speakers: all-s0 to all-s1 resamples
+    assert metrics["moe"]["cer"] > 1.0  # the standard CER is neither clipped nor two-reference
+
+
+def test_standard_scoring_adds_nothing_sap():
+    metrics = summarise([sap_prediction(0, "a b", "a um b", "a b")], num_experts=0)
+    assert metrics["scoring"] == "standard" and "sap_cer" not in metrics["moe"]
+
+
+@pytest.mark.parametrize("setting, rows, expected", [
+    ("auto", [{"text": "a", "text_with_disfluencies": "a um"}], "sap"),
+    ("auto", [{"text": "a", "text_with_disfluencies": "a"}, {"text": "b"}], "standard"),
+    ("auto", [], "standard"),
+    ("standard", [{"text": "a", "text_with_disfluencies": "a um"}], "standard"),
+    ("sap", [{"text": "a"}], "sap"),
+])
+def test_scoring_mode(setting, rows, expected):
+    assert scoring_mode(setting, rows) == expected
+
+
+@pytest.fixture
+def untrained_checkpoint(tmp_path, tiny_base_dir):
+    """A 2-expert MoE on the tiny base, saved untrained (no oracle table of its own)."""
+    from whisper_moe.model.io import build_moe, save_moe
+    from whisper_moe.model.moe import MoEConfig
+
+    config = MoEConfig(base_model=str(tiny_base_dir), num_experts=2, rank=4, alpha=8.0, dropout=0.0,
+                       gate_hidden=16)
+    model, _ = build_moe(config, seed=0)
+    return save_moe(model, tmp_path / "checkpoint")
+
+
+def test_evaluate_scores_sap_data_and_every_extra_test_set(tmp_path, tiny_params, tiny_corpus,
+                                                           untrained_checkpoint):
+    import json
+
+    from whisper_moe import artifacts
+    from whisper_moe.data.manifest import read_manifest
+    from whisper_moe.stages import evaluate
+
+    sap_like = tmp_path / "sap_test.jsonl"  # the test set as import-sap would write it
+    sap_like.write_text("".join(json.dumps({**row, "text_with_disfluencies": "um " + row["text"]}) + "\n"
+                                for row in read_manifest(tiny_corpus / "test.jsonl")))
+    params = {**tiny_params, "evaluate": {**tiny_params["evaluate"],
+                                          "extra_test_sets": {"general": str(tiny_corpus / "dev.jsonl")}}}
+    out = tmp_path / "evaluate"
+    metrics = evaluate.run(params, checkpoint_dir=untrained_checkpoint, test_manifest=sap_like,
+                           out_dir=out)
+
+    assert metrics["scoring"] == "sap" and {"sap_cer", "sap_cer_ci95"} <= set(metrics["moe"])
+    # No table in the checkpoint: each group goes to its most frequent learned top-1 expert.
+    oracle = metrics["oracle_routing"]
+    assert oracle["source"].startswith("test-set majority") and "oracle" in metrics
+    dispatch = metrics["routing"]["top1_counts_per_group"]
+    assert oracle["group_to_expert"] == {g: counts.index(max(counts)) for g, counts in dispatch.items()}
+    general = json.loads((out / artifacts.EVALUATION_METRICS).read_text())["extra_test_sets"]["general"]
+    dev_rows = read_manifest(tiny_corpus / "dev.jsonl")
+    assert general["utterances"] == len(dev_rows) > 0
+    assert general["scoring"] == "standard" and general["manifest"] == str(tiny_corpus / "dev.jsonl")
+    assert {"base", "moe", "routing"} <= set(general) and "oracle" not in general
+    assert set(general["moe"]["per_group"]) == {row["group"] for row in dev_rows}
+    assert 0 <= general["moe"]["wer_ci95"][0] <= general["moe"]["wer"] <= general["moe"]["wer_ci95"][1]
+    written = artifacts.read_jsonl(artifacts.extra_test_set_predictions(out, "general"))
+    assert sorted(p["id"] for p in written) == sorted(row["id"] for row in dev_rows)
+    assert "general" in (out / artifacts.EVALUATION_REPORT).read_text()
+
+
+class FakeMoE:
+    """As much of a WhisperMoE as oracle_routing reads."""
+
+    def __init__(self, num_experts, group_to_expert=None):
+        from types import SimpleNamespace
+
+        self.config = SimpleNamespace(num_experts=num_experts, group_to_expert=group_to_expert)
+
+
+def test_oracle_routing_prefers_the_checkpoints_table_then_the_gates_majority():
+    from whisper_moe.stages.evaluate import oracle_routing
+
+    rows = [{"group": "a"}, {"group": "b"}]
+    counts = {"a": [1, 5, 0], "b": [2, 2, 1]}  # b ties: the lower expert
+    passes = []
+
+    def count(rows_seen):
+        passes.append(len(rows_seen))
+        return counts
+
+    assert oracle_routing("auto", FakeMoE(3, {"a": 2}), rows, count) == ({"a": 2}, "checkpoint")
+    assert passes == []  # a table in the checkpoint needs no routing pass
+    table, source = oracle_routing("auto", FakeMoE(3), rows, count)
+    assert table == {"a": 1, "b": 0} and source.startswith("test-set majority") and passes == [2]
+    assert oracle_routing("checkpoint", FakeMoE(3), rows, count) == (None, None)
+    assert oracle_routing("off", FakeMoE(3, {"a": 2}), rows, count) == (None, None)
+    assert oracle_routing("auto", FakeMoE(1), rows, count) == (None, None)  # one expert: nothing to route
+    assert oracle_routing("auto", FakeMoE(3), [{"group": "a"}], count) == (None, None)  # one group
+    assert oracle_routing("auto", None, rows, count) == (None, None)  # the plain base model
