@@ -30,9 +30,11 @@ demo: venv
 	@echo "reports: dvc_runs/{pretrained,regular,single_lora}/evaluate/report.html"
 	@echo "plots:   dvc plots show (writes dvc_plots/index.html)"
 
-## The tests, offline on CPU.
+## The tests, offline on CPU, in TEST_WORKERS processes (pytest-xdist) of one torch thread
+## each: most of the suite is subprocesses and imports, which threads do not speed up.
+TEST_WORKERS ?= 2
 test: venv
-	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q --timeout=900 $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q --timeout=900 -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks components pipelines scripts

@@ -133,7 +133,10 @@ def weed_command(binary: str, data_dir: Path, config: Path, ports: dict[str, int
     command = [
         binary, "server", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
         "-filer", "-s3", f"-s3.config={config}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-        "-volume.max=4", "-master.volumeSizeLimitMB=64",
+        # Volumes of 64 MB, as many as the disk holds: every bucket is a collection that grows
+        # several volumes at once, and a session-wide server with a fixed cap ran out of them
+        # ("No writable volumes"), leaving uploads to retry for minutes.
+        "-volume.max=0", "-master.volumeSizeLimitMB=64",
     ]
     if metrics_port:
         command += [f"-metricsPort={metrics_port}", "-metricsIp=127.0.0.1"]
