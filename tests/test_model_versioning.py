@@ -1,11 +1,8 @@
 """A published model is versioned by content with DVC (scripts/record_model.py, as the
-retrain workflow runs it) on a real S3 server (SeaweedFS): a fresh clone at the recording
-commit pulls byte-identical weights, and weights overwritten in the bucket are caught,
-both in the published folder and in the DVC remote itself.
-
-The model is published by the publish-model task's code (runtime.publish) on a tiny
-checkpoint rather than by a whole kfp.local pipeline run, which takes minutes on two
-cores; tests/test_kfp_pipelines.py runs the pipelines end to end.
+retrain workflow runs it) on a real S3 server (SeaweedFS): the regular pipeline runs under
+kfp.local on the tiny model and publishes to the server, the repository records the published
+folder, a fresh clone at the recording commit pulls byte-identical weights, and weights
+overwritten in the bucket are caught, both in the published folder and in the DVC remote itself.
 """
 
 from __future__ import annotations
@@ -20,6 +17,7 @@ from s3_server import S3Server, s3_server  # noqa: F401  (fixture)
 from test_dvc_storage import clean_env, dvc, run
 
 pytest.importorskip("dvc_s3")
+pytest.importorskip("kfp")
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,35 +25,23 @@ RECORD = [sys.executable, str(REPO / "scripts" / "record_model.py")]
 
 
 @pytest.fixture
-def published_run(tmp_path, monkeypatch, s3_server: S3Server, tiny_moe, tiny_params):  # noqa: F811
-    """A tiny checkpoint published by the publish-model task's code (runtime.publish) to the
-    S3 server, with an evaluation folder as the evaluate stage lays it out."""
-    import yaml
+def published_run(tmp_path, monkeypatch, s3_server: S3Server, tiny_base_dir, tiny_corpus):  # noqa: F811
+    """The regular pipeline run under kfp.local, publishing its model to the S3 server:
+    (its pointer, the checkpoint folder the run trained)."""
+    from kfp import local
+    from test_kfp_pipelines import check_run_outputs, common_arguments
 
-    from whisper_moe.model.io import save_moe
-    from whisper_moe_kfp import runtime
+    from pipelines.regular_moe import regular_moe
 
     for name, value in {**s3_server.env(), "AWS_ENDPOINT_URL": s3_server.endpoint_url,
-                        "AWS_EC2_METADATA_DISABLED": "true"}.items():
+                        "AWS_EC2_METADATA_DISABLED": "true", "OMP_NUM_THREADS": "1"}.items():
         monkeypatch.setenv(name, value)
-    checkpoint = save_moe(tiny_moe(2), tmp_path / "checkpoint")
-    evaluation = tmp_path / "evaluation"
-    evaluation.mkdir()
-    groups = {"en-us": {"wer": 0.5, "cer": 0.25, "n": 2}, "en-029": {"wer": 0.75, "cer": 0.5, "n": 2}}
-    (evaluation / "metrics.json").write_text(json.dumps({
-        "utterances": 4, "base_model": tiny_params["model"]["base_model"],
-        "moe": {"wer": 0.625, "cer": 0.375, "per_group": groups},
-        "test_set": {"manifest": "test.jsonl", "manifest_sha256": "0" * 64, "ids_sha256": "1" * 64,
-                     "utterances": 4}}))
-    (evaluation / runtime.DATA_SOURCE).write_text(json.dumps({"kind": "s3", "uri": "s3://data/v1",
-                                                              "sha256": "2" * 64}))
-    report = tmp_path / "report.html"
-    report.write_text("<h1>whisper-moe evaluation</h1>")
-    pointer = runtime.publish(f"s3://{s3_server.bucket}/runs", "run-42", "nightly", checkpoint,
-                              str(checkpoint), evaluation, report, yaml.safe_dump(tiny_params),
-                              "regular", tmp_path / "model-card.md")
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"))
+    task = regular_moe(**common_arguments(tiny_base_dir), num_experts=2, data_dir=str(tiny_corpus),
+                       output_s3_uri=f"s3://{s3_server.bucket}/runs")
+    pointer = check_run_outputs(task.outputs)
     assert pointer["published"] is True
-    return pointer, Path(checkpoint)
+    return pointer, Path(task.outputs["checkpoint"].path)
 
 
 def new_repository(root: Path, env: dict, server: S3Server) -> None:
@@ -109,9 +95,10 @@ def test_a_published_model_is_restored_byte_for_byte_and_tampering_is_caught(
     assert weights.read_bytes() == (checkpoint / "model.safetensors").read_bytes()
     made = json.loads((clone / "models" / "regular" / "model" / "lineage.json").read_text())
     assert (made["run_id"], made["pipeline"]) == (pointer["run"], "regular")
-    # the card Kubeflow shows is the one versioned with the weights
-    assert (clone / "models" / "regular" / "model" / "README.md").read_text() == (
-        tmp_path / "model-card.md").read_text()
+    # the card the run published is the one versioned with the weights
+    card_key = pointer["uri"].split(f"s3://{s3_server.bucket}/", 1)[1] + "/README.md"
+    published_card = s3_server.client().get_object(Bucket=s3_server.bucket, Key=card_key)["Body"].read()
+    assert (clone / "models" / "regular" / "model" / "README.md").read_bytes() == published_card
 
     # Weights overwritten in the published folder: `check` names the file.
     unchanged = run([*RECORD, "check", "--run-uri", pointer["run_uri"], "--dest", "models/regular"], clone, env)
