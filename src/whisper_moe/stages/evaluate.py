@@ -98,16 +98,21 @@ def run(params: dict, checkpoint_dir=None, test_manifest=None, out_dir=None, bas
             collate_fn=functools.partial(collate_utterances, pad_token_id=ids["pad"],
                                          prefix_length=len(prefix)))
 
+    def encode(batch: dict):
+        """(log-mel features, frames per utterance, the frozen encoder's output) of one batch."""
+        features, frames = whisper_features(batch["audio"], batch["num_samples"], whisper.config,
+                                            device, whisper.dtype)
+        with torch.no_grad(), autocast(device, amp_dtype):
+            return features, frames, whisper.model.encoder(features).last_hidden_state
+
     def top1_counts_per_group(rows: list[dict]) -> dict[str, list[int]]:
         """How many utterances of each group the gate sends to each expert first (no decoding)."""
         counts: dict[str, list[int]] = {}
         for batch in track(batches(rows)[1], "route", unit="batch"):
             if not batch["size"]:
                 continue
-            features, frames = whisper_features(batch["audio"], batch["num_samples"], whisper.config,
-                                                device, whisper.dtype)
+            _, frames, base_hidden = encode(batch)
             with torch.no_grad(), autocast(device, amp_dtype):
-                base_hidden = whisper.model.encoder(features).last_hidden_state
                 pooled = pool_encoder_output(base_hidden, frames, total_frames)
                 weights = model.route(pooled, model.config.routing_mode, model.config.top_k)["weights"]
             for group, expert in zip(batch["groups"], weights.float().argmax(1).tolist(), strict=True):
@@ -124,10 +129,8 @@ def run(params: dict, checkpoint_dir=None, test_manifest=None, out_dir=None, bas
                 skipped[reason] = skipped.get(reason, 0) + 1
             if not batch["size"]:
                 continue
-            features, frames = whisper_features(batch["audio"], batch["num_samples"], whisper.config,
-                                                device, whisper.dtype)
+            features, frames, base_hidden = encode(batch)
             with torch.no_grad(), autocast(device, amp_dtype):
-                base_hidden = whisper.model.encoder(features).last_hidden_state
                 result = {"base": transcribe(base_hidden) if compare_base else None}
                 if model is not None:
                     pooled = pool_encoder_output(base_hidden, frames, total_frames)
