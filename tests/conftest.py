@@ -22,12 +22,13 @@ def tiny_base_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory):
-    """A small synthetic corpus: 3 accents x 3 speakers x 2 utterances, split by speaker."""
+    """A small synthetic corpus: 3 groups x 3 speakers x 2 utterances, split by speaker."""
     from whisper_moe.data.demo import make_demo_corpus
 
     folder = tmp_path_factory.mktemp("corpus")
-    make_demo_corpus(folder, accents=["en-us", "en-gb-scotland", "en-029"],
-                     speakers_per_accent=3, utterances_per_speaker=2, seed=7)
+    make_demo_corpus(folder, groups=["en-us", "en-gb-scotland", "en-029"],
+                     speakers_per_group=3, utterances_per_speaker=2, seed=7,
+                     fractions=(0.7, 0.15, 0.15))
     return folder
 
 

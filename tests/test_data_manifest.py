@@ -185,5 +185,5 @@ def test_too_few_speakers_for_a_dev_split_names_the_cause():
     rows = [{"id": f"{g}{s}{u}", "speaker": f"{g}{s}", "group": g}
             for g in "ab" for s in range(2) for u in range(2)]
     with pytest.raises(SplitError, match=r"dev split would be empty.*at least 3 speakers.*"
-                                         r"\{'a': 2, 'b': 2\}.*speakers_per_accent"):
+                                         r"\{'a': 2, 'b': 2\}.*speakers_per_group"):
         speaker_disjoint_split(rows, seed=0)

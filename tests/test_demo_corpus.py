@@ -1,4 +1,4 @@
-"""The espeak-ng demo corpus: real speech, six accents, deterministic, speaker-disjoint."""
+"""The espeak-ng demo corpus: real speech of four speaker groups, deterministic, speaker-disjoint."""
 
 from __future__ import annotations
 
@@ -9,15 +9,17 @@ import pytest
 import soundfile as sf
 
 from whisper_moe.data.demo import (
-    DEFAULT_ACCENTS,
+    DEFAULT_GROUPS,
     SENTENCES,
     available_voices,
     make_demo_corpus,
     plan_demo_corpus,
 )
+from whisper_moe.data.demo.espeak import EspeakSynthesizer, imprecise_articulation, spoken_input
+from whisper_moe.data.demo.plan import speech_kind_of_group, voice_of_group
 from whisper_moe.data.manifest import read_manifest
 
-SMALL = {"speakers_per_accent": 3, "utterances_per_speaker": 2, "seed": 7, "progress": False}
+SMALL = {"speakers_per_group": 3, "utterances_per_speaker": 2, "seed": 7, "progress": False}
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +28,11 @@ def corpus(tmp_path_factory):
     return out_dir, make_demo_corpus(out_dir, **SMALL)
 
 
-def test_default_accents_are_espeak_voices():
-    assert len(DEFAULT_ACCENTS) >= 6
-    assert set(DEFAULT_ACCENTS) <= set(available_voices())
+def test_default_groups_speak_with_espeak_voices():
+    assert len(DEFAULT_GROUPS) >= 4
+    assert {voice_of_group(group) for group in DEFAULT_GROUPS} <= set(available_voices())
+    assert {speech_kind_of_group(group) for group in DEFAULT_GROUPS} == {
+        "text", "english_phonemes", "imprecise_phonemes"}
 
 
 def test_sentences_are_many_and_distinct():
@@ -42,9 +46,9 @@ def test_corpus_files_and_splits(corpus):
     assert set(paths) == {"train", "dev", "test", "report"}
     splits = {name: read_manifest(paths[name]) for name in ("train", "dev", "test")}
     all_rows = [r for rows in splits.values() for r in rows]
-    assert len(all_rows) == len(DEFAULT_ACCENTS) * 3 * 2
+    assert len(all_rows) == len(DEFAULT_GROUPS) * 3 * 2
     for name, rows in splits.items():
-        assert {r["group"] for r in rows} == set(DEFAULT_ACCENTS), name
+        assert {r["group"] for r in rows} == set(DEFAULT_GROUPS), name
     speakers = [{r["speaker"] for r in rows} for rows in splits.values()]
     assert not (speakers[0] & speakers[1] or speakers[0] & speakers[2] or speakers[1] & speakers[2])
     for r in all_rows:
@@ -64,11 +68,11 @@ def test_audio_is_16k_mono_speech(corpus):
         assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
         samples, _ = sf.read(r["audio_filepath"], dtype="float32")
         assert r["duration"] == pytest.approx(len(samples) / 16000, abs=1e-3)
-        assert 0.4 < r["duration"] < 8.0
+        assert 0.4 < r["duration"] < 20.0  # slow atypical speech runs longest
         assert 0.1 < np.max(np.abs(samples)) <= 1.0
 
 
-def test_speakers_differ_within_an_accent(corpus):
+def test_speakers_differ_within_a_group(corpus):
     _, paths = corpus
     report = json.loads(paths["report"].read_text())
     en_us = [s for s in report["speakers"].values() if s["group"] == "en-us"]
@@ -78,17 +82,17 @@ def test_speakers_differ_within_an_accent(corpus):
 
 def test_same_seed_gives_identical_bytes(corpus, tmp_path):
     out_dir, _ = corpus
-    accents = ("en-us", "en-029")  # breathy +f variants included: their noise is seeded
-    plan = plan_demo_corpus(accents, 3, 2, seed=7)
-    again = make_demo_corpus(tmp_path, accents=accents, **SMALL, workers=1)
+    groups = ("en-us", "l1-hi")  # breathy +f variants included: their noise is seeded
+    plan = plan_demo_corpus(groups, 3, 2, seed=7)
+    again = make_demo_corpus(tmp_path, groups=groups, **SMALL, workers=1)
     for job in plan:
         assert (tmp_path / job["wav"]).read_bytes() == (out_dir / job["wav"]).read_bytes()
-    rebuilt = make_demo_corpus(tmp_path, accents=accents, **SMALL, workers=2)
+    rebuilt = make_demo_corpus(tmp_path, groups=groups, **SMALL, workers=2)
     for name in ("train", "dev", "test", "report"):
         assert again[name].read_bytes() == rebuilt[name].read_bytes()
 
 
-def test_plan_of_an_accent_does_not_depend_on_the_others():
+def test_plan_of_a_group_does_not_depend_on_the_others():
     alone = plan_demo_corpus(["en-029"], 2, 3, seed=1)
     together = [
         j for j in plan_demo_corpus(["en-us", "en-029"], 2, 3, seed=1) if j["group"] == "en-029"
@@ -99,5 +103,36 @@ def test_plan_of_an_accent_does_not_depend_on_the_others():
 
 def test_unknown_voice_is_refused_before_synthesis(tmp_path):
     with pytest.raises(ValueError, match="en-klingon"):
-        make_demo_corpus(tmp_path, accents=["en-us", "en-klingon"], **SMALL)
+        make_demo_corpus(tmp_path, groups=["en-us", "en-klingon"], **SMALL)
+    with pytest.raises(ValueError, match="l1-<voice>"):
+        make_demo_corpus(tmp_path, groups=["l1-klingon"], **SMALL)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_l1_group_speaks_english_phonemes_in_the_other_languages_voice():
+    job = plan_demo_corpus(["l1-de"], 1, 1, seed=3)[0]
+    assert job["voice"].startswith("de+") and job["speech"] == "english_phonemes"
+    synth = EspeakSynthesizer()
+    spoken, as_phonemes = spoken_input(synth, {**job, "text": "Set a timer for ten minutes."})
+    assert as_phonemes and spoken.startswith("[[") and spoken.endswith("]]")
+    assert spoken == "[[" + synth.english_phonemes("Set a timer for ten minutes.") + "]]"
+    assert "t'En" in spoken  # "ten" under English rules, not German ones
+
+
+def test_atypical_speakers_are_slow_flat_and_pause_between_words():
+    atypical = {job["speaker"]: job for job in plan_demo_corpus(["atypical"], 4, 1, seed=3)}
+    typical = {job["speaker"]: job for job in plan_demo_corpus(["en-us"], 4, 1, seed=3)}
+    assert max(j["rate_wpm"] for j in atypical.values()) < min(j["rate_wpm"] for j in typical.values())
+    assert all(j["pitch_range"] <= 8 and 20 <= j["word_gap_10ms"] <= 40 for j in atypical.values())
+    assert all(j["word_gap_10ms"] == 0 for j in typical.values())
+
+
+def test_imprecise_articulation_is_seeded_and_changes_consonants():
+    phonemes = "s'Et a# t'aIm3 fO@ t'En m'InIts r'Ed b'Vg d'0g k'Up"
+    slurred = imprecise_articulation(phonemes, seed=5)
+    assert slurred == imprecise_articulation(phonemes, seed=5)
+    assert "s" not in slurred and "r" not in slurred  # fronted and glided
+    assert slurred.split(" ")[0] in ("T'Et", "T'E")
+    assert len(slurred) < len(phonemes)  # some of the six word-final stops dropped
+    assert imprecise_articulation(phonemes, seed=5, final_stop_drop=0.0).split(" ")[0] == "T'Et"
+    assert imprecise_articulation("", seed=1) == ""

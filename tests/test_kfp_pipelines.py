@@ -475,7 +475,7 @@ def test_prepare_data_without_a_source_synthesises_the_demo_corpus_inside_the_da
     from components import prepare_data
 
     params_yaml = yaml.safe_dump({"data": {"dir": "/nonexistent/demo", "demo": {
-        "accents": ["en-us", "en-029"], "speakers_per_accent": 3, "utterances_per_speaker": 1}}})
+        "groups": ["en-us", "en-029"], "speakers_per_group": 3, "utterances_per_speaker": 1}}})
     dataset = Dataset(uri=str(tmp_path / "dataset"))
     report = Markdown(uri=str(tmp_path / "data_report.md"))
     prepare_data.python_func(params_yaml=params_yaml, dataset=dataset, data_report=report)

@@ -348,6 +348,45 @@ def has_group_labels(groups: list[str]) -> bool:
     return len(set(groups)) > 1 and all(groups)
 
 
+def group_probe(embeddings: np.ndarray, groups: list[str], speakers: list[str], seed: int,
+                max_folds: int = 5) -> dict | None:
+    """How well a linear probe tells the groups apart from the gate input, on speakers it
+    never saw: the ceiling of what any gate could learn per group.
+
+    A standardised logistic regression is fitted on most speakers and scored on the
+    rest (speaker-grouped folds, every speaker held out once). `chance` is the share of
+    the most common group, what guessing it every time would score. None when there are
+    not two groups with two speakers each.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GroupKFold
+    from sklearn.pipeline import make_pipeline
+
+    speakers_of: dict[str, set] = {}
+    for group, speaker in zip(groups, speakers):
+        speakers_of.setdefault(group, set()).add(speaker)
+    if len(speakers_of) < 2 or min(len(s) for s in speakers_of.values()) < 2:
+        return None
+    labels = np.asarray(groups)
+    folds = min(max_folds, len(set(speakers)))
+    correct = np.zeros(len(labels), dtype=bool)
+    splitter = GroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for train, test in splitter.split(embeddings, labels, groups=speakers):
+        if len(set(labels[train])) < 2:
+            continue  # a fold without two groups to learn: its speakers count as missed
+        probe = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
+        probe.fit(embeddings[train], labels[train])
+        correct[test] = probe.predict(embeddings[test]) == labels[test]
+    names, counts = np.unique(labels, return_counts=True)
+    return {
+        "accuracy": float(correct.mean()),
+        "chance": float(counts.max() / counts.sum()),
+        "per_group": {str(name): float(correct[labels == name].mean()) for name in names},
+        "held_out_speaker_folds": folds,
+        "utterances": int(len(labels)),
+    }
+
+
 # -------------------------------------------------------------------------------- plot
 
 

@@ -48,10 +48,10 @@ def section(cls):
 
 @dataclass
 class DemoCorpus:
-    speakers_per_accent: int = knob(4, ge=1)
+    speakers_per_group: int = knob(11, ge=1)
     utterances_per_speaker: int = knob(12, ge=1)
-    accents: list[str] = knob(["en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-029",
-                               "en-us-nyc"])
+    groups: list[str] = knob(["en-us", "atypical", "l1-hi", "l1-de"])
+    split: list[float] = knob([0.45, 0.1, 0.45])  # train/dev/test shares of each group's speakers
 
 
 @dataclass
@@ -303,9 +303,11 @@ def convert(value: Any, kind: Any) -> Any:
     if kind is str:
         return value if isinstance(value, str) else None
     if typing.get_origin(kind) is list:
-        if isinstance(value, list) and all(isinstance(item, str) for item in value):
-            return list(value)
-        return None
+        (item_kind,) = typing.get_args(kind)
+        if not isinstance(value, list):
+            return None
+        items = [convert(item, item_kind) for item in value]
+        return None if any(item is None for item in items) else items
     if typing.get_origin(kind) is dict:
         if isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str)
                                            for k, v in value.items()):
@@ -318,7 +320,10 @@ def type_text(kind: Any) -> str:
     names = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
     if typing.get_origin(kind) is dict:
         return "a mapping of names to text values"
-    return names.get(kind, "a list of text values")
+    if typing.get_origin(kind) is list:
+        item = typing.get_args(kind)[0]
+        return "a list of numbers" if item is float else "a list of text values"
+    return names[kind]
 
 
 def rule_problem(value: Any, rules: typing.Mapping) -> str | None:

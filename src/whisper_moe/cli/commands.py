@@ -37,10 +37,10 @@ def add_subcommands(commands) -> None:
     p.add_argument("--out", required=True)
     p.set_defaults(handler=cmd_data)
 
-    p = commands.add_parser("make-demo-data", help="synthesise the multi-accent demo corpus")
+    p = commands.add_parser("make-demo-data", help="synthesise the demo corpus of speaker groups")
     add_common(p)
     p.add_argument("--out", default=None, help="default: data.dir from params")
-    p.add_argument("--speakers-per-accent", type=int)
+    p.add_argument("--speakers-per-group", type=int)
     p.add_argument("--utterances-per-speaker", type=int)
     p.set_defaults(handler=cmd_make_demo_data)
 
@@ -142,14 +142,15 @@ def cmd_make_demo_data(args) -> int:
     from whisper_moe.data.demo import make_demo_corpus
 
     params = params_from_args(args)
-    for flag in ("speakers_per_accent", "utterances_per_speaker"):
+    for flag in ("speakers_per_group", "utterances_per_speaker"):
         if getattr(args, flag) is not None:
             set_dotted(params, f"data.demo.{flag}", getattr(args, flag),
                        source="--" + flag.replace("_", "-"))
     demo = params["data"]["demo"]
     out = Path(args.out or params["data"]["dir"])
     paths = make_demo_corpus(
-        out, accents=demo["accents"], speakers_per_accent=demo["speakers_per_accent"],
+        out, groups=demo["groups"], speakers_per_group=demo["speakers_per_group"],
+        fractions=demo["split"],
         utterances_per_speaker=demo["utterances_per_speaker"], seed=params["seed"],
     )
     print(f"demo corpus written to {out}: {paths}")

@@ -274,7 +274,7 @@ def check_no_empty_split(splits: dict, fractions: Sequence[float], rows: Sequenc
     raise SplitError(
         f"the {' and '.join(empty)} split would be empty: speaker-disjoint train/dev/test splitting "
         f"needs at least 3 speakers in a group, and the speakers per {key} are {speakers}",
-        hint="add speakers (for the demo corpus: data.demo.speakers_per_accent of 3 or more)")
+        hint="add speakers (for the demo corpus: data.demo.speakers_per_group of 3 or more)")
 
 
 def _split_counts(num_speakers: int, fractions: Sequence[float]) -> list[int]:

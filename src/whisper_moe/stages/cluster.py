@@ -4,8 +4,9 @@ Reads the embed stage's `embeddings.npy` + `index.jsonl`; writes `labels.npy` (i
 [N]), `soft_labels.npy` (float32 [N, k], calibrated: see whisper_moe.clustering),
 `cluster_report.json` (k and how it was chosen with each k's silhouette, cluster
 sizes, calibration, and when the data has groups the adjusted Rand index, the
-group x cluster table and `group_to_expert`, the majority cluster of each group used
-for oracle routing) and `scatter.png` (PCA 2-D, by cluster and by group).
+group x cluster table, `group_to_expert`, the majority cluster of each group used
+for oracle routing, and `group_probe`, how well a linear probe recovers the group from
+the gate input on held-out speakers) and `scatter.png` (PCA 2-D, by cluster and by group).
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ def run(params: dict, embeddings_dir, out_dir) -> dict:
     artifacts.save_cluster_labels(out_dir, result.labels, result.soft_labels)
     groups = [row.get("group", "") for row in index]
     report = build_report(result, groups, pca_info, len(embeddings))
+    if clustering.has_group_labels(groups):
+        speakers = [str(row.get("speaker", row["id"])) for row in index]
+        report["group_probe"] = clustering.group_probe(embeddings, groups, speakers, seed)
     outputs = {"labels": str(out_dir / artifacts.CLUSTER_LABELS),
                "soft_labels": str(out_dir / artifacts.CLUSTER_SOFT_LABELS),
                "report": str(out_dir / artifacts.CLUSTER_REPORT), "num_clusters": result.num_clusters}
@@ -50,6 +54,10 @@ def run(params: dict, embeddings_dir, out_dir) -> dict:
     log.info("%s: %d clusters (%s), sizes %s, silhouette %s, ARI with groups %s",
              result.algorithm, result.num_clusters, result.k_selection, report["cluster_sizes"],
              _fmt(result.silhouette), _fmt(report.get("adjusted_rand_index")))
+    if report["group_probe"]:
+        log.info("a linear probe of the gate input tells the groups apart on held-out speakers "
+                 "with accuracy %.3f (chance %.3f)", report["group_probe"]["accuracy"],
+                 report["group_probe"]["chance"])
     return outputs
 
 
@@ -68,6 +76,7 @@ def build_report(result: clustering.Clustering, groups: list[str], pca_info: dic
         "adjusted_rand_index": None,
         "group_cluster_table": None,
         "group_to_expert": None,
+        "group_probe": None,
     }
     if clustering.has_group_labels(groups):
         table = clustering.group_cluster_table(groups, result.labels, result.num_clusters)

@@ -86,8 +86,8 @@ def build_corpus(params: dict, folder: Path) -> None:
 
         demo = data["demo"]
         log.info("building the demo corpus in %s", folder)
-        make_demo_corpus(folder, accents=demo["accents"],
-                         speakers_per_accent=demo["speakers_per_accent"],
+        make_demo_corpus(folder, groups=demo["groups"],
+                         speakers_per_group=demo["speakers_per_group"], fractions=demo["split"],
                          utterances_per_speaker=demo["utterances_per_speaker"],
                          seed=params["seed"])
     elif source == "sap":

@@ -1,6 +1,6 @@
-"""The synthetic multi-accent English corpus: synthesise a plan, split it, write manifests.
+"""The synthetic English corpus of speaker groups: synthesise a plan, split it, write manifests.
 
-The demo needs speech with known groups and no download. Determinism: each accent is
+The demo needs speech with known groups and no download. Determinism: each group is
 synthesised in its own fresh espeak-ng worker process, in a fixed order, so the same
 arguments and seed give byte-identical WAVs and manifests, whatever the number of
 workers or the calls made before.
@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from whisper_moe.data.audio import TARGET_SAMPLE_RATE
-from whisper_moe.data.demo.plan import DEFAULT_ACCENTS, check_voices, plan_demo_corpus
+from whisper_moe.data.demo.plan import DEFAULT_GROUPS, check_groups, plan_demo_corpus
 from whisper_moe.data.manifest import SPLIT_NAMES, speaker_disjoint_split, write_manifest
 from whisper_moe.fsio import write_json_atomic
 from whisper_moe.progress import Progress
@@ -27,28 +27,32 @@ from whisper_moe.progress import Progress
 
 def make_demo_corpus(
     out_dir: str | os.PathLike,
-    accents: tuple[str, ...] | list[str] = DEFAULT_ACCENTS,
-    speakers_per_accent: int = 4,
+    groups: tuple[str, ...] | list[str] = DEFAULT_GROUPS,
+    speakers_per_group: int = 11,
     utterances_per_speaker: int = 12,
     seed: int = 42,
-    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    fractions: tuple[float, float, float] | list[float] = (0.45, 0.1, 0.45),
     workers: int | None = None,
     progress: bool = True,
 ) -> dict[str, Path]:
     """Synthesise the corpus into out_dir; return paths {"train","dev","test","report"}.
 
-    Writes out_dir/wavs/<accent>/<utterance>.wav (16 kHz mono PCM16), the three
-    speaker-disjoint manifests (stratified by accent) and data_report.json.
+    Writes out_dir/wavs/<group>/<utterance>.wav (16 kHz mono PCM16), the three
+    speaker-disjoint manifests (stratified by group) and data_report.json. The default
+    split keeps as many speakers for testing as for training (5 and 5 of 11 per group):
+    differences between systems are judged by a speaker bootstrap, which needs many
+    test speakers more than many test utterances.
     """
     out_dir = Path(out_dir)
-    check_voices(accents)
-    plan = plan_demo_corpus(accents, speakers_per_accent, utterances_per_speaker, seed)
+    check_groups(groups)
+    fractions = tuple(fractions)
+    plan = plan_demo_corpus(groups, speakers_per_group, utterances_per_speaker, seed)
     num_samples = synthesize_plan(plan, out_dir, workers=workers, progress=progress)
     rows = [_manifest_row(job, num_samples[job["id"]]) for job in plan]
     _remove_stale_wavs(out_dir, {job["wav"] for job in plan})
     splits = speaker_disjoint_split(rows, fractions=fractions, seed=seed, key="group")
     paths = {name: write_manifest(out_dir / f"{name}.jsonl", splits[name]) for name in SPLIT_NAMES}
-    report = _demo_report(plan, splits, accents, seed, fractions)
+    report = _demo_report(plan, splits, groups, seed, fractions)
     paths["report"] = write_json_atomic(out_dir / "data_report.json", report, sort_keys=True)
     return paths
 
@@ -56,7 +60,7 @@ def make_demo_corpus(
 def synthesize_plan(
     plan: list[dict], out_dir: Path, workers: int | None = None, progress: bool = True
 ) -> dict[str, int]:
-    """Run one fresh worker process per accent (see module docstring); {id: samples}."""
+    """Run one fresh worker process per group (see module docstring); {id: samples}."""
     by_group: dict[str, list[dict]] = {}
     for job in plan:
         by_group.setdefault(job["group"], []).append(job)
@@ -127,19 +131,21 @@ def _remove_stale_wavs(out_dir: Path, planned: set[str]) -> None:
             path.unlink()
 
 
-def _demo_report(plan: list[dict], splits: dict, accents, seed: int, fractions) -> dict:
+def _demo_report(plan: list[dict], splits: dict, groups, seed: int, fractions) -> dict:
     """What was made: per split counts, durations and groups, and each speaker's voice."""
     split_of = {row["speaker"]: name for name, rows in splits.items() for row in rows}
     speakers = {}
     for job in plan:
         speakers[job["speaker"]] = {
-            key: job[key] for key in ("group", "voice", "rate_wpm", "pitch", "pitch_range")
+            key: job[key]
+            for key in ("group", "voice", "speech", "rate_wpm", "pitch", "pitch_range",
+                        "word_gap_10ms")
         }
         speakers[job["speaker"]]["split"] = split_of[job["speaker"]]
     return {
         "source": "demo",
         "seed": seed,
-        "accents": list(accents),
+        "groups": list(groups),
         "fractions": list(fractions),
         "kept": len(plan),
         "skipped": {},

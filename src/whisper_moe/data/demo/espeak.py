@@ -22,7 +22,10 @@ from whisper_moe.data.audio import TARGET_SAMPLE_RATE, resample_audio
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _POS_CHARACTER = 1
 _CHARS_UTF8 = 1
-_PARAM_RATE, _PARAM_PITCH, _PARAM_RANGE = 1, 3, 4
+_PHONEME_INPUT = 0x100  # espeakPHONEMES: text inside [[ ]] is read as phoneme mnemonics
+_PARAM_RATE, _PARAM_PITCH, _PARAM_RANGE, _PARAM_WORDGAP = 1, 3, 4, 7
+# the voice whose pronunciation rules give the English phonemes of L1-accented speech
+ENGLISH_PHONEME_VOICE = "en-us"
 
 
 def available_voices() -> list[str]:
@@ -78,6 +81,12 @@ class EspeakSynthesizer:
         lib.espeak_Synth.restype = ctypes.c_int
         lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
         lib.espeak_ng_SetRandSeed.restype = None
+        lib.espeak_TextToPhonemes.argtypes = [
+            ctypes.POINTER(ctypes.c_char_p),
+            ctypes.c_int,
+            ctypes.c_int,
+        ]
+        lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
 
     def _collect(self, wav, num_samples, events) -> int:
         """Synth callback: copy each block of int16 samples; 0 means keep going."""
@@ -85,11 +94,33 @@ class EspeakSynthesizer:
             self._chunks.append(np.ctypeslib.as_array(wav, shape=(num_samples,)).copy())
         return 0
 
+    def english_phonemes(self, text: str) -> str:
+        """text as espeak's ASCII phoneme mnemonics under English (en-us) rules, one word
+        per space-separated item: what an L1-accented voice is then made to say."""
+        if self._lib.espeak_SetVoiceByName(ENGLISH_PHONEME_VOICE.encode()) != 0:
+            raise RuntimeError(f"espeak-ng has no voice {ENGLISH_PHONEME_VOICE!r}")
+        remaining = ctypes.c_char_p(text.encode("utf-8"))
+        clauses = []
+        while remaining.value:  # one clause per call; the library advances the pointer
+            clause = self._lib.espeak_TextToPhonemes(ctypes.byref(remaining), _CHARS_UTF8, 0)
+            clauses.append((clause or b"").decode("utf-8").strip())
+        return " ".join(clause for clause in clauses if clause)
+
     def speak(
-        self, text: str, voice: str, rate_wpm: int, pitch: int, pitch_range: int, noise_seed: int
+        self,
+        text: str,
+        voice: str,
+        rate_wpm: int,
+        pitch: int,
+        pitch_range: int,
+        noise_seed: int,
+        word_gap_10ms: int = 0,
+        phoneme_input: bool = False,
     ) -> np.ndarray:
         """int16 samples at self.sample_rate for text in the given voice.
 
+        With phoneme_input, text inside [[ ]] is phoneme mnemonics spoken with the
+        voice's own phoneme table: English phonemes in a German voice sound German.
         The library's noise generator is reseeded first: breathy variants (+f2, +f5,
         ...) add noise from it, and espeak_Initialize seeds it from the clock.
         """
@@ -100,12 +131,14 @@ class EspeakSynthesizer:
             (_PARAM_RATE, rate_wpm),
             (_PARAM_PITCH, pitch),
             (_PARAM_RANGE, pitch_range),
+            (_PARAM_WORDGAP, word_gap_10ms),
         ):
             self._lib.espeak_SetParameter(parameter, int(value), 0)
         self._chunks = []
         encoded = text.encode("utf-8")
+        flags = _CHARS_UTF8 | (_PHONEME_INPUT if phoneme_input else 0)
         status = self._lib.espeak_Synth(
-            encoded, len(encoded) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None
+            encoded, len(encoded) + 1, 0, _POS_CHARACTER, 0, flags, None, None
         )
         if status != 0:
             raise RuntimeError(f"espeak_Synth failed ({status}) for {text!r}")
@@ -113,15 +146,54 @@ class EspeakSynthesizer:
         return np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
 
 
+def spoken_input(synth: EspeakSynthesizer, job: dict) -> tuple[str, bool]:
+    """(what espeak reads, whether it is phonemes) for a job's `speech` kind.
+
+    text: the sentence in the voice's own language rules; english_phonemes: the sentence's
+    English phonemes in the voice's phoneme table (an L1 accent); imprecise_phonemes: the
+    English phonemes with the articulation errors of `imprecise_articulation`.
+    """
+    kind = job.get("speech", "text")
+    if kind == "text":
+        return job["text"], False
+    phonemes = synth.english_phonemes(job["text"])
+    if kind == "english_phonemes":
+        return f"[[{phonemes}]]", True
+    if kind == "imprecise_phonemes":
+        return f"[[{imprecise_articulation(phonemes, job['noise_seed'])}]]", True
+    raise ValueError(f"unknown speech kind {kind!r} in job {job['id']!r}")
+
+
+WORD_FINAL_STOPS = frozenset("ptkbdg")
+# fronted sibilants and glided r: imprecise consonants, as in dysarthric speech
+CONSONANT_SUBSTITUTIONS = str.maketrans({"s": "T", "z": "D", "r": "w"})
+
+
+def imprecise_articulation(phonemes: str, seed: int, final_stop_drop: float = 0.8) -> str:
+    """English phoneme mnemonics with simulated imprecise articulation: most word-final
+    stops dropped (seeded, so the same utterance always loses the same ones), sibilants
+    fronted to th-sounds and r glided to w."""
+    rng = np.random.default_rng(seed)
+    words = []
+    for word in phonemes.split(" "):
+        if word and word[-1] in WORD_FINAL_STOPS and rng.random() < final_stop_drop:
+            word = word[:-1]
+        words.append(word.translate(CONSONANT_SUBSTITUTIONS))
+    return " ".join(words)
+
+
 def render_utterance(synth: EspeakSynthesizer, job: dict) -> np.ndarray:
     """Speech for one job as 16 kHz int16: resample, speaker gain, seeded noise."""
+    spoken, phoneme_input = spoken_input(synth, job)
     raw = synth.speak(
-        job["text"],
+        spoken,
         job["voice"],
         job["rate_wpm"],
         job["pitch"],
         job["pitch_range"],
         job["noise_seed"],
+        word_gap_10ms=job.get("word_gap_10ms", 0),
+        phoneme_input=phoneme_input,
     )
     if raw.size == 0:
         raise RuntimeError(f"espeak-ng produced no audio for {job['id']!r}")
