@@ -172,3 +172,19 @@ def test_pretrained_pipeline_trains_jointly_from_pretraining_and_evaluates_oracl
     assert set(metrics["oracle"]["per_group"]) == set(report["group_to_expert"])
     assert all((out / stage / "stage_done.json").exists() for stage in (
         "embed", "cluster", "pretrain_gate", "pretrain_experts"))
+
+
+def test_expert_pretraining_epochs_count_toward_the_joint_training_budget():
+    import copy
+
+    from whisper_moe.config import DEFAULT_PARAMS
+    from whisper_moe.stages.common import joint_training_epochs
+
+    params = copy.deepcopy(DEFAULT_PARAMS)
+    params["train"]["epochs"], params["pretrain_experts"]["epochs"] = 5, 2
+    assert joint_training_epochs(params, after_pretraining=False) == 5
+    assert joint_training_epochs(params, after_pretraining=True) == 3
+    params["pretrain_experts"]["epochs"] = 9
+    assert joint_training_epochs(params, after_pretraining=True) == 1  # never none
+    params["pretrain_experts"]["count_toward_train_epochs"] = False
+    assert joint_training_epochs(params, after_pretraining=True) == 5

@@ -131,6 +131,9 @@ class PretrainGate:
 @dataclass
 class PretrainExperts:
     epochs: int = knob(1, ge=1)
+    # joint training after expert pretraining runs train.epochs minus these epochs, so every
+    # system passes over the training data train.epochs times (false: train.epochs on top)
+    count_toward_train_epochs: bool = True
     batch_size: int = knob(8, ge=1)
     lr: float = knob(1e-3, gt=0)
 

@@ -79,6 +79,17 @@ def effective_epochs(params: dict) -> int:
     return int(params["quick"]["epochs"] if params["mode"] == "quick" else params["train"]["epochs"])
 
 
+def joint_training_epochs(params: dict, after_pretraining: bool) -> int:
+    """Epochs of joint training. After expert pretraining its epochs count toward the
+    budget (`pretrain_experts.count_toward_train_epochs`), at least one joint epoch left:
+    a comparison of systems means little when one of them trained longer."""
+    epochs = effective_epochs(params)
+    pretraining = params["pretrain_experts"]
+    if after_pretraining and pretraining["count_toward_train_epochs"]:
+        epochs = max(1, epochs - int(pretraining["epochs"]))
+    return epochs
+
+
 def special_ids(tokenizer) -> dict[str, int]:
     eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eot

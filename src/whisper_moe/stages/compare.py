@@ -1,9 +1,14 @@
 """Compare finished runs: WER overall and per group, training time, trainable parameters.
 
-Each run directory is a `whisper-moe pipeline` output folder (`params.json`,
-`train/train_metrics.json`, `evaluate/metrics.json`, and for the pretrained MoE the
-pretraining stage folders). The frozen base model, decoded by every evaluation on
-the same test audio, is its own row. Writes `comparison.md` and `comparison.json`.
+Each run directory is a `whisper-moe pipeline` output folder or a `dvc repro` run
+folder (`params.json` where the pipeline wrote one, `train/train_metrics.json`,
+`evaluate/metrics.json`, and for the pretrained MoE the pretraining stage folders).
+The frozen base model, decoded by every evaluation on the same test audio, is its own
+row. Writes `comparison.md` and `comparison.json`.
+
+Step budgets are compared with pretraining counted: a system's optimizer steps are its
+joint training's plus its expert pretraining's (the gate's pretraining, a small MLP on
+cached embeddings, does not step the ASR model and is left out).
 
 Every WER comes with its 95 % speaker-bootstrap interval, and every pair of systems
 evaluated on the same test utterances with the interval of their WER difference
@@ -41,6 +46,11 @@ from whisper_moe.uncertainty import (
 log = logging.getLogger("whisper_moe.compare")
 
 PRETRAINING_STAGES = ("embed", "cluster", "pretrain_gate", "pretrain_experts")
+# The report each pretraining stage leaves, for runs made stage by stage (no markers).
+PRETRAINING_REPORTS = {"embed": artifacts.EMBED_REPORT, "cluster": artifacts.CLUSTER_REPORT,
+                       "pretrain_gate": artifacts.GATE_METRICS,
+                       "pretrain_experts": artifacts.PRETRAIN_EXPERTS_METRICS}
+TIME_KEYS = ("seconds", "train_time_s")  # embed records `seconds`, trainers `train_time_s`
 
 
 def find_file(run_dir: Path, candidates: tuple[str, ...]) -> Path:
@@ -61,7 +71,14 @@ def system_name(num_experts: int, rank: int, pretrained: bool) -> str:
 
 
 def pretraining_seconds(run_dir: Path) -> float | None:
-    """Seconds the pretraining stages took, from the pipeline's stage markers."""
+    """Seconds the pretraining stages took: from the pipeline's stage markers, or, for a
+    run made stage by stage (dvc repro writes no markers), from the stages' own reports."""
+    return marker_seconds(run_dir) if marker_seconds(run_dir) is not None else (
+        sum(report_seconds(run_dir).values()) if report_seconds(run_dir) else None)
+
+
+def marker_seconds(run_dir: Path) -> float | None:
+    """Sum of the pipeline's stage markers (whole stages, model loading included)."""
     total, found = 0.0, False
     for stage in PRETRAINING_STAGES:
         marker = run_dir / stage / artifacts.STAGE_DONE
@@ -69,6 +86,48 @@ def pretraining_seconds(run_dir: Path) -> float | None:
             total += float(read_json(marker).get("seconds", 0.0))
             found = True
     return total if found else None
+
+
+def report_seconds(run_dir: Path) -> dict[str, float]:
+    """{stage: seconds} of the pretraining stages whose report records a time; stages
+    that record none (the cluster and gate reports may not) are left out, not guessed."""
+    times = {}
+    for stage, name in PRETRAINING_REPORTS.items():
+        path = run_dir / stage / name
+        report = read_json(path) if path.exists() else {}
+        value = next((report[key] for key in TIME_KEYS if report.get(key) is not None), None)
+        if value is not None:
+            times[stage] = float(value)
+    return times
+
+
+def pretraining_time_source(run_dir: Path) -> str | None:
+    """Where the pretraining time came from, so a reader knows what it covers."""
+    if marker_seconds(run_dir) is not None:
+        return "stage markers"
+    stages = report_seconds(run_dir)
+    return f"stage reports ({', '.join(stages)})" if stages else None
+
+
+def pretraining_steps(run_dir: Path) -> int | None:
+    """Optimizer steps of expert pretraining, which trains the ASR model's LoRA experts
+    (gate pretraining steps only the small gate MLP and is not counted)."""
+    path = run_dir / "pretrain_experts" / artifacts.PRETRAIN_EXPERTS_METRICS
+    steps = read_json(path).get("optimizer_steps") if path.exists() else None
+    return None if steps is None else int(steps)
+
+
+def total_steps(train: dict, pretraining: int | None) -> int | None:
+    """Joint training's optimizer steps plus expert pretraining's, or None when unknown."""
+    steps = train.get("optimizer_steps")
+    return None if steps is None else int(steps) + (pretraining or 0)
+
+
+def group_probe(run_dir: Path) -> dict | None:
+    """The cluster report's linear probe of the gate input (None without one): how well any
+    gate could tell the groups apart on speakers it never saw."""
+    path = run_dir / "cluster" / artifacts.CLUSTER_REPORT
+    return read_json(path).get("group_probe") if path.exists() else None
 
 
 def checkpoint_rank(run_dir: Path) -> int | None:
@@ -108,8 +167,12 @@ def read_run(run_dir) -> tuple[dict, dict | None]:
         "test_utterances": metrics.get("utterances"),
         "train_time_s": train.get("train_time_s"),
         "pretraining_time_s": pretraining_seconds(run_dir),
+        "pretraining_time_from": pretraining_time_source(run_dir),
+        "optimizer_steps": total_steps(train, pretraining_steps(run_dir)),
+        "pretraining_steps": pretraining_steps(run_dir),
         "trainable_parameters": train.get("trainable_parameters"),
         "routing": routing_quality(metrics),
+        "group_probe": group_probe(run_dir),
         "extra_test_sets": extra_test_set_wers(metrics, "moe"),
     }
     base = None
@@ -123,7 +186,8 @@ def read_run(run_dir) -> tuple[dict, dict | None]:
             "sap_cer": metrics["base"].get("sap_cer"),
             "per_group": {g: v["wer"] for g, v in metrics["base"].get("per_group", {}).items()},
             "test_utterances": metrics.get("utterances"), "train_time_s": None,
-            "pretraining_time_s": None, "trainable_parameters": 0, "routing": None,
+            "pretraining_time_s": None, "pretraining_time_from": None, "optimizer_steps": None,
+            "pretraining_steps": None, "trainable_parameters": 0, "routing": None, "group_probe": None,
             "extra_test_sets": extra_test_set_wers(metrics, "base"),
         }
     return row, base
@@ -217,11 +281,33 @@ def oracle_differences(rows: list[dict], run_errors: list[dict]) -> None:
 
 
 def routing_markdown(rows: list[dict], groups: list[str]) -> list[str]:
-    """Routing quality of every MoE row beside its WER, and its per-group dispatch."""
+    """Routing quality of every MoE row beside its WER, its per-group dispatch, and what a
+    linear probe says the gate input can tell apart."""
     routed = [row for row in rows if row.get("routing")]
-    if not routed:
+    probes = probe_lines(rows)
+    if not routed and not probes:
         return []
-    lines = ["", "## Routing", "",
+    return ["", "## Routing"] + (routing_table(routed, groups) if routed else []) + probes
+
+
+def probe_lines(rows: list[dict]) -> list[str]:
+    """One line per run whose cluster report probed the gate input for the groups."""
+    lines = []
+    for row in rows:
+        probe = row.get("group_probe")
+        if not probe:
+            continue
+        per_group = ", ".join(f"{g} {v:.3f}" for g, v in sorted(probe.get("per_group", {}).items()))
+        lines += ["", f"Gate input: a linear probe tells the groups apart on held-out speakers with "
+                  f"accuracy {probe['accuracy']:.3f} (chance {probe['chance']:.3f}; per group: "
+                  f"{per_group}), {row['system']}, run {row['run']}: {probe.get('utterances')} "
+                  f"training utterances, {probe.get('held_out_speaker_folds')} speaker folds."]
+    return lines
+
+
+def routing_table(routed: list[dict], groups: list[str]) -> list[str]:
+    """The gate-quality table and the per-group dispatch table of the routed rows."""
+    lines = ["",
              "| system | run | WER % | gate entropy (uniform) | NMI(top-1 expert, group) | "
              "95 % permutation level | p | utterances per expert | learned - oracle WER (points) | "
              "95 % interval | oracle routing |", "|" + "---|" * 11]
@@ -261,6 +347,36 @@ def extra_sets_markdown(rows: list[dict]) -> list[str]:
         lines.append(f"| {row['system']} | {row['run']} | "
                      + " | ".join(_cell(sets.get(name)) for name in names) + " |")
     return lines
+
+
+def step_notes(rows: list[dict]) -> list[str]:
+    """What the optimizer-step column counts, and which systems had larger step budgets."""
+    counted = [row for row in rows if row.get("optimizer_steps") is not None]
+    if not counted:
+        return []
+    notes = ["Optimizer steps: joint training plus expert pretraining (pretrain_experts), the "
+             "steps that update the ASR model; gate pretraining (pretrain_gate) trains only the small "
+             "gate MLP on cached embeddings and is not counted."]
+    if len({row["optimizer_steps"] for row in counted}) > 1:
+        budgets = "; ".join(f"{row['system']} ({row['run']}) {row['optimizer_steps']}"
+                            + (f" ({row['optimizer_steps'] - row['pretraining_steps']} training + "
+                               f"{row['pretraining_steps']} expert pretraining)"
+                               if row.get("pretraining_steps") else "")
+                            for row in counted)
+        notes.append(f"The systems trained with different numbers of optimizer steps: {budgets}.")
+    return notes
+
+
+def pretraining_time_notes(rows: list[dict]) -> list[str]:
+    """Say when a pretraining time is the sum of the stages' own reports (no markers),
+    which time training loops rather than whole stages."""
+    sources = sorted({row["pretraining_time_from"] for row in rows
+                      if str(row.get("pretraining_time_from")).startswith("stage reports")})
+    if not sources:
+        return []
+    return [f"Pretraining time without the pipeline's stage markers (dvc repro): the sum of the times "
+            f"the stages record in their reports, {', '.join(sources)}; stages whose report records "
+            "no time, and model loading around the training loops, are not included."]
 
 
 def wer_interval(errors: dict | None) -> list[float] | None:
@@ -320,7 +436,7 @@ def markdown(rows: list[dict], groups: list[str], notes: list[str],
     header = (["system", "run", "WER %", "WER 95 % CI", "WER % (Whisper norm.)", "CER %"]
               + (["SAP CER %"] if sap else []) + ["oracle WER %"]
               + [f"WER % {g}" for g in groups]
-              + ["training time", "pretraining time", "trainable parameters"])
+              + ["training time", "pretraining time", "optimizer steps", "trainable parameters"])
     lines = ["# whisper-moe comparison", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
@@ -330,7 +446,7 @@ def markdown(rows: list[dict], groups: list[str], notes: list[str],
         cells += [_cell(row["oracle_wer"])]
         cells += [_cell(row["per_group"].get(g)) for g in groups]
         cells += [_cell(row["train_time_s"], "time"), _cell(row["pretraining_time_s"], "time"),
-                  _cell(row["trainable_parameters"], "count")]
+                  _cell(row.get("optimizer_steps"), "count"), _cell(row["trainable_parameters"], "count")]
         lines.append("| " + " | ".join(cells) + " |")
     lines += differences_markdown(differences or [])
     lines += routing_markdown(rows, groups)
@@ -379,6 +495,7 @@ def run(params: dict, run_dirs, out_dir) -> dict:
     if len({r["test_utterances"] for r in rows}) > 1:
         notes.append("The runs were evaluated on different numbers of test utterances: "
                      "compare WERs with care.")
+    notes += step_notes(rows) + pretraining_time_notes(rows)
     hint = single_lora_hint(rows)
     if hint:
         notes.append(hint)

@@ -21,7 +21,7 @@ from whisper_moe.model.moe import MoEConfig
 from whisper_moe.plots import plot_training_curves
 from whisper_moe.stages.common import (
     build_training_model,
-    effective_epochs,
+    joint_training_epochs,
     fit,
     save_trained,
     start_trainer,
@@ -69,7 +69,7 @@ def run(params: dict, train_manifest, dev_manifest, out_dir, init_dir=None, resu
     train_set = training_set(params, train_manifest, tokenizer, model)
     dev_set = utterance_set(params, dev_manifest, "dev", tokenizer, model)
     run_params = copy.deepcopy(params)
-    run_params["train"]["epochs"] = effective_epochs(params)
+    run_params["train"]["epochs"] = joint_training_epochs(params, after_pretraining=init_dir is not None)
     settings = TrainSettings.from_params(run_params)
 
     ddp_model = wrap_distributed(model, device, world_size)
