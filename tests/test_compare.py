@@ -9,13 +9,14 @@ import pytest
 from whisper_moe.stages import compare
 
 
-def fake_run(folder, num_experts, rank, wer, pretrained=False, oracle=None):
+def fake_run(folder, num_experts, rank, wer, pretrained=False, oracle=None, steps=12):
     """A pipeline output folder as far as compare reads it."""
     (folder / "train").mkdir(parents=True)
     (folder / "evaluate").mkdir()
     (folder / "params.json").write_text(json.dumps({"model": {"lora": {"rank": rank}}}))
     (folder / "train" / "train_metrics.json").write_text(json.dumps(
-        {"num_experts": num_experts, "train_time_s": 125.0, "trainable_parameters": 2_500_000}))
+        {"num_experts": num_experts, "train_time_s": 125.0, "trainable_parameters": 2_500_000,
+         "optimizer_steps": steps}))
     per_group = {"en-us": {"wer": wer - 0.05, "cer": 0.1, "n": 4},
                  "en-029": {"wer": wer + 0.05, "cer": 0.2, "n": 4}}
     metrics = {"utterances": 8, "base_model": "demo", "whisper_normalizer": "whisper_basic",
@@ -187,3 +188,93 @@ def test_a_single_lora_has_no_routing_section(tmp_path):
     path.write_text(json.dumps(metrics))
     compare.run({}, [run], tmp_path / "cmp")
     assert "## Routing" not in (tmp_path / "cmp" / "comparison.md").read_text()
+
+
+PROBE = {"accuracy": 0.875, "chance": 0.5, "per_group": {"en-029": 0.75, "en-us": 1.0},
+         "held_out_speaker_folds": 4, "utterances": 48}
+
+
+def stage_reports(folder, expert_steps=6, probe=None):
+    """The pretraining stages' own reports as `dvc repro` leaves them: no stage markers;
+    embed records `seconds`, expert pretraining `train_time_s`, cluster and gate no time."""
+    reports = {"embed/embed_report.json": {"embeddings": 48, "seconds": 30.0},
+               "cluster/cluster_report.json": {"num_clusters": 2, "group_probe": probe},
+               "pretrain_gate/gate_metrics.json": {"accuracy": 1.0, "epochs_run": 23},
+               "pretrain_experts/pretrain_experts_metrics.json": {"optimizer_steps": expert_steps,
+                                                                   "train_time_s": 20.0}}
+    for name, report in reports.items():
+        (folder / name).parent.mkdir(exist_ok=True)
+        (folder / name).write_text(json.dumps(report))
+    return folder
+
+
+def test_pretraining_time_under_dvc_repro_comes_from_the_stage_reports(tmp_path):
+    run = stage_reports(fake_run(tmp_path / "pretrained", 2, 16, 0.3))
+    compare.run({}, [run], tmp_path / "cmp")
+    result = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    row = result["systems"][-1]
+    assert row["system"] == "pretrained MoE (2 experts, rank 16)"
+    assert row["pretraining_time_s"] == 50.0  # embed 30 s + expert pretraining 20 s
+    assert row["pretraining_time_from"] == "stage reports (embed, pretrain_experts)"
+    assert any("(run pretrained: embed, pretrain_experts)" in note for note in result["notes"])
+    assert "| 2.1 min | 50.0 s |" in (tmp_path / "cmp" / "comparison.md").read_text()
+
+
+def test_stage_markers_win_over_the_stage_reports(tmp_path):
+    run = stage_reports(fake_run(tmp_path / "pretrained", 2, 16, 0.3, pretrained=True))
+    assert compare.pretraining_seconds(run) == 63.0  # the markers: 10 + 2 + 1 + 50
+    assert compare.pretraining_time_source(run) == "stage markers"
+
+
+def test_a_gate_report_that_records_its_time_is_counted(tmp_path):
+    run = stage_reports(fake_run(tmp_path / "pretrained", 2, 16, 0.3))
+    (run / "pretrain_gate" / "gate_metrics.json").write_text(json.dumps({"train_time_s": 1.5}))
+    assert compare.report_seconds(run) == {"embed": 30.0, "pretrain_gate": 1.5, "pretrain_experts": 20.0}
+    assert compare.pretraining_seconds(run) == 51.5
+
+
+def test_optimizer_steps_count_expert_pretraining_but_not_the_gate(tmp_path):
+    pretrained = stage_reports(fake_run(tmp_path / "pretrained", 2, 16, 0.3, steps=12), expert_steps=6)
+    regular = fake_run(tmp_path / "regular", 2, 16, 0.35, steps=12)
+    compare.run({}, [pretrained, regular], tmp_path / "cmp")
+    result = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    base, moe, plain = result["systems"]
+    assert (moe["optimizer_steps"], moe["pretraining_steps"]) == (18, 6)
+    assert (plain["optimizer_steps"], plain["pretraining_steps"]) == (12, None)
+    assert base["optimizer_steps"] is None
+    text = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "| optimizer steps |" in text
+    assert "| 2.1 min | 50.0 s | 18 | 2.50M |" in text and "| 2.1 min | - | 12 | 2.50M |" in text
+    assert "gate pretraining (pretrain_gate) trains only the small gate MLP" in text
+    assert ("different numbers of optimizer steps: pretrained MoE (2 experts, rank 16) (pretrained) 18 "
+            "(12 training + 6 expert pretraining); regular MoE (2 experts, rank 16) (regular) 12.") in text
+
+
+def test_equal_step_budgets_get_no_difference_note(tmp_path):
+    pretrained = stage_reports(fake_run(tmp_path / "pretrained", 2, 16, 0.3, steps=6), expert_steps=6)
+    regular = fake_run(tmp_path / "regular", 2, 16, 0.35, steps=12)
+    compare.run({}, [pretrained, regular], tmp_path / "cmp")
+    result = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert [row["optimizer_steps"] for row in result["systems"]] == [None, 12, 12]
+    assert not any("different numbers of optimizer steps" in note for note in result["notes"])
+    assert any("not counted" in note for note in result["notes"])
+
+
+def test_the_group_probe_of_the_cluster_report_joins_the_routing_section(tmp_path):
+    run = stage_reports(fake_run(tmp_path / "pretrained", 2, 16, 0.3), probe=PROBE)
+    compare.run({}, [run], tmp_path / "cmp")
+    result = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert result["systems"][-1]["group_probe"] == PROBE and result["systems"][0]["group_probe"] is None
+    text = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "## Routing" in text
+    assert ("Gate input: a linear probe tells the groups apart on held-out speakers with accuracy "
+            "0.875 (chance 0.500; per group: en-029 0.750, en-us 1.000)") in text
+    assert "48 training utterances in 4 speaker folds" in text
+
+
+def test_a_null_group_probe_adds_no_line(tmp_path):
+    run = stage_reports(fake_run(tmp_path / "pretrained", 2, 16, 0.3), probe=None)
+    compare.run({}, [run], tmp_path / "cmp")
+    result = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert result["systems"][-1]["group_probe"] is None
+    assert "Gate input" not in (tmp_path / "cmp" / "comparison.md").read_text()

@@ -73,8 +73,11 @@ def system_name(num_experts: int, rank: int, pretrained: bool) -> str:
 def pretraining_seconds(run_dir: Path) -> float | None:
     """Seconds the pretraining stages took: from the pipeline's stage markers, or, for a
     run made stage by stage (dvc repro writes no markers), from the stages' own reports."""
-    return marker_seconds(run_dir) if marker_seconds(run_dir) is not None else (
-        sum(report_seconds(run_dir).values()) if report_seconds(run_dir) else None)
+    markers = marker_seconds(run_dir)
+    if markers is not None:
+        return markers
+    reports = report_seconds(run_dir)
+    return sum(reports.values()) if reports else None
 
 
 def marker_seconds(run_dir: Path) -> float | None:
@@ -300,8 +303,8 @@ def probe_lines(rows: list[dict]) -> list[str]:
         per_group = ", ".join(f"{g} {v:.3f}" for g, v in sorted(probe.get("per_group", {}).items()))
         lines += ["", f"Gate input: a linear probe tells the groups apart on held-out speakers with "
                   f"accuracy {probe['accuracy']:.3f} (chance {probe['chance']:.3f}; per group: "
-                  f"{per_group}), {row['system']}, run {row['run']}: {probe.get('utterances')} "
-                  f"training utterances, {probe.get('held_out_speaker_folds')} speaker folds."]
+                  f"{per_group}); {row['system']}, run {row['run']}, {probe.get('utterances')} "
+                  f"training utterances in {probe.get('held_out_speaker_folds')} speaker folds."]
     return lines
 
 
@@ -370,13 +373,14 @@ def step_notes(rows: list[dict]) -> list[str]:
 def pretraining_time_notes(rows: list[dict]) -> list[str]:
     """Say when a pretraining time is the sum of the stages' own reports (no markers),
     which time training loops rather than whole stages."""
-    sources = sorted({row["pretraining_time_from"] for row in rows
-                      if str(row.get("pretraining_time_from")).startswith("stage reports")})
+    prefix = "stage reports ("
+    sources = [f"run {row['run']}: {row['pretraining_time_from'].removeprefix(prefix)[:-1]}"
+               for row in rows if str(row.get("pretraining_time_from")).startswith(prefix)]
     if not sources:
         return []
-    return [f"Pretraining time without the pipeline's stage markers (dvc repro): the sum of the times "
-            f"the stages record in their reports, {', '.join(sources)}; stages whose report records "
-            "no time, and model loading around the training loops, are not included."]
+    return ["Pretraining time without the pipeline's stage markers (as under dvc repro) sums the times "
+            f"the stages record in their own reports ({'; '.join(sources)}); stages whose report "
+            "records no time, and model loading around the training loops, are not included."]
 
 
 def wer_interval(errors: dict | None) -> list[float] | None:
