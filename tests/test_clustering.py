@@ -147,3 +147,22 @@ def defaults_only_params(folder):
     path = folder / "defaults.yaml"
     path.write_text("{}\n")
     return path
+
+
+def test_group_probe_sees_separable_groups_on_held_out_speakers_and_not_noise():
+    rng = np.random.default_rng(0)
+    groups = [g for g in ("a", "b", "c") for _ in range(4 * 3)]
+    speakers = [f"{g}{i // 3}" for g in ("a", "b", "c") for i in range(4 * 3)]
+    centres = {"a": 0.0, "b": 3.0, "c": -3.0}
+    visible = np.stack([rng.normal(size=8) + centres[g] for g in groups])
+    probe = clustering.group_probe(visible, groups, speakers, seed=0)
+    assert probe["accuracy"] == 1.0 and probe["chance"] == pytest.approx(1 / 3)
+    assert probe["held_out_speaker_folds"] == 5 and set(probe["per_group"]) == {"a", "b", "c"}
+    noise = rng.normal(size=visible.shape)
+    assert clustering.group_probe(noise, groups, speakers, seed=0)["accuracy"] < 0.7
+
+
+def test_group_probe_needs_two_speakers_in_every_group():
+    embeddings = np.zeros((4, 2))
+    assert clustering.group_probe(embeddings, ["a", "a", "b", "b"], ["s1", "s2", "s3", "s3"], 0) is None
+    assert clustering.group_probe(embeddings, ["a"] * 4, ["s1", "s2", "s3", "s4"], 0) is None
