@@ -136,3 +136,19 @@ def test_imprecise_articulation_is_seeded_and_changes_consonants():
     assert len(slurred) < len(phonemes)  # some of the six word-final stops dropped
     assert imprecise_articulation(phonemes, seed=5, final_stop_drop=0.0).split(" ")[0] == "T'Et"
     assert imprecise_articulation("", seed=1) == ""
+
+
+def test_dev_and_test_speakers_can_say_fewer_utterances_than_training_speakers(tmp_path):
+    paths = make_demo_corpus(tmp_path, groups=["en-us"], speakers_per_group=5,
+                             utterances_per_speaker=3, seed=7, eval_utterances_per_speaker=1,
+                             fractions=(0.4, 0.2, 0.4), progress=False)
+    said = {name: {} for name in ("train", "dev", "test")}
+    for name in said:
+        for row in read_manifest(paths[name]):
+            said[name][row["speaker"]] = said[name].get(row["speaker"], 0) + 1
+    assert sorted(said["train"].values()) == [3, 3]
+    assert list(said["dev"].values()) == [1] and sorted(said["test"].values()) == [1, 1]
+    assert len(list((tmp_path / "wavs").rglob("*.wav"))) == 3 + 3 + 1 + 1 + 1  # no unused audio
+    uncapped = plan_demo_corpus(["en-us"], 5, 3, seed=7)
+    kept = {row["id"] for name in said for row in read_manifest(paths[name])}
+    assert kept < {job["id"] for job in uncapped}

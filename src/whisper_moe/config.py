@@ -52,6 +52,7 @@ class DemoCorpus:
     utterances_per_speaker: int = knob(12, ge=1)
     groups: list[str] = knob(["en-us", "atypical", "l1-hi", "l1-de"])
     split: list[float] = knob([0.45, 0.1, 0.45])  # train/dev/test shares of each group's speakers
+    eval_utterances_per_speaker: int | None = knob(None, ge=1)  # cap for dev and test speakers
 
 
 @dataclass

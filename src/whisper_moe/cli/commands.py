@@ -70,6 +70,8 @@ def add_subcommands(commands) -> None:
     p.add_argument("--dev-manifest", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--init", help="checkpoint of pretrained gate and experts")
+    p.add_argument("--embeddings", help="output folder of `embed`: its vectors are the gate inputs "
+                   "of the training utterances it holds (when it pooled the same way)")
     p.set_defaults(handler=cmd_train)
 
     p = commands.add_parser("evaluate", help="WER/CER overall and per group, HTML report")
@@ -150,7 +152,7 @@ def cmd_make_demo_data(args) -> int:
     out = Path(args.out or params["data"]["dir"])
     paths = make_demo_corpus(
         out, groups=demo["groups"], speakers_per_group=demo["speakers_per_group"],
-        fractions=demo["split"],
+        fractions=demo["split"], eval_utterances_per_speaker=demo["eval_utterances_per_speaker"],
         utterances_per_speaker=demo["utterances_per_speaker"], seed=params["seed"],
     )
     print(f"demo corpus written to {out}: {paths}")
@@ -187,7 +189,8 @@ def cmd_train(args) -> int:
     params = params_from_args(args)
     rank, world_size = init_distributed(params)
     metrics = train.run(params, args.train_manifest, args.dev_manifest, args.out, init_dir=args.init,
-                        resume=args.resume, rank=rank, world_size=world_size)
+                        resume=args.resume, rank=rank, world_size=world_size,
+                        embeddings_dir=args.embeddings)
     if rank == 0:
         print(f"checkpoint: {metrics['checkpoint']}")
     return 0

@@ -88,6 +88,7 @@ def build_corpus(params: dict, folder: Path) -> None:
         log.info("building the demo corpus in %s", folder)
         make_demo_corpus(folder, groups=demo["groups"],
                          speakers_per_group=demo["speakers_per_group"], fractions=demo["split"],
+                         eval_utterances_per_speaker=demo["eval_utterances_per_speaker"],
                          utterances_per_speaker=demo["utterances_per_speaker"],
                          seed=params["seed"])
     elif source == "sap":

@@ -32,6 +32,7 @@ def make_demo_corpus(
     utterances_per_speaker: int = 12,
     seed: int = 42,
     fractions: tuple[float, float, float] | list[float] = (0.45, 0.1, 0.45),
+    eval_utterances_per_speaker: int | None = None,
     workers: int | None = None,
     progress: bool = True,
 ) -> dict[str, Path]:
@@ -41,20 +42,42 @@ def make_demo_corpus(
     speaker-disjoint manifests (stratified by group) and data_report.json. The default
     split keeps as many speakers for testing as for training (5 and 5 of 11 per group):
     differences between systems are judged by a speaker bootstrap, which needs many
-    test speakers more than many test utterances.
+    test speakers more than many test utterances. eval_utterances_per_speaker (None: all)
+    caps what each dev and test speaker says, which keeps evaluation short.
     """
     out_dir = Path(out_dir)
     check_groups(groups)
     fractions = tuple(fractions)
     plan = plan_demo_corpus(groups, speakers_per_group, utterances_per_speaker, seed)
+    planned_splits = speaker_disjoint_split(plan, fractions=fractions, seed=seed, key="group")
+    planned_splits = _cap_evaluation_speakers(planned_splits, eval_utterances_per_speaker)
+    plan = [job for name in SPLIT_NAMES for job in planned_splits[name]]
     num_samples = synthesize_plan(plan, out_dir, workers=workers, progress=progress)
-    rows = [_manifest_row(job, num_samples[job["id"]]) for job in plan]
     _remove_stale_wavs(out_dir, {job["wav"] for job in plan})
-    splits = speaker_disjoint_split(rows, fractions=fractions, seed=seed, key="group")
+    splits = {name: [_manifest_row(job, num_samples[job["id"]]) for job in jobs]
+              for name, jobs in planned_splits.items()}
     paths = {name: write_manifest(out_dir / f"{name}.jsonl", splits[name]) for name in SPLIT_NAMES}
     report = _demo_report(plan, splits, groups, seed, fractions)
+    report["eval_utterances_per_speaker"] = eval_utterances_per_speaker
     paths["report"] = write_json_atomic(out_dir / "data_report.json", report, sort_keys=True)
     return paths
+
+
+def _cap_evaluation_speakers(splits: dict[str, list[dict]], cap: int | None) -> dict[str, list[dict]]:
+    """Each dev and test speaker's first `cap` utterances (training keeps all of them)."""
+    if cap is None:
+        return splits
+    if cap < 1:
+        raise ValueError(f"eval_utterances_per_speaker must be >= 1 or None, got {cap}")
+    capped = {"train": splits["train"]}
+    for name in ("dev", "test"):
+        said: Counter = Counter()
+        capped[name] = []
+        for job in splits[name]:
+            said[job["speaker"]] += 1
+            if said[job["speaker"]] <= cap:
+                capped[name].append(job)
+    return capped
 
 
 def synthesize_plan(
