@@ -1,7 +1,9 @@
 """The image test (`make image-test`): build the cpu image, then run what a cluster would in it.
 
 Both compiled pipelines run end to end with kfp.local's DockerRunner on their defaults (the
-demo settings), every task container as uid 10001 with a read-only root filesystem and only
+demo settings) with a smaller demo corpus (6 speakers per group instead of 11: 32 training
+and 24 test utterances; this test checks the container path, `make demo` the model), every
+task container as uid 10001 with a read-only root filesystem and only
 /tmp, /cache and /workspace writable (plus the pipeline root kfp.local binds in to pass
 artifacts): the securityContext of k8s/. The cpu image also stands in for the cuda tag, since
 the GPU tasks run on CPU here. Then `whisper-moe pipeline --mode quick --skip-pretraining
@@ -45,6 +47,8 @@ README_DOCKER_RUN = ["run", "--rm", "--user", UID, "--read-only", "--cap-drop", 
                      "--tmpfs", "/tmp", "--tmpfs", "/cache",
                      "-v", "whisper-moe-workspace:/workspace", "-w", "/workspace",
                      "-e", "OMP_NUM_THREADS=1"]
+# The image test's corpus: the demo's groups and utterances, fewer speakers per group.
+IMAGE_TEST_DEMO_CORPUS = {"speakers_per_group": 6}
 # One torch thread per container: on a small shared machine two OpenMP threads that wait on
 # each other made training ten times slower than one.
 THREADS_ENV = {"OMP_NUM_THREADS": "1"}
@@ -124,8 +128,18 @@ def run_compiled_pipeline(name: str, root: Path, docker_env: dict) -> dict:
         tmpfs={"/tmp": "", "/cache": "", "/workspace": ""})
     local.init(runner=runner, pipeline_root=str(root), raise_on_error=True)
     pipeline = components.load_component_from_file(str(COMPILED / f"{name}.yaml"))
-    task = pipeline()
+    task = pipeline(params_yaml=image_test_params_yaml(name))
     return task.outputs
+
+
+def image_test_params_yaml(name: str) -> str:
+    """The compiled spec's default params_yaml with the image test's smaller demo corpus."""
+    spec = next(yaml.safe_load_all((COMPILED / f"{name}.yaml").read_text()))
+    default = spec["root"]["inputDefinitions"]["parameters"]["params_yaml"]["defaultValue"]
+    params = yaml.safe_load(default) or {}
+    demo = params.setdefault("data", {}).setdefault("demo", {})
+    demo.update(IMAGE_TEST_DEMO_CORPUS)
+    return yaml.safe_dump(params, sort_keys=False)
 
 
 def check_pipeline_outputs(outputs: dict) -> tuple[bool, str]:

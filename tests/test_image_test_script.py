@@ -1,0 +1,35 @@
+"""The image test's own choices, checked without Docker: what it asks the pipelines to run."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def image_test_module():
+    spec = importlib.util.spec_from_file_location("run_image_test", REPO / "scripts" / "run_image_test.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", ["regular_moe", "pretrained_moe"])
+def test_image_test_runs_the_demo_settings_with_fewer_speakers(name):
+    from whisper_moe.config import check_params, deep_merge, defaults
+
+    script = image_test_module()
+    compiled = next(yaml.safe_load_all((REPO / "pipelines" / "compiled" / f"{name}.yaml").read_text()))
+    default = yaml.safe_load(compiled["root"]["inputDefinitions"]["parameters"]["params_yaml"]["defaultValue"])
+    asked = yaml.safe_load(script.image_test_params_yaml(name))
+    assert asked["data"]["demo"].pop("speakers_per_group") == 6
+    if not asked["data"]["demo"]:
+        del asked["data"]["demo"]
+    assert asked == default  # every other demo setting as compiled
+    check_params(deep_merge(defaults(), yaml.safe_load(script.image_test_params_yaml(name))))
