@@ -22,7 +22,7 @@ $(STAMP): $(LOCKS) pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-## The demo: `dvc repro` of both pipelines, offline, on the synthetic multi-accent corpus with tiny.en.
+## The demo: `dvc repro` of both pipelines, offline, on the synthetic demo corpus with tiny.en.
 demo: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 	@cat dvc_runs/compare/comparison.md

@@ -128,7 +128,7 @@ def data_lines(data: dict) -> list[str]:
     else:
         lines = [f"- as params.yaml sets it: data.source `{data.get('source')}`"]
     if data.get("source") == "demo" or (data.get("params_source") == "demo"):
-        lines.append("- the synthetic multi-accent demo corpus (espeak-ng voices), not real speech")
+        lines.append("- the synthetic demo corpus of speaker groups (espeak-ng voices), not real speech")
     return lines
 
 
