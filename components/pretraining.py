@@ -108,6 +108,7 @@ def pretrain_experts(
     gate: Input[Model],
     experts: Output[Model],
     experts_metrics: Output[Metrics],
+    embeddings: Input[Dataset] = None,
     run_id: str = "",
     checkpoint_root: str = "/checkpoints",
 ):
@@ -118,6 +119,8 @@ def pretrain_experts(
         dataset: Validated manifests; the training split is used.
         clusters: Output of the cluster task (group to expert table for oracle routing).
         gate: The pretrained gate.
+        embeddings: Optional output of the embed task: the utterances it holds are not
+            encoded again for routing (when it pooled the same way).
         run_id: The run's id; with checkpoint_root it names the folder a retry resumes from.
         checkpoint_root: Volume that outlives the pod (pipelines/placement.py mounts it);
             a retried attempt of the same run resumes from the checkpoints there.
@@ -138,7 +141,8 @@ def pretrain_experts(
     durable_dir = runtime.durable_work_dir(checkpoint_root, run_id, "pretrain-experts")
     work_dir = durable_dir or Path(tempfile.mkdtemp(prefix="pretrain-experts-"))
     result = stage.run(params, artifacts.split_manifest(dataset.path, "train"), clusters.path,
-                       gate.path, work_dir, resume=durable_dir is not None)
+                       gate.path, work_dir, resume=durable_dir is not None,
+                       embeddings_dir=embeddings.path if embeddings is not None else None)
     runtime.move_folder(result["checkpoint"], experts.path)
     if durable_dir is not None:
         runtime.remove_durable_folder(durable_dir)

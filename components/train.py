@@ -14,6 +14,7 @@ def train_moe(
     training_log: Output[Artifact],
     training_metrics: Output[Metrics],
     init: Input[Model] = None,
+    embeddings: Input[Dataset] = None,
     run_id: str = "",
     checkpoint_root: str = "/checkpoints",
     processes: int = 0,
@@ -28,6 +29,8 @@ def train_moe(
         params_yaml: Resolved configuration (YAML).
         dataset: Validated train/dev/test manifests with audio.
         init: Optional checkpoint of pretrained gate and experts.
+        embeddings: Optional output of the embed task: the training utterances it holds are
+            not encoded again for the gate inputs (when it pooled the same way).
         run_id: The run's id; with checkpoint_root it names the folder a retry resumes from.
         checkpoint_root: Volume that outlives the pod (pipelines/placement.py mounts it);
             training checkpoints there and a retried attempt of the same run resumes.
@@ -53,14 +56,17 @@ def train_moe(
     train_manifest = artifacts.split_manifest(dataset.path, "train")
     dev_manifest = artifacts.split_manifest(dataset.path, "dev")
     init_dir = init.path if init is not None else None
+    embeddings_dir = embeddings.path if embeddings is not None else None
     world = runtime.training_processes(processes, params)
     if world > 1:  # the same CLI command as the Kubernetes job, under torchrun
         result = runtime.train_in_processes(world, params_yaml, train_manifest, dev_manifest,
-                                            train_dir, init_dir, resume=durable_dir is not None)
+                                            train_dir, init_dir, resume=durable_dir is not None,
+                                            embeddings_dir=embeddings_dir)
     else:
         rank, world_size = init_distributed(params)  # the set-up of the CLI (1 unless under torchrun)
         result = train.run(params, train_manifest, dev_manifest, train_dir, init_dir=init_dir,
-                           resume=durable_dir is not None, rank=rank, world_size=world_size)
+                           resume=durable_dir is not None, rank=rank, world_size=world_size,
+                           embeddings_dir=embeddings_dir)
     runtime.finish_training_folder(train_dir, checkpoint.path)
     if durable_dir is not None:
         runtime.finish_durable_folder(durable_dir, training_log.path)

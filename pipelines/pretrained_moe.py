@@ -117,10 +117,11 @@ def pretrained_moe(
         clusters=clusters.outputs["clusters"]), "pretrain_gate")
     experts = place(pretrain_experts(
         params_yaml=params.output, dataset=dataset, clusters=clusters.outputs["clusters"],
-        gate=gate.outputs["gate"], run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER), "pretrain_experts")
+        gate=gate.outputs["gate"], embeddings=embeddings.outputs["embeddings"],
+        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER), "pretrain_experts")
     training = place(train_moe(
         params_yaml=params.output, dataset=dataset, init=experts.outputs["experts"],
-        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER), "train")
+        embeddings=embeddings.outputs["embeddings"], run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER), "train")
     evaluation = place(evaluate_moe(
         params_yaml=params.output, dataset=dataset, checkpoint=training.outputs["checkpoint"],
         training_log=training.outputs["training_log"], gate=gate.outputs["gate"]), "evaluate")

@@ -71,9 +71,14 @@ def test_both_pipelines_hold_the_same_joint_training_component():
     assert pretrained_k8s["exec-train-moe"] == regular_k8s["exec-train-moe"]
     assert "train.run(" in "".join(pretrained_executor["container"]["command"])
     # the pipelines differ in what comes before training: pretrained hands it an init checkpoint
+    # and the embed task's vectors (its gate inputs, not encoded again)
     pretrained_inputs = pretrained["root"]["dag"]["tasks"]["train-moe"]["inputs"]["artifacts"]
     regular_inputs = regular["root"]["dag"]["tasks"]["train-moe"]["inputs"]["artifacts"]
-    assert set(pretrained_inputs) == {"dataset", "init"} and set(regular_inputs) == {"dataset"}
+    assert set(pretrained_inputs) == {"dataset", "init", "embeddings"} and set(regular_inputs) == {"dataset"}
+    experts_inputs = pretrained["root"]["dag"]["tasks"]["pretrain-experts"]["inputs"]["artifacts"]
+    for inputs in (pretrained_inputs, experts_inputs):
+        assert inputs["embeddings"]["taskOutputArtifact"] == {
+            "outputArtifactKey": "embeddings", "producerTask": "embed-utterances"}
 
 
 @pytest.mark.parametrize("name", SPECS)

@@ -363,7 +363,7 @@ def training_processes(requested: int, params: dict) -> int:
 
 def torchrun_train_command(processes: int, params_file: str | Path, train_manifest: str | Path,
                            dev_manifest: str | Path, out_dir: str | Path, init_dir: str | Path | None,
-                           resume: bool) -> list[str]:
+                           resume: bool, embeddings_dir: str | Path | None = None) -> list[str]:
     """`whisper-moe train` under torchrun on this node: the same command as the Kubernetes job."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc-per-node={processes}", "-m", "whisper_moe.cli", "train",
@@ -371,6 +371,8 @@ def torchrun_train_command(processes: int, params_file: str | Path, train_manife
                "--dev-manifest", str(dev_manifest), "--out", str(out_dir)]
     if init_dir is not None:
         command += ["--init", str(init_dir)]
+    if embeddings_dir is not None:
+        command += ["--embeddings", str(embeddings_dir)]
     return command + (["--resume"] if resume else [])
 
 
@@ -381,7 +383,7 @@ WORKER_SHUTDOWN_S = 240
 
 def train_in_processes(processes: int, params_yaml: str, train_manifest: str | Path,
                        dev_manifest: str | Path, out_dir: str | Path, init_dir=None,
-                       resume: bool = False) -> dict:
+                       resume: bool = False, embeddings_dir=None) -> dict:
     """Joint training in `processes` data-parallel processes started by torchrun; rank 0
     writes out_dir exactly as one process would. Returns its train_metrics.json.
 
@@ -398,7 +400,7 @@ def train_in_processes(processes: int, params_yaml: str, train_manifest: str | P
         params_file = Path(folder) / "params.yaml"
         params_file.write_text(params_yaml)
         command = torchrun_train_command(processes, params_file, train_manifest, dev_manifest,
-                                         out_dir, init_dir, resume)
+                                         out_dir, init_dir, resume, embeddings_dir)
         env = {**os.environ, "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(WORKER_SHUTDOWN_S)}
         log.info("training in %d processes: %s", processes, " ".join(command))
         launcher = subprocess.Popen(command, env=env)

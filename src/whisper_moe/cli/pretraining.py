@@ -60,6 +60,8 @@ def add_subcommands(commands) -> None:
     p.add_argument("--mode", choices=["quick", "full"])
     p.add_argument("--data-percent", type=float)
     p.add_argument("--base-model", help="must be the base model the embeddings were made with")
+    p.add_argument("--embeddings", help="output folder of `embed`: the utterances it holds are not "
+                   "encoded again (when it pooled the same way)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.set_defaults(handler=cmd_pretrain_experts)
 
@@ -98,7 +100,8 @@ def cmd_pretrain_experts(args) -> int:
     from whisper_moe.stages import pretrain_experts
 
     outputs = pretrain_experts.run(params_from_args(args), args.train_manifest, args.clusters,
-                                   args.gate, args.out, resume=args.resume)
+                                   args.gate, args.out, resume=args.resume,
+                                   embeddings_dir=args.embeddings)
     print(f"utterances per expert {outputs['utterances_per_expert']}; checkpoint: {outputs['checkpoint']}")
     print(f"joint training from it: whisper-moe train --init {outputs['checkpoint']} ...")
     return 0

@@ -128,7 +128,8 @@ def start_trainer(model: WhisperMoE, tokenizer, train_set: UtteranceDataset, set
                   out_dir: Path, device, resume: bool, **options) -> Trainer:
     """A Trainer continued from its newest valid checkpoint (`resume`), else started fresh.
 
-    `options` go to Trainer (dev_set, forced_expert, rank, world_size, ddp_model).
+    `options` go to Trainer (dev_set, forced_expert, rank, world_size, ddp_model,
+    fit_gate_input, embeddings_dir).
     """
     prefix = decoder_prefix_ids(tokenizer, model.base.config)
     trainer = Trainer(model, train_set, settings, out_dir, device, special_ids(tokenizer)["pad"],

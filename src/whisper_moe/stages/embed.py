@@ -34,6 +34,7 @@ from whisper_moe.fsio import atomic_file, write_json_atomic
 from whisper_moe.model.base import load_base_model
 from whisper_moe.progress import Progress
 from whisper_moe.stages.common import mode_rows
+from whisper_moe.training.pooled_reuse import pooling_signature
 from whisper_moe.training.runtime import StopRequest, TrainingInterrupted, resolve_device
 
 log = logging.getLogger("whisper_moe.embed")
@@ -53,11 +54,15 @@ def sample_rows(params: dict, manifest) -> list[dict]:
     return stratified_sample(rows, percent, int(params["seed"]))
 
 
-def plan_of(params: dict, rows: list[dict]) -> dict:
-    """What a partial result depends on: resuming with another plan would mix two runs."""
+def plan_of(params: dict, rows: list[dict], pooling: dict) -> dict:
+    """What a partial result depends on: resuming with another plan would mix two runs.
+
+    `pooling` (how the numbers were computed) also tells a later stage whether it may
+    reuse these vectors as its gate inputs (`training.pooled_reuse`).
+    """
     digest = hashlib.sha256("\n".join(row["id"] for row in rows).encode()).hexdigest()
     return {"base_model": str(params["model"]["base_model"]), "utterances": len(rows),
-            "ids_sha256": digest}
+            "ids_sha256": digest, "pooling": pooling}
 
 
 def chunk_path(partial: Path, start: int, end: int) -> Path:
@@ -131,7 +136,9 @@ def run(params: dict, manifest, out_dir, resume: bool = False,
     if not rows:
         raise ValueError(f"{manifest}: no rows to embed (embed.embedding_percent="
                          f"{params['embed']['embedding_percent']})")
-    plan = plan_of(params, rows)
+    device = resolve_device(params["runtime"]["device"])
+    dtype = embedding_dtype(device, params["runtime"]["precision"])
+    plan = plan_of(params, rows, pooling_signature(params["model"]["base_model"], dtype, None, device))
     finished = finished_outputs(out_dir, plan) if resume else None
     if finished is not None:
         log.info("embeddings in %s are complete for this sample (--resume)", out_dir)
@@ -141,8 +148,6 @@ def run(params: dict, manifest, out_dir, resume: bool = False,
     if start:
         log.info("resuming embeddings at utterance %d of %d", start, len(rows))
 
-    device = resolve_device(params["runtime"]["device"])
-    dtype = embedding_dtype(device, params["runtime"]["precision"])
     whisper, _ = load_base_model(params["model"]["base_model"], dtype=dtype)
     whisper.to(device).eval()
     batch_size = int(params["embed"]["batch_size"])

@@ -53,12 +53,13 @@ def run(params: dict, output_dir: Path, skip_pretraining: bool, resume: bool = F
     write_json_atomic(output_dir / artifacts.RUN_PARAMS, params)
     data_out = run_stage("data", output_dir / "data", resume,
                          lambda: data.run(params, output_dir / "data"))
-    init_dir = None
+    init_dir = embed_dir = None
     if not skip_pretraining:
         init_dir = run_pretraining(params, output_dir, data_out, resume)
+        embed_dir = output_dir / "embed"  # its vectors spare training a pass of the encoder
     train_out = run_stage("train", output_dir / "train", resume, lambda: train.run(
         params, data_out["train"], data_out["dev"], output_dir / "train", init_dir=init_dir,
-        resume=resume))
+        resume=resume, embeddings_dir=embed_dir))
     eval_out = run_stage("evaluate", output_dir / "evaluate", resume, lambda: evaluate.run(
         params, checkpoint_dir=train_out["checkpoint"], test_manifest=data_out["test"],
         out_dir=output_dir / "evaluate", train_dir=output_dir / "train"))
@@ -101,5 +102,6 @@ def run_pretraining(params: dict, output_dir: Path, data_out: dict, resume: bool
     run_stage("pretrain_gate", gate_dir, resume,
               lambda: pretrain_gate.run(params, embed_dir, cluster_dir, gate_dir))
     outputs = run_stage("pretrain_experts", experts_dir, resume, lambda: pretrain_experts.run(
-        params, data_out["train"], cluster_dir, gate_dir, experts_dir, resume=resume))
+        params, data_out["train"], cluster_dir, gate_dir, experts_dir, resume=resume,
+        embeddings_dir=embed_dir))
     return Path(outputs["checkpoint"])

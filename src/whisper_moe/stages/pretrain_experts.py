@@ -1,7 +1,7 @@
 """Expert pretraining: every expert learns on the utterances the pretrained gate sends it.
 
 All training utterances are embedded once (the frozen base's pooled encoder output,
-the gate's input), routed to one expert each by the pretrained gate's argmax, and
+the gate's input; taken from the embed stage's output where it holds them), routed to one expert each by the pretrained gate's argmax, and
 then all experts train in ONE pass over the data: the stacked experts with hard,
 forced routing, so each utterance updates only its own expert's LoRA blocks.
 
@@ -67,14 +67,15 @@ def gate_assignments(model: WhisperMoE, pooled: torch.Tensor) -> torch.Tensor:
 
 
 def routed_assignments(model, dataset, device, batch_size, amp_dtype, out_dir: Path,
-                       resume: bool) -> torch.Tensor:
-    """Expert per training utterance; a resumed run reuses `assignments.jsonl` (same data)."""
+                       resume: bool, embeddings_dir=None) -> torch.Tensor:
+    """Expert per training utterance; a resumed run reuses `assignments.jsonl` (same data), and
+    the gate inputs come from the embed stage's output (`embeddings_dir`) where it holds them."""
     saved = artifacts.load_assignments(out_dir) if resume else None
     if saved is not None and [s["id"] for s in saved] == [row["id"] for row in dataset.rows]:
         log.info("expert assignments reused from %s", out_dir / artifacts.EXPERT_ASSIGNMENTS)
         return torch.tensor([s["expert"] for s in saved], dtype=torch.long)
     pooled = compute_pooled_cache(model, dataset, device, batch_size, amp_dtype,
-                                  desc="routing embeddings")
+                                  desc="routing embeddings", embeddings_dir=embeddings_dir)
     experts = gate_assignments(model, pooled)
     artifacts.save_assignments(out_dir, dataset.rows, experts.tolist())
     return experts
@@ -87,7 +88,10 @@ def group_expert_table(rows: list[dict], experts: torch.Tensor, num_experts: int
     return dict(sorted(table.items()))
 
 
-def run(params: dict, train_manifest, cluster_dir, gate_dir, out_dir, resume: bool = False) -> dict:
+def run(params: dict, train_manifest, cluster_dir, gate_dir, out_dir, resume: bool = False,
+        embeddings_dir=None) -> dict:
+    """Pretrain every expert; `embeddings_dir` (the embed stage's output) spares encoding the
+    utterances it holds again."""
     params = check_params(params)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -105,7 +109,7 @@ def run(params: dict, train_manifest, cluster_dir, gate_dir, out_dir, resume: bo
     settings = TrainSettings.from_params(run_params, section="pretrain_experts")
     amp_dtype, _ = mixed_precision(device, settings.precision)
     experts = routed_assignments(model, train_set, device, settings.batch_size * 2, amp_dtype, out_dir,
-                                  resume)
+                                  resume, embeddings_dir)
     per_expert = np.bincount(experts.numpy(), minlength=num_experts).tolist()
     idle = [e for e, count in enumerate(per_expert) if count == 0]
     if idle:

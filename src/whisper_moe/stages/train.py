@@ -53,7 +53,9 @@ def resolve_num_experts(params: dict, init_dir: str | Path | None) -> int:
 
 
 def run(params: dict, train_manifest, dev_manifest, out_dir, init_dir=None, resume: bool = False,
-        rank: int = 0, world_size: int = 1) -> dict:
+        rank: int = 0, world_size: int = 1, embeddings_dir=None) -> dict:
+    """Train gate and experts jointly; `embeddings_dir` (the embed stage's output) spares
+    encoding the training utterances it holds again for the gate-input cache."""
     params = check_params(params)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -75,7 +77,8 @@ def run(params: dict, train_manifest, dev_manifest, out_dir, init_dir=None, resu
     ddp_model = wrap_distributed(model, device, world_size)
     trainer = start_trainer(model, tokenizer, train_set, settings, out_dir, device, resume,
                             dev_set=dev_set, rank=rank, world_size=world_size, ddp_model=ddp_model,
-                            fit_gate_input=init_dir is None)  # a pretrained gate keeps its statistics
+                            fit_gate_input=init_dir is None,  # a pretrained gate keeps its statistics
+                            embeddings_dir=embeddings_dir)
     log.info("training %d experts on %d utterances (%d dev) for %d epochs, %d optimizer steps on %s",
              num_experts, len(train_set), len(dev_set), settings.epochs, trainer.total_steps, device)
     history, elapsed_s = fit(trainer)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Sampler, Subset
 
 from whisper_moe import artifacts
 from whisper_moe.data.batching import UtteranceDataset, collate_utterances
@@ -37,6 +37,13 @@ from whisper_moe.model.moe import WhisperMoE
 from whisper_moe.progress import Progress, track
 from whisper_moe.training import checkpointing
 from whisper_moe.training.live import LiveMetrics
+from whisper_moe.training.pooled_reuse import (
+    REUSE_ATOL,
+    REUSE_RTOL,
+    KnownPooled,
+    pooling_signature,
+    reusable_pooled,
+)
 from whisper_moe.training.runtime import (
     StopRequest,
     TrainingInterrupted,
@@ -147,18 +154,67 @@ def linear_warmup_decay(total_steps: int, warmup_ratio: float):
 
 @torch.no_grad()
 def compute_pooled_cache(model: WhisperMoE, dataset: UtteranceDataset, device: torch.device,
-                         batch_size: int, amp_dtype, desc: str = "gate embeddings") -> torch.Tensor:
+                         batch_size: int, amp_dtype, desc: str = "gate embeddings",
+                         embeddings_dir: str | Path | None = None) -> torch.Tensor:
     """Pooled frozen-base encoder output for every utterance, computed once.
 
     The base is frozen, so the gate's input never changes during training; computing
-    it once replaces a second encoder pass per step.
+    it once replaces a second encoder pass per step. With `embeddings_dir` (the embed
+    stage's output) the utterances it holds are taken from it, when it pooled the same
+    way (`pooled_reuse`), and only the others are encoded.
     """
     pooled = torch.zeros(len(dataset), model.base.config.d_model)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                        collate_fn=lambda items: collate_utterances(items, 0, 1),
-                        generator=torch.Generator().manual_seed(0))
     was_training = model.training
     model.eval()
+    known = embedded_before(model, dataset, device, amp_dtype, embeddings_dir)
+    if known is None:
+        encode_pooled(pooled, model, dataset, range(len(dataset)), device, batch_size, amp_dtype, desc)
+    else:
+        fill_with_known(pooled, known, model, dataset, device, batch_size, amp_dtype, desc)
+    model.train(was_training)
+    return pooled
+
+
+def embedded_before(model: WhisperMoE, dataset: UtteranceDataset, device: torch.device, amp_dtype,
+                    embeddings_dir: str | Path | None) -> KnownPooled | None:
+    """The embed stage's vectors of this dataset, when it pooled as this model does here."""
+    if embeddings_dir is None:
+        return None
+    signature = pooling_signature(model.config.base_model, next(model.base.parameters()).dtype,
+                                  amp_dtype, device)
+    return reusable_pooled(embeddings_dir, dataset.rows, signature, model.base.config.d_model)
+
+
+def fill_with_known(pooled: torch.Tensor, known: KnownPooled, model: WhisperMoE,
+                    dataset: UtteranceDataset, device: torch.device, batch_size: int, amp_dtype,
+                    desc: str) -> None:
+    """Known rows copied, the others encoded, plus one known row encoded again as the proof
+    that both pooled alike; when it disagrees every known row is encoded after all."""
+    pooled[known.positions] = known.vectors
+    probe = int(known.positions[0])
+    pooled[probe] = 0.0  # an unreadable probe stays zero and fails the check
+    todo = torch.ones(len(dataset), dtype=torch.bool)
+    todo[known.positions] = False
+    todo[probe] = True
+    encode_pooled(pooled, model, dataset, todo.nonzero().flatten().tolist(), device, batch_size,
+                  amp_dtype, desc)
+    if not torch.allclose(pooled[probe], known.vectors[0], rtol=REUSE_RTOL, atol=REUSE_ATOL):
+        log.warning("utterance %s pools differently than in the embed output; encoding every "
+                    "utterance", dataset.rows[probe]["id"])
+        pooled[known.positions[1:]] = 0.0  # as computed: an unreadable utterance stays zero
+        encode_pooled(pooled, model, dataset, known.positions[1:].tolist(), device, batch_size,
+                      amp_dtype, desc)
+
+
+def encode_pooled(pooled: torch.Tensor, model: WhisperMoE, dataset: UtteranceDataset, indices,
+                  device: torch.device, batch_size: int, amp_dtype, desc: str) -> None:
+    """Write the pooled embedding of dataset rows `indices` into `pooled` (unreadable: left)."""
+    indices = list(indices)
+    if not indices:
+        return
+    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False,
+                        collate_fn=lambda items: collate_utterances(items, 0, 1),
+                        generator=torch.Generator().manual_seed(0))
     for batch in track(loader, desc, unit="batch"):
         if batch["size"] == 0:
             continue
@@ -166,8 +222,6 @@ def compute_pooled_cache(model: WhisperMoE, dataset: UtteranceDataset, device: t
         with autocast(device, amp_dtype):
             embedding = model.pooled_embeddings(features, frames)
         pooled[batch["index"]] = embedding.float().cpu()
-    model.train(was_training)
-    return pooled
 
 
 def batch_features(model: WhisperMoE, batch: dict, device: torch.device):
@@ -191,7 +245,8 @@ class Trainer:
     def __init__(self, model: WhisperMoE, train_set: UtteranceDataset, settings: TrainSettings,
                  out_dir: Path, device: torch.device, pad_token_id: int, prefix_length: int,
                  dev_set: UtteranceDataset | None = None, forced_expert: torch.Tensor | None = None,
-                 rank: int = 0, world_size: int = 1, ddp_model=None, fit_gate_input: bool = True):
+                 rank: int = 0, world_size: int = 1, ddp_model=None, fit_gate_input: bool = True,
+                 embeddings_dir: str | Path | None = None):
         self.model = model
         self.train_set = train_set
         self.dev_set = dev_set
@@ -202,6 +257,7 @@ class Trainer:
         self.prefix_length = prefix_length
         self.forced_expert = forced_expert
         self.fit_gate_input = fit_gate_input and forced_expert is None
+        self.embeddings_dir = embeddings_dir  # the embed stage's output: training gate inputs reused
         self.rank = rank
         self.world_size = world_size
         self.forward_model = ddp_model or model
@@ -316,7 +372,8 @@ class Trainer:
         settings = self.settings
         if self.forced_expert is None:
             self.pooled_train = compute_pooled_cache(
-                self.model, self.train_set, self.device, settings.batch_size * 2, self.amp_dtype)
+                self.model, self.train_set, self.device, settings.batch_size * 2, self.amp_dtype,
+                embeddings_dir=self.embeddings_dir)
             if self.dev_set is not None and len(self.dev_set):
                 self.pooled_dev = compute_pooled_cache(
                     self.model, self.dev_set, self.device, settings.batch_size * 2, self.amp_dtype,
