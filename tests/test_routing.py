@@ -280,3 +280,17 @@ def test_training_stores_the_gate_input_statistics_of_the_training_embeddings(ro
     stored = load_file(out / "checkpoint" / "model.safetensors")
     assert float(stored["gate.input_mean"].abs().sum()) > 0
     assert float((stored["gate.input_std"] - 1).abs().sum()) > 0
+
+
+def test_evaluation_counts_second_choices_as_dispatch_and_names_idle_experts():
+    from whisper_moe.stages.evaluate import routing_summary
+
+    rows = [{"group": g, "expert_weights": w, "gate_probs": w}
+            for g, w in [("a", [0.6, 0.4, 0.0, 0.0]), ("a", [0.7, 0.3, 0.0, 0.0]),
+                         ("b", [0.55, 0.0, 0.45, 0.0]), ("b", [0.0, 0.0, 0.8, 0.2])]]
+    summary = routing_summary(rows, num_experts=4)
+    assert summary["expert_share"] == [3, 0, 1, 0]  # expert 1 is nobody's first choice
+    assert summary["dispatch"] == [3, 2, 2, 1]  # but receives two second slots
+    assert summary["idle_experts"] == []
+    rows[3]["expert_weights"] = [0.0, 0.0, 1.0, 0.0]
+    assert routing_summary(rows, num_experts=4)["idle_experts"] == [3]

@@ -357,6 +357,10 @@ def wer_interval(predictions: list[dict], system: str) -> list[float]:
 
 
 def routing_summary(predictions: list[dict], num_experts: int) -> dict:
+    """Gate entropy, top-1 agreement with the groups, and how the routing used each expert:
+    `expert_share` counts top-1 choices, `dispatch` every slot an expert received under
+    the checkpoint's routing (top-k slots, or every expert under soft routing), so an
+    expert nobody picks first but many pick second is not idle."""
     weights = np.array([p["expert_weights"] for p in predictions])
     probs = np.array([p["gate_probs"] for p in predictions])
     entropy = -(probs * np.log(np.clip(probs, 1e-9, None))).sum(1)
@@ -373,6 +377,8 @@ def routing_summary(predictions: list[dict], num_experts: int) -> dict:
         "gate_entropy_mean": float(entropy.mean()),
         "gate_entropy_max": float(np.log(num_experts)),
         "expert_share": np.bincount(weights.argmax(1), minlength=num_experts).tolist(),
+        "dispatch": (weights > 0).sum(0).astype(int).tolist(),
+        "idle_experts": np.flatnonzero((weights > 0).sum(0) == 0).tolist(),
         "expert_usage_per_group": usage,
         "top1_counts_per_group": top1,
     }
