@@ -51,7 +51,8 @@ def make_demo_corpus(
     plan = plan_demo_corpus(groups, speakers_per_group, utterances_per_speaker, seed)
     planned_splits = speaker_disjoint_split(plan, fractions=fractions, seed=seed, key="group")
     planned_splits = _cap_evaluation_speakers(planned_splits, eval_utterances_per_speaker)
-    plan = [job for name in SPLIT_NAMES for job in planned_splits[name]]
+    kept = {job["id"] for jobs in planned_splits.values() for job in jobs}
+    plan = [job for job in plan if job["id"] in kept]  # plan order: espeak state carries over
     num_samples = synthesize_plan(plan, out_dir, workers=workers, progress=progress)
     _remove_stale_wavs(out_dir, {job["wav"] for job in plan})
     splits = {name: [_manifest_row(job, num_samples[job["id"]]) for job in jobs]

@@ -127,12 +127,10 @@ class EspeakSynthesizer:
         self._lib.espeak_ng_SetRandSeed(noise_seed & 0x7FFFFFFF)
         if self._lib.espeak_SetVoiceByName(voice.encode()) != 0:
             raise RuntimeError(f"espeak-ng has no voice {voice!r}")
-        for parameter, value in (
-            (_PARAM_RATE, rate_wpm),
-            (_PARAM_PITCH, pitch),
-            (_PARAM_RANGE, pitch_range),
-            (_PARAM_WORDGAP, word_gap_10ms),
-        ):
+        settings = [(_PARAM_RATE, rate_wpm), (_PARAM_PITCH, pitch), (_PARAM_RANGE, pitch_range)]
+        if word_gap_10ms:  # otherwise left at the voice's own default
+            settings.append((_PARAM_WORDGAP, word_gap_10ms))
+        for parameter, value in settings:
             self._lib.espeak_SetParameter(parameter, int(value), 0)
         self._chunks = []
         encoded = text.encode("utf-8")
