@@ -151,7 +151,7 @@ def test_routing_quality_and_extra_test_sets_sit_beside_the_wer(tmp_path):
     metrics = json.loads(path.read_text())
     metrics["routing"] = {"gate_entropy_mean": 0.25, "gate_entropy_max": 0.6931, "top1_group_nmi": 0.8,
                           "top1_group_nmi_permutation_95": 0.1, "top1_group_nmi_p_value": 0.001,
-                          "expert_share": [4, 4],
+                          "expert_share": [4, 4], "dispatch": [6, 5],
                           "top1_counts_per_group": {"en-us": [4, 0], "en-029": [0, 4]}}
     metrics["oracle_routing"] = {"source": "test-set majority of the learned gate",
                                  "group_to_expert": {"en-us": 0, "en-029": 1}}
@@ -174,7 +174,7 @@ def test_routing_quality_and_extra_test_sets_sit_beside_the_wer(tmp_path):
     assert routing["learned_minus_oracle_ci95"] == [pytest.approx(0.1), pytest.approx(0.1)]
     text = (tmp_path / "cmp" / "comparison.md").read_text()
     assert ("| regular MoE (2 experts, rank 16) | regular | 20.00 | 0.250 (0.693) | 0.800 | 0.100 | "
-            "0.001 | [4, 4] | +10.00 | [10.00, 10.00] | test-set majority of the learned gate |") in text
+            "0.001 | [4, 4] | [6, 5] | +10.00 | [10.00, 10.00] | test-set majority of the learned gate |") in text
     assert "| regular MoE (2 experts, rank 16) | regular | [0, 4] | [4, 0] |" in text  # en-029, en-us
     assert "## Extra test sets (WER %)" in text and "| base (demo) | regular | 10.00 |" in text
 

@@ -210,6 +210,7 @@ def routing_quality(metrics: dict) -> dict | None:
         "nmi_permutation_95": routing.get("top1_group_nmi_permutation_95"),
         "nmi_p_value": routing.get("top1_group_nmi_p_value"),
         "expert_share": routing.get("expert_share"),
+        "dispatch": routing.get("dispatch"),  # every routed slot (top-k), not only first choices
         "dispatch_per_group": routing.get("top1_counts_per_group", {}),
         "oracle_source": (metrics.get("oracle_routing") or {}).get("source"),
     }
@@ -312,8 +313,8 @@ def routing_table(routed: list[dict], groups: list[str]) -> list[str]:
     """The gate-quality table and the per-group dispatch table of the routed rows."""
     lines = ["",
              "| system | run | WER % | gate entropy (uniform) | NMI(top-1 expert, group) | "
-             "95 % permutation level | p | utterances per expert | learned - oracle WER (points) | "
-             "95 % interval | oracle routing |", "|" + "---|" * 11]
+             "95 % permutation level | p | top-1 utterances per expert | routed slots per expert | "
+             "learned - oracle WER (points) | 95 % interval | oracle routing |", "|" + "---|" * 12]
     for row in routed:
         r = row["routing"]
         entropy = ("-" if r["gate_entropy_mean"] is None
@@ -322,7 +323,8 @@ def routing_table(routed: list[dict], groups: list[str]) -> list[str]:
                for key in ("nmi", "nmi_permutation_95", "nmi_p_value")]
         gap = r.get("learned_minus_oracle")
         lines.append(" | ".join([f"| {row['system']}", row["run"], _cell(row["wer"]), entropy, *nmi,
-                                 str(r["expert_share"]), "-" if gap is None else f"{100 * gap:+.2f}",
+                                 str(r["expert_share"]), str(r.get("dispatch") or "-"),
+                                 "-" if gap is None else f"{100 * gap:+.2f}",
                                  _interval_cell(r.get("learned_minus_oracle_ci95")),
                                  r["oracle_source"] or "-"]) + " |")
     lines += ["", "Utterances each group sends to each expert first (top-1 dispatch, experts in order):", "",
