@@ -677,3 +677,28 @@ def test_pretrained_pipeline_end_to_end_from_a_folder(local_kfp, tiny_base_dir, 
     assert num_experts >= 2 and all(len(row["row"]) == num_experts for row in confusion["rows"])
     config = json.loads((Path(task.outputs["checkpoint"].path) / "moe_config.json").read_text())
     assert config["num_experts"] == num_experts  # clustering decided the experts
+
+
+def test_kubeflow_metrics_carry_whisper_norm_wer_sap_cer_and_routing():
+    from whisper_moe_kfp.runtime import log_evaluation
+
+    class Logged:
+        def __init__(self):
+            self.values = {}
+
+        def log_metric(self, name, value):
+            self.values[name] = value
+
+    logged = Logged()
+    log_evaluation(logged, {
+        "utterances": 4,
+        "moe": {"wer": 0.2, "cer": 0.1, "wer_whisper_norm": 0.15, "sap_cer": 0.09,
+                "per_group": {"l1-hi": {"wer": 0.3}}},
+        "base": {"wer": 0.5, "cer": 0.3, "wer_whisper_norm": 0.45, "sap_cer": None},
+        "routing": {"gate_entropy_mean": 0.4, "gate_entropy_max": 1.386, "top1_group_nmi": 0.5,
+                    "top1_group_nmi_permutation_95": 0.08, "top1_group_nmi_p_value": 0.001,
+                    "idle_experts": [2]}})
+    assert logged.values["moe_wer_whisper_norm"] == 0.15 and logged.values["moe_sap_cer"] == 0.09
+    assert "base_sap_cer" not in logged.values and logged.values["base_wer_whisper_norm"] == 0.45
+    assert logged.values["routing_top1_group_nmi"] == 0.5 and logged.values["routing_idle_experts"] == 1
+    assert logged.values["moe_wer_l1-hi"] == 0.3 and logged.values["test_utterances"] == 4

@@ -454,15 +454,24 @@ def log_numbers(metrics_artifact, values: dict, prefix: str = "") -> None:
 
 
 def log_evaluation(metrics_artifact, evaluation: dict) -> None:
-    """WER and CER overall and per group for each system (moe, base, oracle)."""
+    """WER and CER overall and per group for each system (moe, base, oracle), with the WER
+    under Whisper's normaliser and the SAP challenge's CER where the evaluation scored them,
+    and the gate's routing quality."""
     for system in ("moe", "base", "oracle"):
         result = evaluation.get(system)
         if not result:
             continue
-        log_numbers(metrics_artifact, {"wer": result["wer"], "cer": result["cer"]}, f"{system}_")
+        overall = {key: result.get(key) for key in ("wer", "cer", "wer_whisper_norm", "sap_cer")}
+        log_numbers(metrics_artifact, overall, f"{system}_")
         for group, values in sorted(result.get("per_group", {}).items()):
             log_numbers(metrics_artifact, {f"wer_{group}": values["wer"]}, f"{system}_")
     log_numbers(metrics_artifact, {"test_utterances": evaluation.get("utterances")})
+    routing = evaluation.get("routing") or {}
+    log_numbers(metrics_artifact, {key: routing.get(key) for key in (
+        "gate_entropy_mean", "gate_entropy_max", "top1_group_nmi", "top1_group_nmi_permutation_95",
+        "top1_group_nmi_p_value")}, "routing_")
+    if "idle_experts" in routing:
+        log_numbers(metrics_artifact, {"routing_idle_experts": len(routing["idle_experts"])})
 
 
 # ------------------------------------------------------------------ data out
