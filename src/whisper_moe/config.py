@@ -95,7 +95,7 @@ class Model:
 
 @dataclass
 class Routing:
-    mode: str = knob("curriculum", choices=("soft", "topk", "curriculum"))
+    mode: str = knob("topk", choices=("soft", "topk", "curriculum"))  # sparse from step 0: experts see different data
     top_k: int = knob(2, ge=1)
     soft_epochs: int = knob(3, ge=0)  # curriculum: epochs of soft routing before top-k
     temperature_start: float = knob(2.0, gt=0)
