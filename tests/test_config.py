@@ -119,6 +119,8 @@ def test_rules_between_keys():
         check_params({"cluster": {"min_clusters": 5, "max_clusters": 3}})
     with pytest.raises(ConfigError, match="routing.top_k=3 is above model.num_experts=2"):
         check_params({"model": {"num_experts": 2}, "routing": {"top_k": 3}})
+    # a single LoRA (one expert) under the default top-2 routing: nothing to route, no error
+    assert check_params({"model": {"num_experts": 1}})["routing"]["mode"] == "topk"
 
 
 def test_a_required_value_names_its_key():

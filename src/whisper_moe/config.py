@@ -368,7 +368,8 @@ def check_consistency(params: dict, source: str = "params") -> dict:
             raise ConfigError(f"{source}: evaluate.extra_test_sets name {name!r}: use letters, digits, "
                               "'_', '-' or '.' (it names a folder)")
     experts = model["num_experts"]
-    if experts is not None and params["routing"]["mode"] != "soft" and params["routing"]["top_k"] > experts:
+    routed = experts is not None and experts > 1  # one expert (a single LoRA) has nothing to route
+    if routed and params["routing"]["mode"] != "soft" and params["routing"]["top_k"] > experts:
         raise ConfigError(f"{source}: routing.top_k={params['routing']['top_k']} is above "
                           f"model.num_experts={experts}; lower top_k or use routing.mode=soft")
     return params
