@@ -366,11 +366,21 @@ class Trainer:
         return True
 
     # -- the loop -----------------------------------------------------------------------------
+    def skip_gate_inputs(self) -> None:
+        """Zeros in place of the gate's input for a single expert (a single LoRA), whose
+        routing weight is 1 whatever the gate sees: no encoder pass over the data for it."""
+        d_model = self.model.base.config.d_model
+        self.pooled_train = torch.zeros(len(self.train_set), d_model)
+        if self.dev_set is not None and len(self.dev_set):
+            self.pooled_dev = torch.zeros(len(self.dev_set), d_model)
+
     def fit(self, stop: StopRequest | None = None) -> list[dict]:
         """Train to the last epoch; on a stop request save and raise TrainingInterrupted."""
         stop = stop if stop is not None else StopRequest()
         settings = self.settings
-        if self.forced_expert is None:
+        if self.forced_expert is None and self.model.config.num_experts == 1:
+            self.skip_gate_inputs()  # one expert always gets weight 1: the gate's input is moot
+        elif self.forced_expert is None:
             self.pooled_train = compute_pooled_cache(
                 self.model, self.train_set, self.device, settings.batch_size * 2, self.amp_dtype,
                 embeddings_dir=self.embeddings_dir)
