@@ -294,3 +294,20 @@ def test_evaluation_counts_second_choices_as_dispatch_and_names_idle_experts():
     assert summary["idle_experts"] == []
     rows[3]["expert_weights"] = [0.0, 0.0, 1.0, 0.0]
     assert routing_summary(rows, num_experts=4)["idle_experts"] == [3]
+
+
+def test_a_single_lora_trains_without_an_encoder_pass_for_its_gate(tmp_path, tiny_params_module,
+                                                                  tiny_corpus, monkeypatch):
+    from whisper_moe.stages import train
+    from whisper_moe.training import trainer
+
+    def no_gate_pass(*args, **kwargs):
+        raise AssertionError("a single expert needs no gate input")
+
+    monkeypatch.setattr(trainer, "compute_pooled_cache", no_gate_pass)
+    params = copy.deepcopy(tiny_params_module)
+    params["model"]["num_experts"] = 1
+    params["train"].update(epochs=1, batch_size=2, gradient_accumulation_steps=1)
+    metrics = train.run(params, tiny_corpus / "train.jsonl", tiny_corpus / "dev.jsonl", tmp_path)
+    assert metrics["num_experts"] == 1 and metrics["optimizer_steps"] > 0
+    assert metrics["final_dev_loss"] is not None
