@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "train_step.py"
+from script_loading import load_script
 
 
 @pytest.fixture(scope="module")
 def train_step():
-    spec = importlib.util.spec_from_file_location("train_step_benchmark", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/train_step.py", "train_step_benchmark")
 
 
 def test_rounds_interleave_the_methods_and_rotate_who_goes_first(train_step):

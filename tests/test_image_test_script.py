@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import yaml
-
-REPO = Path(__file__).resolve().parents[1]
+from script_loading import REPO, load_script
 
 
 def image_test_module():
-    spec = importlib.util.spec_from_file_location("run_image_test", REPO / "scripts" / "run_image_test.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/run_image_test.py", "run_image_test")
 
 
 @pytest.mark.parametrize("name", ["regular_moe", "pretrained_moe"])

@@ -3,22 +3,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
-
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "routing_symmetry.py"
+from script_loading import load_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("routing_symmetry_benchmark", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/routing_symmetry.py", "routing_symmetry_benchmark")
 
 
 def metrics(entropy=1.0, nmi=0.5, level=0.1, p=0.001, share=(20, 0, 12, 8), wer=0.125):

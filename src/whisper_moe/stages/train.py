@@ -21,8 +21,8 @@ from whisper_moe.model.moe import MoEConfig
 from whisper_moe.plots import plot_training_curves
 from whisper_moe.stages.common import (
     build_training_model,
-    joint_training_epochs,
     fit,
+    joint_training_epochs,
     save_trained,
     start_trainer,
     step_records,
