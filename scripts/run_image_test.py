@@ -1,7 +1,7 @@
 """The image test (`make image-test`): build the cpu image, then run what a cluster would in it.
 
 Both compiled pipelines run end to end with kfp.local's DockerRunner on their defaults (the
-demo settings) with a smaller demo corpus (6 speakers per group instead of 11: 32 training
+demo settings) with a smaller demo corpus (6 speakers per group instead of 11: 24 training
 and 24 test utterances; this test checks the container path, `make demo` the model), every
 task container as uid 10001 with a read-only root filesystem and only
 /tmp, /cache and /workspace writable (plus the pipeline root kfp.local binds in to pass
