@@ -153,6 +153,7 @@ def read_run(run_dir) -> tuple[dict, dict | None]:
     headline = metrics.get("moe")
     if headline is None:
         raise ValueError(f"{run_dir}: evaluate/metrics.json has no 'moe' results (a base-only evaluation?)")
+    expert_pretraining_steps = pretraining_steps(run_dir)
     row = {
         "system": system_name(num_experts, rank, pretrained),
         "run": run_dir.name,
@@ -171,8 +172,8 @@ def read_run(run_dir) -> tuple[dict, dict | None]:
         "train_time_s": train.get("train_time_s"),
         "pretraining_time_s": pretraining_seconds(run_dir),
         "pretraining_time_from": pretraining_time_source(run_dir),
-        "optimizer_steps": total_steps(train, pretraining_steps(run_dir)),
-        "pretraining_steps": pretraining_steps(run_dir),
+        "optimizer_steps": total_steps(train, expert_pretraining_steps),
+        "pretraining_steps": expert_pretraining_steps,
         "trainable_parameters": train.get("trainable_parameters"),
         "routing": routing_quality(metrics),
         "group_probe": group_probe(run_dir),
