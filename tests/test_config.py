@@ -102,6 +102,21 @@ def test_numbers_written_as_yaml_text_are_numbers():
     assert params["train"]["lr"] == 3e-4 and params["train"]["epochs"] == 4
 
 
+def test_only_true_and_false_are_booleans_as_in_dvc(tmp_path):
+    """YAML 1.2, as DVC reads params.yaml: `off` is text, `yes` is no boolean."""
+    from whisper_moe.cli.params import parse_override
+
+    assert parse_override("evaluate.oracle_routing=off") == ("evaluate.oracle_routing", "off")
+    assert parse_override("evaluate.compare_base=false") == ("evaluate.compare_base", False)
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text("evaluate:\n  oracle_routing: off\n  compare_base: False\n")
+    params = load_params(params_file)
+    assert params["evaluate"]["oracle_routing"] == "off" and params["evaluate"]["compare_base"] is False
+    params_file.write_text("evaluate:\n  compare_base: yes\n")
+    with pytest.raises(ConfigError, match=r"compare_base='yes': expected true or false"):
+        load_params(params_file)
+
+
 def test_an_override_is_checked_when_it_is_set():
     params = load_params()
     with pytest.raises(ConfigError, match=r"-S: train\.lr='abc'"):

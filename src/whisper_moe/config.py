@@ -395,6 +395,28 @@ def check_params(params: dict, source: str = "params") -> dict:
     return check_consistency(deep_merge(defaults(), check_layer(params, source)), source)
 
 
+class Yaml12BoolLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's booleans: only true and false.
+
+    YAML 1.1 also reads on/off/yes/no as booleans, so `evaluate.oracle_routing: off`
+    would arrive as False and fail as "expected text"; DVC reads params.yaml as YAML 1.2,
+    where `off` is text, and the two readers must agree.
+    """
+
+
+Yaml12BoolLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+Yaml12BoolLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def read_yaml(text: str) -> Any:
+    """A YAML document of parameters (a file, a `-S` value, a pipeline's params_yaml)."""
+    return yaml.load(text, Loader=Yaml12BoolLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def read_params_file(path: str | Path) -> dict:
     """The file's mapping; a YAML syntax error becomes one line with the file and line."""
     path = Path(path)
@@ -404,7 +426,7 @@ def read_params_file(path: str | Path) -> dict:
             "is) or pass --params FILE"
         )
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        return read_yaml(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise ConfigError(yaml_error_line(error, str(path))) from None
 

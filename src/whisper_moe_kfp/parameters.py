@@ -23,6 +23,7 @@ from whisper_moe.config import (
     check_params,
     get_dotted,
     load_params,
+    read_yaml,
     set_dotted,
     yaml_error_line,
 )
@@ -129,7 +130,7 @@ def typed_default(parameter: TunedParameter, value):
 def params_from_yaml(text: str) -> dict:
     """The nested params dict from params.yaml text, checked exactly as the CLI checks it."""
     try:
-        from_text = yaml.safe_load(text) or {}
+        from_text = read_yaml(text) or {}
     except yaml.YAMLError as error:
         raise ConfigError(yaml_error_line(error, "params_yaml")) from None
     return check_params(from_text, "params_yaml")

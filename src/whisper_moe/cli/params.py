@@ -18,6 +18,7 @@ from whisper_moe.config import (
     ConfigError,
     check_consistency,
     load_params,
+    read_yaml,
     set_dotted,
 )
 
@@ -58,7 +59,7 @@ def parse_override(text: str) -> tuple[str, object]:
         raise argparse.ArgumentTypeError(f"-S expects key=value, got {text!r}")
     key, value = text.split("=", 1)
     try:
-        return key, yaml.safe_load(value)
+        return key, read_yaml(value)
     except yaml.YAMLError:
         raise argparse.ArgumentTypeError(f"-S {text}: the value is not valid YAML") from None
 
