@@ -53,6 +53,16 @@ def test_the_card_states_what_the_metrics_and_lineage_hold(tmp_path, tiny_params
     assert recorded["data"] == data and recorded["params"] == json.loads(json.dumps(tiny_params))
 
 
+def test_the_pretrained_cards_epochs_count_expert_pretraining(tiny_params):
+    params = {**tiny_params, "mode": "full", "train": {**tiny_params["train"], "epochs": 3},
+              "pretrain_experts": {**tiny_params["pretrain_experts"], "epochs": 1,
+                                   "count_toward_train_epochs": True}}
+    assert model_card.epochs_text(params, "pretrained") == "3 epochs (1 of expert pretraining, 2 joint)"
+    assert model_card.epochs_text(params, "regular") == "3 epochs"
+    params["pretrain_experts"]["count_toward_train_epochs"] = False
+    assert model_card.epochs_text(params, "pretrained") == "4 epochs (1 of expert pretraining, 3 joint)"
+
+
 def test_lineage_names_the_checked_out_commit_unless_the_image_says_otherwise(monkeypatch, tiny_params):
     head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
                           text=True, check=True).stdout.strip()

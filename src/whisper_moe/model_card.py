@@ -145,7 +145,23 @@ def lineage_lines(lineage: dict, params: dict) -> list[str]:
             f"created {lineage.get('created_utc')}",
             f"- settings: mode `{params.get('mode')}`, LoRA rank {lora.get('rank')} on "
             f"{', '.join(lora.get('target_modules') or [])}, routing `{routing}`, "
-            f"{train.get('epochs')} epochs, lr {train.get('lr')}; all resolved params in `lineage.json`"]
+            f"{epochs_text(params, lineage.get('pipeline'))}, lr {train.get('lr')}; "
+            "all resolved params in `lineage.json`"]
+
+
+def epochs_text(params: dict, pipeline: str | None) -> str:
+    """The passes over the training data; in the pretrained pipeline split into expert
+    pretraining and joint training, whose epochs `train` derives from both sections."""
+    section = "quick" if params.get("mode") == "quick" else "train"
+    epochs = (params.get(section) or {}).get("epochs")
+    pretraining = params.get("pretrain_experts") or {}
+    if pipeline != "pretrained" or epochs is None:
+        return f"{epochs} epochs"
+    pretrain_epochs = int(pretraining.get("epochs", 0))
+    joint = int(epochs)
+    if pretraining.get("count_toward_train_epochs"):
+        joint = max(1, joint - pretrain_epochs)
+    return f"{pretrain_epochs + joint} epochs ({pretrain_epochs} of expert pretraining, {joint} joint)"
 
 
 def image_line(lineage: dict) -> str:
