@@ -94,7 +94,7 @@ def test_evaluate_scores_sap_data_and_every_extra_test_set(tmp_path, tiny_params
 
 
 class FakeMoE:
-    """As much of a WhisperMoE as oracle_routing reads."""
+    """As much of a WhisperMoE as oracle_plan reads."""
 
     def __init__(self, num_experts, group_to_expert=None):
         from types import SimpleNamespace
@@ -103,22 +103,55 @@ class FakeMoE:
 
 
 def test_oracle_routing_prefers_the_checkpoints_table_then_the_gates_majority():
-    from whisper_moe.stages.evaluate import oracle_routing
+    from whisper_moe.stages.evaluate import oracle_plan
 
     rows = [{"group": "a"}, {"group": "b"}]
-    counts = {"a": [1, 5, 0], "b": [2, 2, 1]}  # b ties: the lower expert
-    passes = []
+    assert oracle_plan("auto", FakeMoE(3, {"a": 2}), rows) == "checkpoint"
+    assert oracle_plan("auto", FakeMoE(3), rows) == "learned"
+    assert oracle_plan("checkpoint", FakeMoE(3), rows) is None
+    assert oracle_plan("off", FakeMoE(3, {"a": 2}), rows) is None
+    assert oracle_plan("auto", FakeMoE(1), rows) is None  # one expert: nothing to route
+    assert oracle_plan("auto", FakeMoE(3), [{"group": "a"}]) is None  # one group
+    assert oracle_plan("auto", None, rows) is None  # the plain base model
 
-    def count(rows_seen):
-        passes.append(len(rows_seen))
-        return counts
 
-    assert oracle_routing("auto", FakeMoE(3, {"a": 2}), rows, count) == ({"a": 2}, "checkpoint")
-    assert passes == []  # a table in the checkpoint needs no routing pass
-    table, source = oracle_routing("auto", FakeMoE(3), rows, count)
-    assert table == {"a": 1, "b": 0} and source.startswith("test-set majority") and passes == [2]
-    assert oracle_routing("checkpoint", FakeMoE(3), rows, count) == (None, None)
-    assert oracle_routing("off", FakeMoE(3, {"a": 2}), rows, count) == (None, None)
-    assert oracle_routing("auto", FakeMoE(1), rows, count) == (None, None)  # one expert: nothing to route
-    assert oracle_routing("auto", FakeMoE(3), [{"group": "a"}], count) == (None, None)  # one group
-    assert oracle_routing("auto", None, rows, count) == (None, None)  # the plain base model
+def test_the_learned_majority_table_counts_first_choices_ties_to_the_lower_expert():
+    from whisper_moe.stages.evaluate import learned_majority_table
+
+    first_choices = {"a1": 1, "a2": 1, "a3": 0, "b1": 2, "b2": 0}  # b ties: the lower expert
+    predictions = [{"id": i, "group": i[0]} for i in first_choices]
+    assert learned_majority_table(predictions, first_choices, 3) == {"a": 1, "b": 0}
+
+
+def test_oracle_decoded_after_the_learned_pass_equals_a_checkpoint_tables_inline(
+        tmp_path, tiny_moe, tiny_params, tiny_corpus):
+    """Without a table in the checkpoint, the evaluation learns one from its own MoE pass and
+    decodes the oracle afterwards; the same table stored in the checkpoint is decoded inline.
+    Both must give the same oracle transcripts (experts made to differ: B random)."""
+    import torch
+
+    from whisper_moe import artifacts
+    from whisper_moe.model.io import save_moe
+    from whisper_moe.stages import evaluate
+
+    model = tiny_moe(3)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("lora_B"):
+                parameter.normal_(0.0, 0.5)
+    test = tiny_corpus / "test.jsonl"
+    learned = evaluate.run(tiny_params, save_moe(model, tmp_path / "learned"), test, tmp_path / "a")
+    assert learned["oracle_routing"]["source"] == "test-set majority of the learned gate"
+    table = learned["oracle_routing"]["group_to_expert"]
+    first = artifacts.read_jsonl(tmp_path / "a" / artifacts.PREDICTIONS)
+    first_choices = {p["id"]: max(range(3), key=lambda e: p["expert_weights"][e]) for p in first}
+    assert table == evaluate.learned_majority_table(first, first_choices, 3)
+
+    model.config.group_to_expert = table
+    inline = evaluate.run(tiny_params, save_moe(model, tmp_path / "table"), test, tmp_path / "b")
+    assert inline["oracle_routing"]["source"] == "checkpoint"
+    second = {p["id"]: p for p in artifacts.read_jsonl(tmp_path / "b" / artifacts.PREDICTIONS)}
+    assert len(first) == len(second) and all("oracle" in p for p in first)
+    assert all(p["oracle"] == second[p["id"]]["oracle"] for p in first)
+    assert inline["oracle"]["wer"] == learned["oracle"]["wer"]

@@ -105,23 +105,9 @@ def run(params: dict, checkpoint_dir=None, test_manifest=None, out_dir=None, bas
         with torch.no_grad(), autocast(device, amp_dtype):
             return features, frames, whisper.model.encoder(features).last_hidden_state
 
-    def top1_counts_per_group(rows: list[dict]) -> dict[str, list[int]]:
-        """How many utterances of each group the gate sends to each expert first (no decoding)."""
-        counts: dict[str, list[int]] = {}
-        for batch in track(batches(rows)[1], "route", unit="batch"):
-            if not batch["size"]:
-                continue
-            _, frames, base_hidden = encode(batch)
-            with torch.no_grad(), autocast(device, amp_dtype):
-                pooled = pool_encoder_output(base_hidden, frames, total_frames)
-                weights = model.route(pooled, model.config.routing_mode, model.config.top_k)["weights"]
-            for group, expert in zip(batch["groups"], weights.float().argmax(1).tolist(), strict=True):
-                counts.setdefault(group, [0] * model.config.num_experts)[expert] += 1
-        return counts
-
     def predict(rows: list[dict], oracle_table: dict | None, label: str) -> tuple[list[dict], dict]:
         """(one prediction per usable row, skipped counts by reason) of base, MoE and, with a
-        table, oracle routing."""
+        table, oracle routing. Each MoE prediction keeps its learned top-1 expert."""
         dataset, loader = batches(rows)
         predictions, skipped = [], dict(dataset.skipped)
         for batch in track(loader, label, unit="batch"):
@@ -154,12 +140,33 @@ def run(params: dict, checkpoint_dir=None, test_manifest=None, out_dir=None, bas
                 if model is not None:
                     prediction["expert_weights"] = [round(float(w), 4) for w in result["weights"][i]]
                     prediction["gate_probs"] = [round(float(p), 4) for p in result["probs"][i]]
+                    learned_top1[utterance_id] = int(result["weights"][i].argmax())
                 predictions.append(prediction)
         return predictions, skipped
 
-    oracle_table, oracle_source = oracle_routing(params["evaluate"]["oracle_routing"], model,
-                                                 rows, top1_counts_per_group)
+    def add_oracle(rows: list[dict], predictions: list[dict], oracle_table: dict) -> None:
+        """Decode every prediction's utterance with its group routed by `oracle_table` (in
+        place): a pass after the learned routing has shown which expert each group prefers."""
+        by_id = {prediction["id"]: prediction for prediction in predictions}
+        for batch in track(batches(rows)[1], "evaluate oracle routing", unit="batch"):
+            if not batch["size"]:
+                continue
+            features, _ = whisper_features(batch["audio"], batch["num_samples"], whisper.config,
+                                           device, whisper.dtype)
+            with torch.no_grad(), autocast(device, amp_dtype):
+                oracle = oracle_weights(batch["groups"], oracle_table, model.config.num_experts, device)
+                texts = decode_routed(model, features, oracle, transcribe)
+            for utterance_id, text in zip(batch["ids"], texts, strict=True):
+                by_id[utterance_id]["oracle"] = text
+
+    learned_top1: dict[str, int] = {}  # utterance id -> the learned gate's first expert
+    plan = oracle_plan(params["evaluate"]["oracle_routing"], model, rows)
+    oracle_table = dict(model.config.group_to_expert) if plan == "checkpoint" else None
     predictions, skipped = predict(rows, oracle_table, label="evaluate")
+    oracle_source = ORACLE_SOURCES.get(plan)
+    if plan == "learned" and predictions:
+        oracle_table = learned_majority_table(predictions, learned_top1, model.config.num_experts)
+        add_oracle(rows, predictions, oracle_table)
 
     if not predictions:
         from whisper_moe.data.validate import DataQualityError
@@ -189,8 +196,8 @@ def run(params: dict, checkpoint_dir=None, test_manifest=None, out_dir=None, bas
     write_dvc_tables(metrics, out_dir)
     write_report(metrics, predictions, out_dir, train_dir or guess_train_dir(checkpoint_dir))
     headline = metrics.get("moe", metrics.get("base"))
-    log.info("test WER %.4f (base %.4f) on %d utterances; report: %s", headline["wer"],
-             metrics["base"]["wer"] if "base" in metrics else float("nan"),
+    base = f" (base {metrics['base']['wer']:.4f})" if "moe" in metrics and "base" in metrics else ""
+    log.info("test WER %.4f%s on %d utterances; report: %s", headline["wer"], base,
              len(predictions), out_dir / artifacts.EVALUATION_REPORT)
     if scoring == "sap":
         log.info("SAP scoring: CER %.4f (clipped per utterance, better of two references)",
@@ -209,27 +216,37 @@ def evaluated_set_identity(test_manifest, predictions: list[dict]) -> dict:
             "ids_sha256": hashlib.sha256(ids).hexdigest(), "utterances": len(predictions)}
 
 
-def oracle_routing(setting: str, model, rows: list[dict], top1_counts_per_group) -> tuple[dict | None, str | None]:
-    """(group -> expert table, where it came from) for oracle routing, or (None, None).
+ORACLE_SOURCES = {"checkpoint": "checkpoint", "learned": "test-set majority of the learned gate"}
+
+
+def oracle_plan(setting: str, model, rows: list[dict]) -> str | None:
+    """Where oracle routing's group -> expert table comes from: "checkpoint", "learned" or None.
 
     The checkpoint's table (the pretrained pipeline's majority cluster of each group) comes
     first. Without one, "auto" routes each group to the expert the learned gate picks most
-    often for it on this test set: a routing pass without decoding, from gate outputs and
-    group labels only (never the references), so "learned vs oracle" then says whether the
-    gate's per-utterance choices beat one fixed expert per group.
+    often for it on this test set (`learned_majority_table`): from gate outputs and group
+    labels only (never the references), so "learned vs oracle" then says whether the gate's
+    per-utterance choices beat one fixed expert per group.
     """
     if model is None or setting == "off":
-        return None, None
+        return None
     if model.config.group_to_expert:
-        return dict(model.config.group_to_expert), "checkpoint"
+        return "checkpoint"
     if setting == "checkpoint" or model.config.num_experts < 2:
-        return None, None
-    groups = {row.get("group", "") for row in rows}
-    if len(groups) < 2:
-        return None, None
-    counts = top1_counts_per_group(rows)  # ties go to the lower expert id
-    return ({group: int(np.argmax(row)) for group, row in sorted(counts.items())},
-            "test-set majority of the learned gate")
+        return None
+    if len({row.get("group", "") for row in rows}) < 2:
+        return None
+    return "learned"
+
+
+def learned_majority_table(predictions: list[dict], learned_top1: dict[str, int],
+                           num_experts: int) -> dict[str, int]:
+    """{group: the expert the learned gate sends most of its utterances to first}; ties go
+    to the lower expert id."""
+    counts: dict[str, list[int]] = {}
+    for prediction in predictions:
+        counts.setdefault(prediction["group"], [0] * num_experts)[learned_top1[prediction["id"]]] += 1
+    return {group: int(np.argmax(row)) for group, row in sorted(counts.items())}
 
 
 def score_extra_test_sets(params: dict, predict, validation: dict, whisper_normalize,
