@@ -9,6 +9,13 @@ seed, evaluates each on the test split, and writes one table of WER and routing 
     nice -n 10 .venv/bin/python benchmarks/routing_symmetry.py --work /tmp/routing_symmetry
     python benchmarks/routing_symmetry.py --variants topk2-from-start --seeds 42,43
     python benchmarks/routing_symmetry.py --quick          # smoke run (mode quick), minutes
+    python benchmarks/routing_symmetry.py --work W --variants a,b --seeds 42,43 --report-only
+                                                # tabulate the finished runs in W, train nothing
+
+The variants differ in when routing turns sparse (a soft curriculum or top-k from the first
+step), in k, in the load-balance weight and in the gate's learning rate (`train.gate_lr`):
+the demo trains 16 optimizer steps, in which a gate at the experts' 0.001 barely leaves
+uniform.
 
 Steps (all through the `whisper-moe` CLI, parameters from the repository's params.yaml,
 the demo configuration, plus each variant's `-S` overrides):
@@ -53,13 +60,18 @@ NUM_EXPERTS = 4
 NEAR_UNIFORM = 0.9
 
 # name -> -S overrides on top of params.yaml (the demo: top-2, 1 soft epoch of 2 under
-# curriculum, load balance 0.01, router noise 0.1). Every variant names its routing mode, so
-# the table keeps its meaning whatever params.yaml's default.
+# curriculum, load balance 0.01, router noise 0.1). Every variant names its routing mode and
+# the gate's learning rate, so the table keeps its meaning whatever params.yaml's defaults.
 VARIANTS: dict[str, list[str]] = {
-    "curriculum-top2": ["routing.mode=curriculum"],
-    "topk2-from-start": ["routing.mode=topk"],
-    "topk1-from-start": ["routing.mode=topk", "routing.top_k=1"],
-    "topk2-lb0.05": ["routing.mode=topk", "routing.load_balance_weight=0.05"],
+    "curriculum-top2": ["routing.mode=curriculum", "train.gate_lr=0.001"],
+    "topk2-from-start": ["routing.mode=topk", "train.gate_lr=0.001"],
+    "topk1-from-start": ["routing.mode=topk", "routing.top_k=1", "train.gate_lr=0.001"],
+    "topk2-lb0.05": ["routing.mode=topk", "routing.load_balance_weight=0.05", "train.gate_lr=0.001"],
+    "topk2-gate-lr0.003": ["routing.mode=topk", "train.gate_lr=0.003"],
+    "topk2-gate-lr0.01": ["routing.mode=topk", "train.gate_lr=0.01"],
+    "topk1-gate-lr0.01": ["routing.mode=topk", "routing.top_k=1", "train.gate_lr=0.01"],
+    "topk2-gate-lr0.01-lb0.05": ["routing.mode=topk", "train.gate_lr=0.01",
+                                 "routing.load_balance_weight=0.05"],
 }
 
 
@@ -119,7 +131,7 @@ def train_and_evaluate(work: Path, data: Path, variant: str, seed: int, params: 
         run(cli() + ["evaluate", "--checkpoint", str(train / "checkpoint"),
                      "--manifest", str(data / "test.jsonl"), "--out", str(evaluate),
                      "--seed", str(seed), "-S", "evaluate.compare_base=false",
-                     "-S", "evaluate.oracle_routing='off'"]  # quoted: YAML reads a bare off as false
+                     "-S", "evaluate.oracle_routing=off"]
             + common_args(params, quick), out / "evaluate.log")
     return out
 
@@ -219,14 +231,24 @@ def checks(row: dict) -> dict[str, bool | None]:
     }
 
 
+def finished(out: Path) -> bool:
+    """Whether a variant's run was trained and evaluated."""
+    return (out / "evaluate" / "metrics.json").exists() and (out / "train" / "train_metrics.json").exists()
+
+
 def collect(work: Path, variants: list[str], seeds: list[int]) -> list[dict]:
     from whisper_moe.artifacts import read_json
 
     rows = []
     for seed in seeds:
         reference_dir = run_dir(work, variants[0], seed)
+        if not finished(reference_dir):
+            reference_dir = None
         for variant in variants:
             out = run_dir(work, variant, seed)
+            if not finished(out):
+                print(f"{variant} seed {seed}: not run in {work}, left out", flush=True)
+                continue
             interval, difference = wer_intervals(out, reference_dir)
             rows.append(row_from_metrics(variant, seed, VARIANTS.get(variant, []),
                                          read_json(out / "evaluate" / "metrics.json"),
@@ -316,6 +338,7 @@ def report(rows: list[dict], meta: dict) -> str:
             f"mode {meta['mode']}; {rows[0]['utterances'] if rows else '-'} test utterances; "
             f"{NUM_EXPERTS} experts, parameters from params.yaml plus each variant's settings.\n\n"
             f"Command: `{meta['command']}`\n\n"
+            + (f"{meta['note']}\n\n" if meta.get("note") else "")
             + markdown_table(rows)
             + f"\n- Reference of the WER difference: {meta['variants'][0]}, same seed, on the "
               "same test utterances (paired speaker bootstrap).\n"
@@ -343,6 +366,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"comma-separated, of {', '.join(VARIANTS)}; the first is the WER reference")
     parser.add_argument("--seeds", default="42", help="comma-separated training seeds")
     parser.add_argument("--quick", action="store_true", help="mode quick (a smoke run)")
+    parser.add_argument("--note", default="",
+                        help="a paragraph for the report: how the runs were made, what to read into them")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: tabulate the finished runs in --work (variants and "
+                             "seeds not run there are left out)")
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
     parser.add_argument("--results", type=Path, default=RESULTS,
                         help="folder for routing_symmetry.md and .json")
@@ -362,17 +390,18 @@ def main(argv=None) -> int:
     print(f"work folder: {work}", flush=True)
     if os.nice(0) == 0:
         print("note: not running under nice; training uses every core it gets", flush=True)
-    data = build_data(work, args.params, args.quick)
-    for seed in args.seeds:
-        for variant in args.variants:
-            train_and_evaluate(work, data, variant, seed, args.params, args.quick)
+    if not args.report_only:
+        data = build_data(work, args.params, args.quick)
+        for seed in args.seeds:
+            for variant in args.variants:
+                train_and_evaluate(work, data, variant, seed, args.params, args.quick)
     rows = collect(work, args.variants, args.seeds)
     meta = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "machine": machine(), "mode": "quick" if args.quick else "full",
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
             "work": str(work), "variants": args.variants, "seeds": args.seeds,
             "num_experts": NUM_EXPERTS, "near_uniform": NEAR_UNIFORM,
-            "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "note": args.note}
     args.results.mkdir(parents=True, exist_ok=True)
     stem = "routing_symmetry_quick" if args.quick else "routing_symmetry"
     text = report(rows, meta)

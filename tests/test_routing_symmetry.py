@@ -121,3 +121,17 @@ def test_a_resumed_training_says_its_time_is_partial(bench, tmp_path):
     assert bench.resumed(tmp_path) and not bench.resumed(tmp_path / "missing")
     row = bench.row_from_metrics("v", 43, [], metrics(), {"train_time_s": 120.0}, was_resumed=True)
     assert bench.table_cells(row)[9] == "2.0 min (resumed: after the stop only)"
+
+
+def test_runs_not_made_are_left_out_of_the_table(bench, tmp_path):
+    trained_only = bench.run_dir(tmp_path, "topk2-from-start", 42) / "train"
+    trained_only.mkdir(parents=True)
+    (trained_only / "train_metrics.json").write_text("{}")
+    assert not bench.finished(trained_only.parent)
+    assert bench.collect(tmp_path, ["topk2-from-start", "topk2-gate-lr0.01"], [42, 43]) == []
+
+
+def test_every_variant_names_its_routing_mode_and_gate_learning_rate(bench):
+    for settings in bench.VARIANTS.values():
+        keys = {setting.split("=")[0] for setting in settings}
+        assert {"routing.mode", "train.gate_lr"} <= keys
