@@ -3,8 +3,8 @@
 Each run directory is a `whisper-moe pipeline` output folder or a `dvc repro` run
 folder (`params.json` where the pipeline wrote one, `train/train_metrics.json`,
 `evaluate/metrics.json`, and for the pretrained MoE the pretraining stage folders).
-The frozen base model, decoded by every evaluation on the same test audio, is its own
-row. Writes `comparison.md` and `comparison.json`.
+The frozen base model, decoded on the same test audio by every evaluation that ran with
+`evaluate.compare_base` (one is enough), is its own row. Writes `comparison.md` and `comparison.json`.
 
 Step budgets are compared with pretraining counted: a system's optimizer steps are its
 joint training's plus its expert pretraining's (the gate's pretraining, a small MLP on
