@@ -155,3 +155,44 @@ def test_oracle_decoded_after_the_learned_pass_equals_a_checkpoint_tables_inline
     assert len(first) == len(second) and all("oracle" in p for p in first)
     assert all(p["oracle"] == second[p["id"]]["oracle"] for p in first)
     assert inline["oracle"]["wer"] == learned["oracle"]["wer"]
+
+
+def test_a_single_lora_without_the_base_decode_skips_the_frozen_encoder_and_decodes_the_same(
+        tmp_path, tiny_moe, tiny_params, tiny_corpus, monkeypatch):
+    """One expert gets weight 1 whatever the gate sees, so the frozen encoder's pass that
+    feeds the gate is skipped; the transcripts must not change."""
+    import torch
+
+    from whisper_moe import artifacts
+    from whisper_moe.model.io import save_moe
+    from whisper_moe.stages import evaluate
+
+    model = tiny_moe(1)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("lora_B"):
+                parameter.normal_(0.0, 0.5)
+    checkpoint = save_moe(model, tmp_path / "single")
+    test = tiny_corpus / "test.jsonl"
+    with_base = evaluate.run(tiny_params, checkpoint, test, tmp_path / "with_base")
+
+    encoder_passes = []
+    original_forward = type(model.base.model.encoder).forward
+
+    def counted_forward(self, *args, **kwargs):
+        encoder_passes.append(len(args[0]) if args else len(kwargs["input_features"]))
+        return original_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model.base.model.encoder), "forward", counted_forward)
+    no_base = {**tiny_params, "evaluate": {**tiny_params["evaluate"], "compare_base": False}}
+    without = evaluate.run(no_base, checkpoint, test, tmp_path / "without_base")
+
+    rows = artifacts.read_jsonl(tmp_path / "without_base" / artifacts.PREDICTIONS)
+    batches = -(-len(rows) // int(tiny_params["evaluate"]["batch_size"]))
+    assert "oracle" not in without  # one expert: no routing to compare with
+    assert sum(encoder_passes) == len(rows) and len(encoder_passes) == batches  # routed pass only
+    assert "base" in with_base and "base" not in without
+    assert without["moe"]["wer"] == with_base["moe"]["wer"]
+    first = {p["id"]: p["moe"] for p in artifacts.read_jsonl(tmp_path / "with_base" / artifacts.PREDICTIONS)}
+    assert {p["id"]: p["moe"] for p in rows} == first

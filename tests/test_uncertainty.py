@@ -8,6 +8,8 @@ import pytest
 
 from whisper_moe.uncertainty import (
     nmi_permutation_test,
+    normalised_mutual_information,
+    permuted_nmi,
     speaker_bootstrap_difference,
     speaker_bootstrap_wer,
     utterance_word_errors,
@@ -52,6 +54,17 @@ def test_nmi_permutation_test_separates_aligned_from_unrelated_routing():
     assert aligned["nmi_p_value"] <= 0.01 and aligned["nmi"] > aligned["nmi_permutation_95"]
     collapsed = nmi_permutation_test([0] * 30, groups)
     assert collapsed["nmi"] == pytest.approx(0.0) and collapsed["nmi_p_value"] == 1.0
+
+
+@pytest.mark.parametrize("num_routes,num_groups", [(4, 4), (2, 3), (1, 4), (3, 1), (1, 1)])
+def test_permuted_nmi_equals_sklearn_on_the_same_shufflings(num_routes, num_groups):
+    rng = np.random.default_rng(num_routes * 10 + num_groups)
+    routes = rng.integers(0, num_routes, 37).tolist()
+    groups = rng.choice(list("abcd")[:num_groups], 37).tolist()
+    shuffler = np.random.default_rng(5)
+    expected = [normalised_mutual_information(routes, shuffler.permutation(np.asarray(groups)))
+                for _ in range(40)]
+    assert permuted_nmi(routes, groups, 40, seed=5) == pytest.approx(expected, abs=1e-12)
 
 
 def test_evaluation_metrics_carry_wer_intervals_and_routing_group_agreement():

@@ -78,15 +78,38 @@ def normalised_mutual_information(labels_a: Sequence, labels_b: Sequence) -> flo
                                               np.asarray(labels_b, dtype=str)))
 
 
+def permuted_nmi(routes: Sequence, groups: Sequence, permutations: int, seed: int) -> np.ndarray:
+    """NMI of `routes` against `permutations` shufflings of `groups`, all at once.
+
+    Shuffling keeps both marginals, so only the mutual information changes: it is read
+    from one joint-count table per shuffling. Equals sklearn's arithmetic NMI for each
+    (tests check), at a thousandth of the time of calling it per shuffling.
+    """
+    _, route_index = np.unique(np.asarray(routes, dtype=str), return_inverse=True)
+    _, group_index = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
+    n, num_routes, num_groups = len(route_index), route_index.max() + 1, group_index.max() + 1
+    if num_routes == num_groups == 1:
+        return np.ones(permutations)  # sklearn's convention: two one-class labelings agree
+    rng = np.random.default_rng(seed)
+    shuffled = np.stack([group_index[rng.permutation(n)] for _ in range(permutations)])
+    cells = (np.arange(permutations)[:, None] * num_routes + route_index[None, :]) * num_groups + shuffled
+    joint = np.bincount(cells.ravel(), minlength=permutations * num_routes * num_groups)
+    joint = joint.reshape(permutations, num_routes, num_groups) / n
+    route_p, group_p = np.bincount(route_index) / n, np.bincount(group_index) / n
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = joint * np.log(joint / (route_p[:, None] * group_p[None, :]))
+    mutual = np.nan_to_num(terms).sum(axis=(1, 2))
+    route_h, group_h = -(route_p * np.log(route_p)).sum(), -(group_p * np.log(group_p)).sum()
+    mean_h = (route_h + group_h) / 2
+    return np.where(mutual > 0, mutual / max(mean_h, np.finfo(float).eps), 0.0)
+
+
 def nmi_permutation_test(routes: Sequence, groups: Sequence, permutations: int = PERMUTATIONS,
                          seed: int = SEED) -> dict[str, float]:
     """NMI between routing and groups, its 95 % level under shuffled groups, and the
     permutation p-value (with the +1 correction, so never 0)."""
     observed = normalised_mutual_information(routes, groups)
-    rng = np.random.default_rng(seed)
-    shuffled_groups = np.asarray(groups, dtype=str)
-    null = np.array([normalised_mutual_information(routes, rng.permutation(shuffled_groups))
-                     for _ in range(permutations)])
+    null = permuted_nmi(routes, groups, permutations, seed)
     return {
         "nmi": observed,
         "nmi_permutation_95": float(np.percentile(null, 95)),

@@ -98,10 +98,17 @@ def run(params: dict, checkpoint_dir=None, test_manifest=None, out_dir=None, bas
             collate_fn=functools.partial(collate_utterances, pad_token_id=ids["pad"],
                                          prefix_length=len(prefix)))
 
+    # One expert (a single LoRA) gets weight 1 whatever the gate sees: without the base
+    # decode, the frozen encoder's pass would only feed that gate.
+    needs_base_encoder = compare_base or model.config.num_experts > 1
+
     def encode(batch: dict):
-        """(log-mel features, frames per utterance, the frozen encoder's output) of one batch."""
+        """(log-mel features, frames per utterance, the frozen encoder's output or None when
+        nothing needs it) of one batch."""
         features, frames = whisper_features(batch["audio"], batch["num_samples"], whisper.config,
                                             device, whisper.dtype)
+        if not needs_base_encoder:
+            return features, frames, None
         with torch.no_grad(), autocast(device, amp_dtype):
             return features, frames, whisper.model.encoder(features).last_hidden_state
 
@@ -119,7 +126,9 @@ def run(params: dict, checkpoint_dir=None, test_manifest=None, out_dir=None, bas
             with torch.no_grad(), autocast(device, amp_dtype):
                 result = {"base": transcribe(base_hidden) if compare_base else None}
                 if model is not None:
-                    pooled = pool_encoder_output(base_hidden, frames, total_frames)
+                    pooled = (pool_encoder_output(base_hidden, frames, total_frames)
+                              if base_hidden is not None
+                              else features.new_zeros(len(frames), whisper.config.d_model))
                     routed = model.route(pooled, model.config.routing_mode, model.config.top_k)
                     result["moe"] = decode_routed(model, features, routed["weights"], transcribe)
                     result["weights"] = routed["weights"].float().cpu().numpy()
