@@ -72,6 +72,13 @@ VARIANTS: dict[str, list[str]] = {
     "topk1-gate-lr0.01": ["routing.mode=topk", "routing.top_k=1", "train.gate_lr=0.01"],
     "topk2-gate-lr0.01-lb0.05": ["routing.mode=topk", "train.gate_lr=0.01",
                                  "routing.load_balance_weight=0.05"],
+    "topk2-gate-lr0.01-lb0.1": ["routing.mode=topk", "train.gate_lr=0.01",
+                                "routing.load_balance_weight=0.1"],
+    "topk2-gate-lr0.01-noise0.5": ["routing.mode=topk", "train.gate_lr=0.01", "routing.noise_std=0.5"],
+    "topk2-gate-lr0.003-lb0.1": ["routing.mode=topk", "train.gate_lr=0.003",
+                                 "routing.load_balance_weight=0.1"],
+    "topk2-gate-lr0.01-lb0.1-z0.1": ["routing.mode=topk", "train.gate_lr=0.01",
+                                     "routing.load_balance_weight=0.1", "routing.z_loss_weight=0.1"],
 }
 
 
@@ -167,8 +174,8 @@ def mean_top1_probability(out: Path) -> float | None:
 
 
 def resumed(out: Path) -> bool:
-    """Whether the training that finished was a --resume (its train_time_s then covers only
-    the part after the interruption)."""
+    """Whether the training that finished was a --resume (its train_time_s adds the time
+    before the stop that the checkpoint recorded; work after that checkpoint was redone)."""
     log = out / "train.log"
     return log.exists() and "resumed from" in log.read_text()
 
@@ -293,7 +300,7 @@ def table_cells(row: dict) -> list[str]:
     return [row["variant"], str(row["seed"]), f"`{settings}`",
             f"{percent(row['wer'])} {interval_cell(row['wer_ci95'])}", difference, entropy, nmi,
             str(row["expert_share"]), str(row["idle_experts"]),
-            duration(row["train_time_s"]) + (" (resumed: after the stop only)" if row.get("train_resumed") else ""),
+            duration(row["train_time_s"]) + (" (resumed)" if row.get("train_resumed") else ""),
             verdict]
 
 
@@ -351,7 +358,7 @@ def report(rows: list[dict], meta: dict) -> str:
               "- Idle experts: the top-1 choice of no test utterance.\n"
               "- Training time: wall time of the train stage (`train_time_s`); on a machine shared "
               "with other jobs it varies with their load, so compare it with care. A training stopped "
-              "(SIGTERM) and resumed reports only the time after the resume.\n"
+              "(SIGTERM) and resumed counts the time before the stop up to its last checkpoint.\n"
               "- Criteria: not near uniform, NMI above its permutation level, no idle expert, WER "
               "not worse than the reference beyond noise.\n\n"
               "## Top-1 utterances per expert, by group\n\n" + dispatch_table(rows))

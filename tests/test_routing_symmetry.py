@@ -116,11 +116,11 @@ def test_arguments(bench):
         bench.parse_args(["--variants", "nope"])
 
 
-def test_a_resumed_training_says_its_time_is_partial(bench, tmp_path):
+def test_a_resumed_training_is_marked(bench, tmp_path):
     (tmp_path / "train.log").write_text("... INFO whisper_moe.train: resumed from .../step-00000013\n")
     assert bench.resumed(tmp_path) and not bench.resumed(tmp_path / "missing")
     row = bench.row_from_metrics("v", 43, [], metrics(), {"train_time_s": 120.0}, was_resumed=True)
-    assert bench.table_cells(row)[9] == "2.0 min (resumed: after the stop only)"
+    assert bench.table_cells(row)[9] == "2.0 min (resumed)"
 
 
 def test_runs_not_made_are_left_out_of_the_table(bench, tmp_path):
