@@ -83,6 +83,38 @@ def test_stopped_and_resumed_run_equals_uninterrupted_run(tmp_path, tiny_params,
         assert torch.equal(weights[key], value), key
 
 
+def test_a_resumed_runs_training_time_adds_the_time_before_the_stop(tmp_path, tiny_params,
+                                                                   tiny_corpus, monkeypatch):
+    """train_time_s counts every run that led to the model: the checkpoint carries the
+    seconds spent before the stop, and the resumed run adds its own."""
+    params = resume_params(tiny_params)
+    out = tmp_path / "run"
+    original = Trainer.micro_step
+    slow_seconds = 3.0
+    calls = {"n": 0}
+
+    def slow_then_stopped(self, batch, mode, temperature):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            time.sleep(slow_seconds)  # time that only the checkpoint can remember
+        if calls["n"] == 3:  # after epoch 1 (3 micro-batches) saved its checkpoint
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, batch, mode, temperature)
+
+    monkeypatch.setattr(Trainer, "micro_step", slow_then_stopped)
+    with pytest.raises(TrainingInterrupted):
+        run_training(params, tiny_corpus, out)
+    monkeypatch.undo()
+    newest = checkpointing.latest_valid_checkpoint(out / "checkpoints")
+    before_stop = json.loads((newest / "trainer_state.json").read_text())["training_seconds"]
+    assert before_stop >= slow_seconds
+
+    started = time.perf_counter()
+    metrics = run_training(params, tiny_corpus, out, resume=True)
+    resumed_wall = time.perf_counter() - started
+    assert before_stop < metrics["train_time_s"] <= before_stop + resumed_wall
+
+
 def test_damaged_newest_checkpoint_falls_back_to_previous(tmp_path, caplog):
     root = tmp_path / "checkpoints"
     for step in (1, 2):

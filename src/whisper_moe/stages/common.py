@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import tempfile
-import time
 from pathlib import Path
 
 from whisper_moe import artifacts
@@ -152,11 +151,11 @@ def remove_earlier_checkpoints(root: Path) -> None:
 
 
 def fit(trainer: Trainer) -> tuple[list[dict], float]:
-    """(history, seconds) of a full run; SIGTERM/SIGINT save a checkpoint and stop it."""
-    started = time.perf_counter()
+    """(history, training seconds, a resumed run's earlier ones included) of a full run;
+    SIGTERM/SIGINT save a checkpoint and stop it."""
     with StopRequest() as stop:
         history = trainer.fit(stop)
-    return history, time.perf_counter() - started
+    return history, trainer.training_seconds()
 
 
 def save_trained(model: WhisperMoE, history: list[dict], out_dir: Path) -> Path:

@@ -283,6 +283,8 @@ class Trainer:
         self.pooled_train: torch.Tensor | None = None
         self.pooled_dev: torch.Tensor | None = None
         self.pending_rng: tuple | None = None
+        self.seconds_before_resume = 0.0  # training time of the runs this one resumed
+        self.fit_started: float | None = None
         self.step_router_inputs: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     # -- state -------------------------------------------------------------------------------
@@ -290,12 +292,20 @@ class Trainer:
     def checkpoint_root(self) -> Path:
         return self.out_dir / artifacts.RESUMABLE_CHECKPOINTS
 
+    def training_seconds(self) -> float:
+        """Wall time spent training up to now, over every run that led to this state: a
+        resumed run adds its own time to what the checkpoint recorded (the work a stop
+        threw away after the last checkpoint is not counted; it is done again)."""
+        running = time.perf_counter() - self.fit_started if self.fit_started is not None else 0.0
+        return self.seconds_before_resume + running
+
     def save(self, rank_rng: list | None = None) -> Path:
         json_state = {
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "nonfinite_total": self.nonfinite_total, "nonfinite_in_a_row": self.nonfinite_in_a_row,
             "skipped_audio": self.skipped_audio, "history": self.history,
             "rng": json_rng_state(), "total_steps": self.total_steps,
+            "training_seconds": self.training_seconds(),
         }
         torch_state = {
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
@@ -357,6 +367,7 @@ class Trainer:
         for key in ("step", "epoch", "batch_in_epoch", "nonfinite_total", "nonfinite_in_a_row",
                     "skipped_audio", "history"):
             setattr(self, key, json_state[key])
+        self.seconds_before_resume = float(json_state.get("training_seconds", 0.0))
         # Applied when the loop starts, after the gate-embedding cache is built.
         self.pending_rng = (torch_state["rng"], json_state["rng"])
         if self.world_size > 1 and len(torch_state.get("rank_rng", [])) == self.world_size:
@@ -378,6 +389,7 @@ class Trainer:
         """Train to the last epoch; on a stop request save and raise TrainingInterrupted."""
         stop = stop if stop is not None else StopRequest()
         settings = self.settings
+        self.fit_started = time.perf_counter()
         if self.forced_expert is None and self.model.config.num_experts == 1:
             self.skip_gate_inputs()  # one expert always gets weight 1: the gate's input is moot
         elif self.forced_expert is None:
