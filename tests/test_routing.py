@@ -52,9 +52,10 @@ def pooled_for_probs(model: WhisperMoE, probs: list[list[float]]) -> torch.Tenso
 
 
 def bare_trainer(model, tmp_path, top_k=1, load_balance_weight=1.0, utterances=3, batch_size=2,
-                 accumulation=2):
+                 accumulation=2, balance_bias_rate=0.0):
     params = copy.deepcopy(DEFAULT_PARAMS)
-    params["routing"].update(top_k=top_k, load_balance_weight=load_balance_weight)
+    params["routing"].update(top_k=top_k, load_balance_weight=load_balance_weight,
+                             balance_bias_rate=balance_bias_rate)
     params["train"].update(batch_size=batch_size, gradient_accumulation_steps=accumulation)
     settings = TrainSettings.from_params(params)
     return Trainer(model, list(range(utterances)), settings, tmp_path, torch.device("cpu"),
@@ -98,6 +99,52 @@ def test_step_load_balance_accumulates_two_micro_batches(tmp_path):
     for got, expected in zip(accumulated, (p.grad for p in model.gate.parameters())):
         torch.testing.assert_close(got, expected)
     assert any(float(g.abs().sum()) > 0 for g in accumulated)
+
+
+# -- the balance bias ----------------------------------------------------------------------
+def test_the_balance_bias_rises_for_experts_chosen_first_less_than_the_mean():
+    model = tiny_moe(num_experts=4)
+    model.gate.nudge_balance_bias(torch.tensor([3.0, 0.0, 2.0, 1.0]), 0.25)  # mean 1.5
+    assert model.gate.balance_bias.tolist() == [-0.25, 0.25, -0.25, 0.25]
+    model.gate.nudge_balance_bias(torch.tensor([1.0, 1.0, 1.0, 1.0]), 0.25)  # balanced: no move
+    assert model.gate.balance_bias.tolist() == [-0.25, 0.25, -0.25, 0.25]
+
+
+def test_the_balance_bias_shifts_the_logits_and_so_the_choice():
+    model = tiny_moe()
+    logits_as_input_gate(model)
+    pooled = pooled_for_probs(model, [[0.7, 0.3]])
+    assert model.route(pooled, "topk", 1)["weights"][0].argmax() == 0
+    model.gate.balance_bias.copy_(torch.tensor([0.0, 1.0]))  # log(0.7/0.3) = 0.85 < 1
+    assert model.route(pooled, "topk", 1)["weights"][0].argmax() == 1
+
+
+def test_step_balance_nudges_the_bias_by_the_rate_times_the_mean_logit_spread(tmp_path):
+    model = tiny_moe()
+    logits_as_input_gate(model)
+    trainer = bare_trainer(model, tmp_path, top_k=1, load_balance_weight=0.5, balance_bias_rate=0.1)
+    for probs in (MICRO_1, MICRO_2):
+        trainer.step_router_inputs.append((pooled_for_probs(model, probs), torch.zeros(len(probs), 2)))
+    logits = torch.tensor(MICRO_1 + MICRO_2).log()
+    spread = float(logits.std(-1, unbiased=False).mean())
+    trainer.balance_step("topk", 1.0)
+    # first choices 0, 0, 1 (mean 1.5): expert 0 down, expert 1 up
+    torch.testing.assert_close(model.gate.balance_bias, torch.tensor([-0.1 * spread, 0.1 * spread]))
+    state = model.trainable_state_dict()
+    assert torch.equal(state["gate.balance_bias"], model.gate.balance_bias)  # saved with the gate
+
+    older = {k: v for k, v in state.items() if k != "gate.balance_bias"}  # a gate trained without it
+    model.load_trainable_state_dict(copy.deepcopy(older))
+    assert float(model.gate.balance_bias.abs().max()) == 0.0
+
+
+def test_without_a_rate_the_balance_bias_stays_zero(tmp_path):
+    model = tiny_moe()
+    logits_as_input_gate(model)
+    trainer = bare_trainer(model, tmp_path, top_k=1)
+    trainer.step_router_inputs.append((pooled_for_probs(model, MICRO_1), torch.zeros(2, 2)))
+    trainer.balance_step("topk", 1.0)
+    assert float(model.gate.balance_bias.abs().max()) == 0.0
 
 
 # -- a top-1 gate that learns -------------------------------------------------------------

@@ -43,7 +43,9 @@ class RoutedCT2Whisper:
         self.base = load("base")
         self.experts = [load(f"expert_{e}") for e in range(self.info["num_experts"])]
         self.gate = Gate(self.info["gate_input_dim"], self.info["num_experts"], self.info["gate_hidden"])
-        self.gate.load_state_dict(load_file(str(export_dir / GATE_FILE)))
+        gate_state = load_file(str(export_dir / GATE_FILE))
+        gate_state.setdefault("balance_bias", torch.zeros(self.info["num_experts"]))  # older exports
+        self.gate.load_state_dict(gate_state)
         self.gate.eval()
         self.tokenizer = AutoTokenizer.from_pretrained(str(export_dir / "tokenizer"))
 

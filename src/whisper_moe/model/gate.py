@@ -19,6 +19,12 @@ class Gate(nn.Module):
     utterance-dependent one; standardising each dimension with statistics of the
     training embeddings (`fit_input`) lets the first layer see the differences. The
     statistics are buffers, so they travel in the gate's state dict and checkpoints.
+
+    `balance_bias` is added to every logit. No gradient moves it: training nudges it after
+    each optimizer step toward experts that were first choice less often than 1/E
+    (`nudge_balance_bias`, loss-free balancing as in DeepSeek-V3), because the load-balance
+    loss's gradient vanishes once the softmax saturates and cannot revive an expert the
+    gate has stopped choosing. A buffer too, so it routes at inference as in training.
     """
 
     def __init__(self, input_dim: int, num_experts: int, hidden_dim: int = 512) -> None:
@@ -28,6 +34,7 @@ class Gate(nn.Module):
         )
         self.register_buffer("input_mean", torch.zeros(input_dim))
         self.register_buffer("input_std", torch.ones(input_dim))
+        self.register_buffer("balance_bias", torch.zeros(num_experts))
 
     @torch.no_grad()
     def fit_input(self, embeddings: torch.Tensor, min_std: float = 1e-6) -> None:
@@ -41,7 +48,14 @@ class Gate(nn.Module):
         return (pooled_embeddings - self.input_mean) / self.input_std
 
     def forward(self, pooled_embeddings: torch.Tensor) -> torch.Tensor:
-        return self.net(self.standardise(pooled_embeddings))
+        return self.net(self.standardise(pooled_embeddings)) + self.balance_bias.to(pooled_embeddings.dtype)
+
+    @torch.no_grad()
+    def nudge_balance_bias(self, first_choice_counts: torch.Tensor, step_size: float) -> None:
+        """Raise the bias of experts chosen first less often than the mean, lower the others',
+        by `step_size` (logit units; equal counts move nothing)."""
+        counts = first_choice_counts.to(self.balance_bias)
+        self.balance_bias.add_(step_size * torch.sign(counts.mean() - counts))
 
 
 def relative_router_noise(gate_logits: torch.Tensor, noise_std: float) -> torch.Tensor:

@@ -29,6 +29,7 @@ from whisper_moe.model.lora import MoELoRALinear, RoutingState, trainable_dtype
 MOE_CONFIG_NAME = "moe_config.json"
 WEIGHTS_NAME = "model.safetensors"
 GATE_INPUT_STATISTICS = ("gate.input_mean", "gate.input_std")
+BALANCE_BIAS = "gate.balance_bias"  # absent from checkpoints of gates trained without it
 
 
 @dataclass
@@ -268,7 +269,7 @@ class WhisperMoE(nn.Module):
         they load with the identity standardisation they were trained with.
         """
         own = self.trainable_state_dict()
-        missing = sorted(set(own) - set(state) - set(GATE_INPUT_STATISTICS))
+        missing = sorted(set(own) - set(state) - set(GATE_INPUT_STATISTICS) - {BALANCE_BIAS})
         unexpected = sorted(set(state) - set(own))
         if strict and (missing or unexpected):
             raise KeyError(f"checkpoint mismatch: missing {missing[:3]}, unexpected {unexpected[:3]}")
@@ -280,6 +281,8 @@ class WhisperMoE(nn.Module):
         if strict and not set(GATE_INPUT_STATISTICS) & set(state):
             self.gate.input_mean.zero_()
             self.gate.input_std.fill_(1.0)
+        if strict and BALANCE_BIAS not in state:
+            self.gate.balance_bias.zero_()
 
     def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
         experts = [p for _, layer in self.expert_layers() for p in (layer.lora_A, layer.lora_B)]

@@ -546,11 +546,18 @@ class Trainer:
             routed = self.model.route(pooled, mode, top_k, temperature, noise=noise)
         probs = routed["probs"]
         counts = dispatch_mask(probs.detach(), top_k).sum(0).double()
-        totals = torch.cat([counts, counts.new_tensor([len(pooled)])])
+        first = dispatch_mask(probs.detach(), 1).sum(0).double()
+        spread = at_least_float32(routed["gate_logits"].detach()).std(-1, unbiased=False).sum().double()
+        totals = torch.cat([counts, first, counts.new_tensor([len(pooled)]), spread.reshape(1)])
         if self.world_size > 1:
             torch.distributed.all_reduce(totals)
-        counts, total = totals[:-1], float(totals[-1])
+        num_experts = len(counts)
+        counts, first = totals[:num_experts], totals[num_experts : 2 * num_experts]
+        total, spread = float(totals[-2]), float(totals[-1])
         local = switch_load_balance(probs.sum(0), counts, total, top_k)
+        rate = float(self.settings.routing["balance_bias_rate"])
+        if rate > 0 and total > 0:  # the same update on every process: from global sums
+            self.model.gate.nudge_balance_bias(first, rate * spread / total)
         weight = float(self.settings.routing["load_balance_weight"])
         if weight > 0:
             self.add_gate_gradient(self.scaler.scale(weight * local))
