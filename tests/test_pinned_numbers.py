@@ -20,9 +20,11 @@ from whisper_moe.cli import main
 RELATIVE_TOLERANCE = 1e-3  # CPU kernels may differ in the last bits between machines
 
 JOINT_CE_LOSSES = [10.868315696716309, 10.75660514831543, 10.682899951934814, 10.63796329498291]
-JOINT_LB_LOSSES = [0.9996920824050903, 1.010101556777954, 1.001076340675354, 1.1266977787017822]
+# since the regular MoE's gate routes with the balance bias (routing.balance_bias_rate null:
+# on for a gate trained from scratch), which moves its first choices from the second step
+JOINT_LB_LOSSES = [0.9996920824050903, 1.0071345567703247, 1.0134353637695312, 1.1201525926589966]
 EXPERT_CE_LOSSES = [10.868315696716309, 10.754934310913086]
-TEST_WER = 1.0454545454545454  # a random model: what matters is that it does not move
+TEST_WER = 1.1136363636363635  # a random model: what matters is that it does not move (balance bias: see above)
 
 
 def pinned_params(tiny_params: dict) -> dict:

@@ -138,6 +138,15 @@ def test_step_balance_nudges_the_bias_by_the_rate_times_the_mean_logit_spread(tm
     assert float(model.gate.balance_bias.abs().max()) == 0.0
 
 
+def test_a_null_rate_balances_a_gate_trained_from_scratch_only(tmp_path):
+    from whisper_moe.training.trainer import AUTO_BALANCE_BIAS_RATE
+
+    trainer = bare_trainer(tiny_moe(), tmp_path, balance_bias_rate=None)
+    assert trainer.balance_bias_rate() == AUTO_BALANCE_BIAS_RATE > 0
+    trainer.fit_gate_input = False  # as with --init: the gate comes from pretraining
+    assert trainer.balance_bias_rate() == 0.0
+
+
 def test_without_a_rate_the_balance_bias_stays_zero(tmp_path):
     model = tiny_moe()
     logits_as_input_gate(model)

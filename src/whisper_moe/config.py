@@ -103,7 +103,9 @@ class Routing:
     noise_std: float = knob(0.1, ge=0)  # router noise (training only), relative to each utterance's logit spread
     load_balance_weight: float = knob(0.01, ge=0)  # Switch load balance E * sum f_i P_i per optimizer step
     z_loss_weight: float = knob(0.001, ge=0)
-    balance_bias_rate: float = knob(0.0, ge=0)  # per-step nudge of the gate's balance bias, times the logit spread; 0: off
+    # per-step nudge of the gate's balance bias, times the logit spread; 0: off; null:
+    # 0.1 for a gate trained from scratch, off for a pretrained gate
+    balance_bias_rate: float | None = knob(None, ge=0)
 
 
 @dataclass

@@ -56,6 +56,10 @@ from whisper_moe.training.runtime import (
 
 log = logging.getLogger("whisper_moe.train")
 
+# routing.balance_bias_rate when null and the gate starts untrained: chosen on the demo
+# (benchmarks/results/routing_symmetry.md), where 0 leaves experts nobody's first choice.
+AUTO_BALANCE_BIAS_RATE = 0.1
+
 
 class NonFiniteLoss(WhisperMoeError, RuntimeError):
     """Several steps in a row produced NaN/inf: the run is diverging, not unlucky."""
@@ -555,7 +559,7 @@ class Trainer:
         counts, first = totals[:num_experts], totals[num_experts : 2 * num_experts]
         total, spread = float(totals[-2]), float(totals[-1])
         local = switch_load_balance(probs.sum(0), counts, total, top_k)
-        rate = float(self.settings.routing["balance_bias_rate"])
+        rate = self.balance_bias_rate()
         if rate > 0 and total > 0:  # the same update on every process: from global sums
             self.model.gate.nudge_balance_bias(first, rate * spread / total)
         weight = float(self.settings.routing["load_balance_weight"])
@@ -565,6 +569,15 @@ class Trainer:
         if self.world_size > 1:
             torch.distributed.all_reduce(value)
         return float(value), [int(c) for c in counts.tolist()]
+
+    def balance_bias_rate(self) -> float:
+        """routing.balance_bias_rate, or when null: on for a gate trained from scratch (it
+        must break the experts' symmetry itself), off for a pretrained gate (its clusters,
+        of whatever sizes, set the loads)."""
+        rate = self.settings.routing["balance_bias_rate"]
+        if rate is None:
+            return AUTO_BALANCE_BIAS_RATE if self.fit_gate_input else 0.0
+        return float(rate)
 
     def add_gate_gradient(self, loss: torch.Tensor) -> None:
         """Add d loss / d gate to the gate's gradients, summed over processes (outside the
