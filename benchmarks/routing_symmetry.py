@@ -60,25 +60,32 @@ NUM_EXPERTS = 4
 NEAR_UNIFORM = 0.9
 
 # name -> -S overrides on top of params.yaml (the demo: top-2, 1 soft epoch of 2 under
-# curriculum, load balance 0.01, router noise 0.1). Every variant names its routing mode and
-# the gate's learning rate, so the table keeps its meaning whatever params.yaml's defaults.
+# curriculum, load balance 0.01, router noise 0.1). Every variant names its routing mode, the
+# gate's learning rate and the balance bias, so the table keeps its meaning whatever
+# params.yaml's defaults.
 VARIANTS: dict[str, list[str]] = {
-    "curriculum-top2": ["routing.mode=curriculum", "train.gate_lr=0.001"],
-    "topk2-from-start": ["routing.mode=topk", "train.gate_lr=0.001"],
-    "topk1-from-start": ["routing.mode=topk", "routing.top_k=1", "train.gate_lr=0.001"],
-    "topk2-lb0.05": ["routing.mode=topk", "routing.load_balance_weight=0.05", "train.gate_lr=0.001"],
-    "topk2-gate-lr0.003": ["routing.mode=topk", "train.gate_lr=0.003"],
-    "topk2-gate-lr0.01": ["routing.mode=topk", "train.gate_lr=0.01"],
-    "topk1-gate-lr0.01": ["routing.mode=topk", "routing.top_k=1", "train.gate_lr=0.01"],
+    "curriculum-top2": ["routing.mode=curriculum", "train.gate_lr=0.001", "routing.balance_bias_rate=0"],
+    "topk2-from-start": ["routing.mode=topk", "train.gate_lr=0.001", "routing.balance_bias_rate=0"],
+    "topk1-from-start": ["routing.mode=topk", "routing.top_k=1", "train.gate_lr=0.001",
+                         "routing.balance_bias_rate=0"],
+    "topk2-lb0.05": ["routing.mode=topk", "routing.load_balance_weight=0.05", "train.gate_lr=0.001",
+                     "routing.balance_bias_rate=0"],
+    "topk2-gate-lr0.003": ["routing.mode=topk", "train.gate_lr=0.003", "routing.balance_bias_rate=0"],
+    "topk2-gate-lr0.01": ["routing.mode=topk", "train.gate_lr=0.01", "routing.balance_bias_rate=0"],
+    "topk1-gate-lr0.01": ["routing.mode=topk", "routing.top_k=1", "train.gate_lr=0.01",
+                          "routing.balance_bias_rate=0"],
     "topk2-gate-lr0.01-lb0.05": ["routing.mode=topk", "train.gate_lr=0.01",
-                                 "routing.load_balance_weight=0.05"],
+                                 "routing.load_balance_weight=0.05", "routing.balance_bias_rate=0"],
     "topk2-gate-lr0.01-lb0.1": ["routing.mode=topk", "train.gate_lr=0.01",
-                                "routing.load_balance_weight=0.1"],
-    "topk2-gate-lr0.01-noise0.5": ["routing.mode=topk", "train.gate_lr=0.01", "routing.noise_std=0.5"],
+                                "routing.load_balance_weight=0.1", "routing.balance_bias_rate=0"],
+    "topk2-gate-lr0.01-noise0.5": ["routing.mode=topk", "train.gate_lr=0.01", "routing.noise_std=0.5",
+                                   "routing.balance_bias_rate=0"],
+    "topk2-gate-lr0.01-bias0.1": ["routing.mode=topk", "train.gate_lr=0.01", "routing.balance_bias_rate=0.1"],
     "topk2-gate-lr0.003-lb0.1": ["routing.mode=topk", "train.gate_lr=0.003",
-                                 "routing.load_balance_weight=0.1"],
+                                 "routing.load_balance_weight=0.1", "routing.balance_bias_rate=0"],
     "topk2-gate-lr0.01-lb0.1-z0.1": ["routing.mode=topk", "train.gate_lr=0.01",
-                                     "routing.load_balance_weight=0.1", "routing.z_loss_weight=0.1"],
+                                     "routing.load_balance_weight=0.1", "routing.z_loss_weight=0.1",
+                                     "routing.balance_bias_rate=0"],
 }
 
 
