@@ -1,8 +1,9 @@
 """The image test (`make image-test`): build the cpu image, then run what a cluster would in it.
 
 Both compiled pipelines run end to end with kfp.local's DockerRunner on their defaults (the
-demo settings) with a smaller demo corpus (6 speakers per group instead of 11: 24 training
-and 24 test utterances; this test checks the container path, `make demo` the model), every
+demo settings) with another demo corpus (6 speakers per group instead of 10, 2 utterances
+from each test speaker instead of 1: 24 training and 24 test utterances; this test checks the
+container path, `make demo` the model), every
 task container as uid 10001 with a read-only root filesystem and only
 /tmp, /cache and /workspace writable (plus the pipeline root kfp.local binds in to pass
 artifacts): the securityContext of k8s/. The cpu image also stands in for the cuda tag, since
@@ -47,8 +48,9 @@ README_DOCKER_RUN = ["run", "--rm", "--user", UID, "--read-only", "--cap-drop", 
                      "--tmpfs", "/tmp", "--tmpfs", "/cache",
                      "-v", "whisper-moe-workspace:/workspace", "-w", "/workspace",
                      "-e", "OMP_NUM_THREADS=1"]
-# The image test's corpus: the demo's groups and utterances, fewer speakers per group.
-IMAGE_TEST_DEMO_CORPUS = {"speakers_per_group": 6}
+# The image test's corpus: the demo's groups and split, fewer speakers per group, and two
+# utterances from each dev and test speaker, so that 12 test speakers give 24 test utterances.
+IMAGE_TEST_DEMO_CORPUS = {"speakers_per_group": 6, "eval_utterances_per_speaker": 2}
 # One torch thread per container: on a small shared machine two OpenMP threads that wait on
 # each other made training ten times slower than one.
 THREADS_ENV = {"OMP_NUM_THREADS": "1"}

@@ -19,8 +19,8 @@ def test_image_test_runs_the_demo_settings_with_fewer_speakers(name):
     compiled = next(yaml.safe_load_all((REPO / "pipelines" / "compiled" / f"{name}.yaml").read_text()))
     default = yaml.safe_load(compiled["root"]["inputDefinitions"]["parameters"]["params_yaml"]["defaultValue"])
     asked = yaml.safe_load(script.image_test_params_yaml(name))
-    assert asked["data"]["demo"].pop("speakers_per_group") == 6
-    if not asked["data"]["demo"]:
-        del asked["data"]["demo"]
+    for key, value in script.IMAGE_TEST_DEMO_CORPUS.items():
+        assert asked["data"]["demo"].pop(key) == value
+        default["data"]["demo"].pop(key, None)
     assert asked == default  # every other demo setting as compiled
     check_params(deep_merge(defaults(), yaml.safe_load(script.image_test_params_yaml(name))))
