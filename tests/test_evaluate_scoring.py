@@ -123,23 +123,28 @@ def test_the_learned_majority_table_counts_first_choices_ties_to_the_lower_exper
     assert learned_majority_table(predictions, first_choices, 3) == {"a": 1, "b": 0}
 
 
+def randomise_experts(model, seed: int) -> None:
+    """Every expert's B drawn at random, so the experts (and routings) decode differently."""
+    import torch
+
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("lora_B"):
+                parameter.normal_(0.0, 0.5)
+
+
 def test_oracle_decoded_after_the_learned_pass_equals_a_checkpoint_tables_inline(
         tmp_path, tiny_moe, tiny_params, tiny_corpus):
     """Without a table in the checkpoint, the evaluation learns one from its own MoE pass and
     decodes the oracle afterwards; the same table stored in the checkpoint is decoded inline.
     Both must give the same oracle transcripts (experts made to differ: B random)."""
-    import torch
-
     from whisper_moe import artifacts
     from whisper_moe.model.io import save_moe
     from whisper_moe.stages import evaluate
 
     model = tiny_moe(3)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name.endswith("lora_B"):
-                parameter.normal_(0.0, 0.5)
+    randomise_experts(model, seed=1)
     test = tiny_corpus / "test.jsonl"
     learned = evaluate.run(tiny_params, save_moe(model, tmp_path / "learned"), test, tmp_path / "a")
     assert learned["oracle_routing"]["source"] == "test-set majority of the learned gate"
@@ -161,18 +166,12 @@ def test_a_single_lora_without_the_base_decode_skips_the_frozen_encoder_and_deco
         tmp_path, tiny_moe, tiny_params, tiny_corpus, monkeypatch):
     """One expert gets weight 1 whatever the gate sees, so the frozen encoder's pass that
     feeds the gate is skipped; the transcripts must not change."""
-    import torch
-
     from whisper_moe import artifacts
     from whisper_moe.model.io import save_moe
     from whisper_moe.stages import evaluate
 
     model = tiny_moe(1)
-    torch.manual_seed(2)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name.endswith("lora_B"):
-                parameter.normal_(0.0, 0.5)
+    randomise_experts(model, seed=2)
     checkpoint = save_moe(model, tmp_path / "single")
     test = tiny_corpus / "test.jsonl"
     with_base = evaluate.run(tiny_params, checkpoint, test, tmp_path / "with_base")
